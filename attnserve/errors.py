@@ -1,0 +1,56 @@
+"""Domain errors, raised anywhere and mapped to status codes in one place per protocol.
+
+The gRPC mapping lives in `attnserve.server.gateway.interceptors`; the CLI turns any of
+these into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class AttnserveError(Exception):
+    """Base of every error a user can act on; the message says what to do."""
+
+
+class InvalidInput(AttnserveError):
+    """The request or the file given is malformed, unsupported or out of limits."""
+
+
+class ModelNotFound(AttnserveError):
+    """No model of that name is served (or registered, for the export side)."""
+
+
+class ModelNotReady(AttnserveError):
+    """The model exists but cannot serve now (loading, or its Triton instance is down)."""
+
+
+class Overloaded(AttnserveError):
+    """Too many requests in flight; retry later."""
+
+
+class UpstreamError(AttnserveError):
+    """Triton answered with an unexpected error."""
+
+
+class Unavailable(AttnserveError):
+    """A service this one depends on (Triton, the gateway) cannot be reached."""
+
+
+class DeadlineExceeded(AttnserveError):
+    """The caller's deadline passed before the answer was ready."""
+
+
+class SetupError(AttnserveError):
+    """The local environment cannot do what was asked (missing binary, port in use, ...)."""
+
+
+__all__ = [
+    "AttnserveError",
+    "DeadlineExceeded",
+    "InvalidInput",
+    "ModelNotFound",
+    "ModelNotReady",
+    "Overloaded",
+    "SetupError",
+    "Unavailable",
+    "UpstreamError",
+]

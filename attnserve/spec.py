@@ -1,0 +1,181 @@
+"""The model spec: everything a server needs to know about a model, travelling with it.
+
+A registered architecture carries a `ModelSpec`; export writes it (as JSON) into the model's
+`config.pbtxt` `parameters` under `SPEC_PARAMETER`, and the gateway reads it back from Triton's
+model config at start-up. No preprocessing constant lives anywhere else.
+
+Attention outputs are described generically by their *axes* so that families beyond
+"class + spatial map" fit without a new schema: a spatial map is ``("y", "x")``, channel
+weights ``("channel",)``, class activation maps ``("class", "y", "x")``; attention over input
+scales would be ``("scale", "y", "x")`` and over words ``("word", "y", "x")``. Axes named
+``y``/``x`` always come last and span the model input's field of view, which is what lets the
+gateway map any spatial map back to original image pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SPEC_PARAMETER = "attnserve_spec"
+"""Key of the `config.pbtxt` parameter that holds the spec as JSON."""
+
+SPEC_SCHEMA_VERSION = 1
+
+SPATIAL_AXES = ("y", "x")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ResizeMode(StrEnum):
+    """How an image of any size becomes the model's input size."""
+
+    STRETCH = "stretch"
+    """Resize both axes to the input size; the aspect ratio is not kept."""
+    LETTERBOX = "letterbox"
+    """Fit the whole image inside the input size keeping its aspect ratio, pad the rest."""
+    CENTER_CROP = "center_crop"
+    """Resize the shorter side to input/crop_pct keeping the aspect ratio, crop the centre."""
+
+
+class ColorMode(StrEnum):
+    GRAY = "L"
+    RGB = "RGB"
+
+
+class PreprocessSpec(_Frozen):
+    """What the gateway does to an image before the model sees it."""
+
+    input_size: tuple[int, int] = Field(description="(height, width) of the model input")
+    color_mode: ColorMode
+    mean: tuple[float, ...] = Field(description="per channel, on pixels scaled to [0, 1]")
+    std: tuple[float, ...]
+    resize_mode: ResizeMode
+    pad_value: float = Field(0.0, description="letterbox padding, on pixels scaled to [0, 1]")
+    crop_pct: float = Field(1.0, gt=0.0, le=1.0)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode is ColorMode.GRAY else 3
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> PreprocessSpec:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean/std need {self.channels} values for color mode {self.color_mode}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class AttentionKind(StrEnum):
+    SPATIAL = "spatial"
+    """Weights over positions of a feature map."""
+    CHANNEL = "channel"
+    """Weights over the channels of a feature map."""
+    CLASS_ACTIVATION = "class_activation"
+    """Class activation maps (one spatial map per class), computed in the graph."""
+
+
+class Normalization(_Frozen):
+    """How a map's values become display intensities in [0, 1].
+
+    - ``fixed``: ``(v - lo) / (hi - lo)`` with the map's known range ``(lo, hi)``; the right
+      choice for sigmoid gates, whose absolute value means something.
+    - ``minmax``: per-map ``(v - min) / (max - min)``; for maps whose scale is arbitrary, such
+      as a softmax over positions (its values shrink with the map's size).
+    - ``relu_minmax``: ``minmax`` after clipping negatives to zero (class activation maps: only
+      positive evidence is shown, as in CAM/Grad-CAM).
+
+    In every method a *flat* map (its contrast below `flat_below`, as a share of the range
+    it is normalised over) renders as zero everywhere and is flagged, so a saturated or
+    constant map never shows up as a confident uniform blob.
+    """
+
+    method: Literal["fixed", "minmax", "relu_minmax"]
+    range: tuple[float, float] | None = Field(None, description="(lo, hi) for the fixed method")
+    flat_below: float = Field(0.05, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Normalization:
+        if self.method == "fixed":
+            if self.range is None or not self.range[1] > self.range[0]:
+                raise ValueError("the fixed method needs a range (lo, hi) with hi > lo")
+        return self
+
+
+class AttentionSpec(_Frozen):
+    """One attention output of the graph."""
+
+    name: str = Field(description="the graph output's name")
+    kind: AttentionKind
+    axes: tuple[str, ...] = Field(description="meaning of each non-batch axis")
+    description: str
+    value_range: str = Field(description="what the raw values are, in words")
+    normalization: Normalization
+    quality: dict[str, float] = Field(
+        default_factory=dict,
+        description="measured on the test split: pointing game, energy in the digit box, ...",
+    )
+
+    @property
+    def is_spatial(self) -> bool:
+        return self.axes[-2:] == SPATIAL_AXES
+
+    @model_validator(mode="after")
+    def _check_axes(self) -> AttentionSpec:
+        if "y" in self.axes or "x" in self.axes:
+            if not self.is_spatial:
+                raise ValueError(f"{self.name}: spatial axes must be the last two, as ('y', 'x')")
+        if self.kind is AttentionKind.CLASS_ACTIVATION and self.axes[:1] != ("class",):
+            raise ValueError(f"{self.name}: class activation maps have axes ('class', 'y', 'x')")
+        return self
+
+
+class ModelSpec(_Frozen):
+    """Everything the gateway needs to serve a model; written into `config.pbtxt`."""
+
+    schema_version: int = SPEC_SCHEMA_VERSION
+    architecture: str
+    description: str
+    task: Literal["classification"] = "classification"
+    input_name: str = "image"
+    logits_name: str = "logits"
+    preprocess: PreprocessSpec
+    labels: tuple[str, ...]
+    attention: tuple[AttentionSpec, ...]
+    primary_attention: str | None = Field(None, description="the map an overlay shows by default")
+    primary_reason: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        names = [a.name for a in self.attention]
+        if len(set(names)) != len(names):
+            raise ValueError(f"attention output names repeat: {names}")
+        if self.primary_attention is not None and self.primary_attention not in names:
+            raise ValueError(f"primary attention {self.primary_attention!r} is not one of {names}")
+        if len(self.labels) < 2:
+            raise ValueError("a classifier needs at least two labels")
+        return self
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Graph outputs in order: the logits, then every attention map."""
+        return (self.logits_name, *(a.name for a in self.attention))
+
+    def attention_by_name(self, name: str) -> AttentionSpec:
+        for attention in self.attention:
+            if attention.name == name:
+                return attention
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        return cls.model_validate_json(text)

@@ -1,0 +1,63 @@
+"""`attnserve export`: checkpoint → parity-checked ONNX → Triton model repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from attnserve.errors import InvalidInput
+
+from .checkpoint import load_checkpoint
+from .evaluate import with_measured_quality
+from .models import ServingGraph, get_entry, serving_spec
+from .onnx_export import ParityError, ParityReport, check_parity, export_onnx
+from .repository import ServingOptions, build_config, write_model
+
+
+@dataclass
+class ExportResult:
+    model_dir: Path
+    name: str
+    version: int
+    parity: ParityReport
+
+
+def export_model(
+    architecture: str,
+    checkpoint_path: Path,
+    repository: Path,
+    name: str | None = None,
+    version: int = 1,
+    options: ServingOptions | None = None,
+) -> ExportResult:
+    get_entry(architecture)  # an unknown architecture fails before the checkpoint is read
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint.architecture != architecture:
+        raise InvalidInput(
+            f"checkpoint {checkpoint_path} holds a {checkpoint.architecture!r} model, not {architecture!r}"
+        )
+    spec = serving_spec(checkpoint.spec, checkpoint.model)
+    if "test" in checkpoint.metrics:
+        spec = with_measured_quality(spec, checkpoint.metrics["test"])
+    graph = ServingGraph(checkpoint.model, spec)
+    model_bytes = export_onnx(graph)
+    parity = check_parity(graph, model_bytes)
+    if not parity.passed:
+        raise ParityError("\n".join(["export refused, onnxruntime differs from PyTorch:", *parity.lines()]))
+    output_dims = _output_dims(graph)
+    name = name or architecture
+    config = build_config(name, graph.spec, output_dims, options or ServingOptions())
+    model_dir = write_model(repository, name, version, model_bytes, config, graph.spec.labels)
+    return ExportResult(model_dir, name, version, parity)
+
+
+def _output_dims(graph: ServingGraph) -> dict[str, tuple[int, ...]]:
+    """Non-batch dims of every output, from one forward pass (ONNX shape inference leaves
+    some, such as a Resize to a computed size, symbolic; Triton's config wants them fixed)."""
+    spec = graph.spec
+    example = torch.zeros(1, spec.preprocess.channels, *spec.preprocess.input_size)
+    with torch.no_grad():
+        outputs = graph(example)
+    return {name: tuple(value.shape[1:]) for name, value in zip(spec.output_names, outputs, strict=True)}

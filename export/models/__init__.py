@@ -1,0 +1,18 @@
+"""Registered attention architectures. Importing this package registers every family."""
+
+from . import cbam  # noqa: F401  (registers its architectures)
+from ._cam import CAM_OUTPUT, ServingGraph, has_gap_linear_head, serving_spec
+from ._registry import ModelEntry, create_model, get_entry, get_spec, list_models, register_model
+
+__all__ = [
+    "CAM_OUTPUT",
+    "ModelEntry",
+    "ServingGraph",
+    "create_model",
+    "get_entry",
+    "get_spec",
+    "has_gap_linear_head",
+    "list_models",
+    "register_model",
+    "serving_spec",
+]
