@@ -1,0 +1,72 @@
+"""Typed settings, built once in `main()` and passed down; tests construct them directly.
+
+Every field can be set from the environment with the ``ATTNSERVE_`` prefix and ``__`` between
+sections, e.g. ``ATTNSERVE_GATEWAY__PORT=9000`` or ``ATTNSERVE_TRITON__GRPC_PORT=9001``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:8500"
+
+
+class TritonSettings(BaseModel):
+    """The Triton Inference Server the gateway talks to, and how to run one locally."""
+
+    host: str = Field("127.0.0.1", description="address the local Triton binds to (loopback)")
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=1, le=65535)
+    metrics_port: int = Field(8002, ge=1, le=65535)
+    url: str | None = Field(
+        None,
+        description="gRPC address of a Triton to use instead of host:grpc_port (remote Triton)",
+    )
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    runtime_dir: Path = Field(
+        Path(sys.prefix) / "var" / "attnserve" / "triton",
+        description="where the Triton binary, its Python-backend environment and backends live",
+    )
+    pytriton_version: str = Field("0.7.0", description="nvidia-pytriton wheel carrying Triton 2.51")
+    backend_requirements: tuple[str, ...] = Field(
+        ("numpy==1.26.4", "onnxruntime==1.32.0"),
+        description="the Python backend stub's environment; its numpy must be < 2",
+    )
+    startup_timeout_s: float = Field(120.0, gt=0)
+    log_verbose: int = Field(0, ge=0)
+
+    @property
+    def grpc_target(self) -> str:
+        return self.url or f"{self.host}:{self.grpc_port}"
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8500, ge=0, le=65535)
+    metrics_port: int = Field(8502, ge=0, le=65535, description="Prometheus /metrics; 0 disables")
+    default_model: str | None = Field(
+        None, description="model used when a request names none; default: the only/first model"
+    )
+    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+    max_in_flight: int = Field(64, gt=0, description="requests beyond this get RESOURCE_EXHAUSTED")
+    max_top_k: int = Field(100, gt=0)
+    triton_timeout_s: float = Field(30.0, gt=0, description="per inference, unless the deadline is shorter")
+    health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
+    grace_s: float = Field(5.0, ge=0, description="graceful-stop window for in-flight requests")
+    worker_threads: int = Field(2, gt=0, description="threads for image decoding and rendering")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATTNSERVE_", env_nested_delimiter="__", extra="ignore")
+
+    triton: TritonSettings = TritonSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    log_level: str = "INFO"
