@@ -1,0 +1,401 @@
+"""The `attnserve` command.
+
+    attnserve setup                          provision the local Triton runtime
+    attnserve train cbam                     train on cluttered digits (CPU, < 5 min)
+    attnserve export cbam --checkpoint P     checkpoint → parity-checked ONNX → model_repository/
+    attnserve evaluate cbam --checkpoint P   attention-map quality vs Grad-CAM
+    attnserve triton                         run Triton alone
+    attnserve gateway                        run the gateway alone (against --triton-url)
+    attnserve serve                          run Triton and the gateway together
+    attnserve predict IMAGE                  ask the gateway; --overlay OUT.png, --json
+    attnserve models                         list the served models and their attention maps
+    attnserve demo                           serve, predict a sample, write an overlay, stop
+
+Settings come from ``ATTNSERVE_*`` environment variables (see `attnserve.settings`); flags
+override them. A failure prints one line on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from attnserve.errors import AttnserveError, SetupError
+from attnserve.settings import DEFAULT_GATEWAY_ADDRESS, REPO_ROOT, Settings
+
+SAMPLE_IMAGE = REPO_ROOT / "docs" / "samples" / "digit.png"
+
+
+def _override(settings: Settings, section: str, **values: Any) -> Settings:
+    updates = {k: v for k, v in values.items() if v is not None}
+    if not updates:
+        return settings
+    current = getattr(settings, section)
+    return settings.model_copy(update={section: current.model_copy(update=updates)})
+
+
+def _train_extra() -> None:
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise SetupError(
+            f"{exc.name} is missing: training and export need `pip install attnserve[train]`"
+        ) from None
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.server.triton import ensure_runtime
+
+    runtime = ensure_runtime(settings.triton)
+    print(f"Triton runtime ready: {runtime.tritonserver}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    _train_extra()
+    from attnserve.export.models import get_entry
+    from attnserve.export.train import TrainConfig, train
+
+    get_entry(args.architecture)
+    config = TrainConfig(
+        architecture=args.architecture,
+        out_dir=args.out or Path("runs") / args.architecture,
+        seed=args.seed,
+    )
+    if args.seconds is not None:
+        config.max_seconds = args.seconds
+    if args.steps is not None:
+        config.max_steps = args.steps
+    if args.samples is not None:
+        config.train_samples = args.samples
+    result = train(config, progress_bar=not args.quiet)
+    test = result.metrics["test"]
+    print(f"test accuracy {test['accuracy']:.2%} on {test['samples']} canvases (scans 1497-1796)")
+    for name, quality in test["attention"].items():
+        print(f"  {name:<16} pointing {quality['pointing']:.1%}  energy {quality['energy']:.3f}")
+    print(f"  chance energy {test['chance_energy']:.3f}")
+    print(f"checkpoint {result.checkpoint_path}\nmetrics    {result.metrics_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    _train_extra()
+    from attnserve.export.exporter import export_model
+    from attnserve.export.repository import ServingOptions
+
+    options = ServingOptions(
+        max_batch_size=args.max_batch_size, instances=args.instances, intra_op_threads=args.threads
+    )
+    result = export_model(
+        args.architecture,
+        args.checkpoint,
+        args.repository or settings.triton.model_repository,
+        name=args.name,
+        version=args.version,
+        options=options,
+    )
+    print("\n".join(result.parity.lines()))
+    print(f"exported {result.name} version {result.version} to {result.model_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    _train_extra()
+    from attnserve.export.quality_report import evaluate_checkpoint
+
+    report = evaluate_checkpoint(
+        args.checkpoint, args.architecture, samples=args.samples, write=not args.no_write
+    )
+    print(report.table())
+    if report.written_to is not None:
+        print(f"figures written into {report.written_to}")
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.server.serve import run_triton
+
+    run_triton(settings)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.server.serve import run_gateway
+
+    run_gateway(settings)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.server.serve import run_serve
+
+    run_serve(settings)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.clients import Client
+
+    forms = ["raw"]
+    render: list[str] = []
+    if args.overlay or args.heatmap:
+        render = [args.map]
+        forms += ["overlay_png"] if args.overlay else []
+        forms += ["heatmap_png"] if args.heatmap else []
+    with Client(args.server, timeout_s=args.timeout) as client:
+        prediction = client.predict(
+            args.image,
+            model=args.model,
+            top_k=args.top_k,
+            forms=forms,
+            render=render,
+            target_class=args.target_class,
+        )
+        primary = client.get_model(prediction.model).primary_attention if not args.json else ""
+    rendered = next((a for a in prediction.attention if a.overlay_png or a.heatmap_png), None)
+    if args.overlay and rendered is not None:
+        _write_file(args.overlay, rendered.overlay_png)
+    if args.heatmap and rendered is not None:
+        _write_file(args.heatmap, rendered.heatmap_png)
+    if args.json:
+        document = prediction.to_json()
+        if rendered is not None:
+            document["overlay"] = {
+                "map": rendered.name,
+                "path": str(args.overlay) if args.overlay else None,
+            }
+        print(json.dumps(document, indent=2))
+        return 0
+    image = prediction.image
+    size = f"{image.width}×{image.height} {image.format}"
+    print(f"{args.image}: {size} → model {prediction.model} v{prediction.model_version}")
+    print("  " + ", ".join(f"{c.label} {c.score:.3f}" for c in prediction.predictions))
+    for a in prediction.attention:
+        where = f"peak at ({a.peak[0]:.1f}, {a.peak[1]:.1f}) px" if a.peak else f"max {a.peak_value:.3f}"
+        tags = [t for t, on in (("primary", a.name == primary), ("flat", a.flat)) if on]
+        cls = f" class {a.class_label}" if a.class_label else ""
+        suffix = f"  [{', '.join(tags)}]" if tags else ""
+        print(f"  {a.name:<16} {a.kind.value:<16} {'×'.join(map(str, a.shape)):<10}{cls} {where}{suffix}")
+    if rendered is not None:
+        for path in (args.overlay, args.heatmap):
+            if path:
+                print(f"  wrote {path} ({rendered.name})")
+    t = prediction.timings
+    print(
+        f"  timings: preprocess {t.preprocess_ms:.1f} ms, inference {t.inference_ms:.1f} ms, "
+        f"postprocess {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms"
+    )
+    return 0
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    from attnserve._io import atomic_open
+
+    try:
+        with atomic_open(path, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise SetupError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from attnserve.clients import Client
+    from attnserve.prediction import kind_from_proto
+
+    with Client(args.server, timeout_s=args.timeout) as client:
+        listing = client.list_models()
+    if args.json:
+        print(json.dumps(MessageToDict(listing, preserving_proto_field_name=True), indent=2))
+        return 0
+    for model in listing.models:
+        default = "  (default)" if model.name == listing.default_model else ""
+        p = model.preprocess
+        print(f"{model.name} v{model.version}{default}: {model.description}")
+        print(f"  input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {len(model.labels)} classes")
+        for a in model.attention:
+            tag = "  [primary]" if a.name == model.primary_attention else ""
+            quality = ", ".join(f"{k} {v:.3f}" for k, v in sorted(a.quality.items()))
+            shape = "×".join(map(str, a.shape))
+            line = f"  {a.name:<16} {kind_from_proto(a.kind).value:<16} {shape:<10} {quality}{tag}"
+            print(line.rstrip())
+        if model.primary_reason:
+            print(f"  primary: {model.primary_attention} — {model.primary_reason}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.demo import run_demo
+
+    return run_demo(settings, args.image, args.overlay)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def _add_triton_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Triton")
+    group.add_argument("--repository", type=Path, help="model repository (default: model_repository/)")
+    group.add_argument("--http-port", type=int, help="Triton HTTP port (default 8000)")
+    group.add_argument("--grpc-port", type=int, help="Triton gRPC port (default 8001)")
+    group.add_argument("--metrics-port", type=int, help="Triton metrics port (default 8002)")
+
+
+def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("gateway")
+    group.add_argument("--host", help="gateway address to bind (default 127.0.0.1)")
+    group.add_argument("--port", type=int, help="gateway gRPC port (default 8500)")
+    group.add_argument(
+        "--gateway-metrics-port", type=int, help="gateway Prometheus port (default 8502; 0: off)"
+    )
+    group.add_argument("--default-model", help="model used when a request names none")
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=DEFAULT_GATEWAY_ADDRESS,
+        help=f"gateway address (default {DEFAULT_GATEWAY_ADDRESS})",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnserve", description="Serve attention models with their attention maps."
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: INFO)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace, Settings], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("setup", cmd_setup, "provision the local Triton runtime (binary, backend environment)")
+
+    sub = command("train", cmd_train, "train an architecture on cluttered digits")
+    sub.add_argument("architecture")
+    sub.add_argument("--out", type=Path, help="output folder (default runs/ARCH)")
+    sub.add_argument("--seconds", type=float, help="wall-clock budget for the optimisation steps")
+    sub.add_argument("--steps", type=int, help="maximum number of steps")
+    sub.add_argument("--samples", type=int, help="training canvases to generate")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = command("export", cmd_export, "export a checkpoint into a Triton model repository")
+    sub.add_argument("architecture")
+    sub.add_argument("--checkpoint", type=Path, required=True)
+    sub.add_argument("--repository", type=Path, help="model repository (default: model_repository/)")
+    sub.add_argument("--name", help="model name in the repository (default: the architecture)")
+    sub.add_argument("--version", type=int, default=1)
+    sub.add_argument("--max-batch-size", type=int, default=64)
+    sub.add_argument("--instances", type=int, default=1, help="Triton instances (CPU)")
+    sub.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per instance")
+
+    sub = command(
+        "evaluate",
+        cmd_evaluate,
+        "measure attention-map quality on the test split, against Grad-CAM",
+    )
+    sub.add_argument("architecture")
+    sub.add_argument("--checkpoint", type=Path, required=True)
+    sub.add_argument("--samples", type=int, default=1000, help="test canvases (scans 1497-1796)")
+    sub.add_argument(
+        "--no-write",
+        action="store_true",
+        help="do not write the figures into the checkpoint folder",
+    )
+
+    sub = command("triton", cmd_triton, "run the local Triton Inference Server in the foreground")
+    _add_triton_flags(sub)
+
+    sub = command("gateway", cmd_gateway, "run the gateway alone, against a running Triton")
+    _add_gateway_flags(sub)
+    sub.add_argument("--triton-url", help="Triton gRPC address (default 127.0.0.1:8001)")
+
+    sub = command("serve", cmd_serve, "run Triton and the gateway together in the foreground")
+    _add_triton_flags(sub)
+    _add_gateway_flags(sub)
+
+    sub = command("predict", cmd_predict, "predict an image, with its attention maps")
+    sub.add_argument("image", type=Path)
+    sub.add_argument("--model", help="model name (default: the gateway's default)")
+    sub.add_argument("--top-k", type=int)
+    sub.add_argument("--target-class", type=int, help="class to explain in class activation maps")
+    sub.add_argument("--overlay", type=Path, help="write the attention overlay PNG here")
+    sub.add_argument("--heatmap", type=Path, help="write the attention heatmap PNG here")
+    sub.add_argument("--map", default="primary", help="map to draw (default: the model's primary map)")
+    _add_client_flags(sub)
+
+    sub = command("models", cmd_models, "list the served models and their attention outputs")
+    _add_client_flags(sub)
+
+    sub = command("demo", cmd_demo, "serve the default model, predict a sample, write an overlay, stop")
+    sub.add_argument("--image", type=Path, default=SAMPLE_IMAGE)
+    sub.add_argument("--overlay", type=Path, default=Path("overlay.png"))
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    if args.log_level:
+        settings = settings.model_copy(update={"log_level": args.log_level})
+    settings = _override(
+        settings,
+        "triton",
+        model_repository=getattr(args, "repository", None) if args.command in ("triton", "serve") else None,
+        http_port=getattr(args, "http_port", None),
+        grpc_port=getattr(args, "grpc_port", None),
+        metrics_port=getattr(args, "metrics_port", None),
+        url=getattr(args, "triton_url", None),
+    )
+    return _override(
+        settings,
+        "gateway",
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        metrics_port=getattr(args, "gateway_metrics_port", None),
+        default_model=getattr(args, "default_model", None),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        print(f"attnserve: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args, settings)
+        return code
+    except AttnserveError as exc:
+        message = str(exc).strip()
+        print(f"attnserve {args.command}: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`attnserve demo`: the quick start's main job, end to end on real parts.
+
+Starts ``attnserve serve`` (the local Triton from the PyPI wheel and the gateway) on free
+ports, waits until the gateway's health is SERVING, runs ``attnserve predict`` on a sample
+image writing an attention overlay, prints the result and stops the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from attnserve._net import free_port
+from attnserve.errors import SetupError
+from attnserve.settings import Settings
+
+
+def run_demo(settings: Settings, image: Path, overlay: Path) -> int:
+    from attnserve.cli import main as cli_main
+    from attnserve.clients import Client
+
+    if not image.is_file():
+        raise SetupError(f"sample image {image} does not exist")
+    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    command = [
+        sys.executable, "-m", "attnserve", "serve",
+        f"--repository={settings.triton.model_repository}",
+        f"--http-port={ports['http']}", f"--grpc-port={ports['grpc']}", f"--metrics-port={ports['metrics']}",
+        f"--port={ports['gateway']}", "--gateway-metrics-port=0",
+    ]  # fmt: skip
+    address = f"127.0.0.1:{ports['gateway']}"
+    print(f"starting Triton (gRPC :{ports['grpc']}) and the gateway ({address}) ...", flush=True)
+    with tempfile.TemporaryFile() as server_log:
+        started = time.monotonic()
+        server = subprocess.Popen(
+            command,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ATTNSERVE_LOG_LEVEL": "WARNING"},
+        )
+        try:
+            with Client(address) as client:
+                while client.health() != "SERVING":
+                    if server.poll() is not None:
+                        server_log.seek(0)
+                        tail = server_log.read().decode(errors="replace").strip().splitlines()[-10:]
+                        raise SetupError("`attnserve serve` stopped while starting:\n" + "\n".join(tail))
+                    if time.monotonic() - started > settings.triton.startup_timeout_s:
+                        raise SetupError("the gateway did not become SERVING in time")
+                    time.sleep(0.2)
+            print(f"serving after {time.monotonic() - started:.1f} s\n", flush=True)
+            code = cli_main(["predict", str(image), f"--server={address}", f"--overlay={overlay}"])
+            if code == 0:
+                print(f"\nopen {overlay} to see where the model looked.")
+            return code
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()

@@ -1,0 +1,195 @@
+"""gRPC clients of the attnserve gateway: `Client` (blocking) and `AsyncClient` (asyncio).
+
+Both have the same methods, and so will the HTTP clients: ``predict``, ``predict_stream``,
+``list_models``, ``get_model``, ``health``, ``wait_until_serving``, ``close``. Failures raise
+`attnserve.errors` types (``InvalidInput``, ``ModelNotFound``, ``Unavailable``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from attnserve.errors import AttnserveError, Unavailable
+from attnserve.prediction import Prediction
+from attnserve.settings import DEFAULT_GATEWAY_ADDRESS
+from attnserve.v1 import attnserve_pb2 as pb
+from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+
+from ._common import (
+    CHANNEL_OPTIONS,
+    ImageLike,
+    build_request,
+    error_from_rpc,
+    error_from_status,
+    stream_requests,
+)
+
+_STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
+
+
+class Client:
+    """Blocking client. ``with Client("127.0.0.1:8500") as client: client.predict("digit.png")``."""
+
+    def __init__(self, address: str = DEFAULT_GATEWAY_ADDRESS, timeout_s: float | None = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.AttentionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def predict(self, image: ImageLike, **options: Any) -> Prediction:
+        """Options: model, model_version, top_k, maps, forms, target_class, omit_attention, request_id."""
+        request = build_request(image, **options)
+        try:
+            return Prediction.from_proto(self._stub.Predict(request, timeout=self.timeout_s))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    def predict_stream(
+        self, images: Iterable[ImageLike], **options: Any
+    ) -> Iterator[Prediction | AttnserveError]:
+        """One result per image, in order, on one connection; a failed image yields its error."""
+        try:
+            for item in self._stub.PredictStream(stream_requests(images, **options), timeout=None):
+                if item.HasField("error"):
+                    yield error_from_status(item.error.code, item.error.message)
+                else:
+                    yield Prediction.from_proto(item.response)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    def list_models(self) -> pb.ListModelsResponse:
+        try:
+            response: pb.ListModelsResponse = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout_s
+            )
+            return response
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    def get_model(self, name: str = "") -> pb.ModelInfo:
+        try:
+            info: pb.ModelInfo = self._stub.GetModel(pb.GetModelRequest(name=name), timeout=self.timeout_s)
+            return info
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    def health(self, service: str = "") -> str:
+        """SERVING, NOT_SERVING, ... or UNREACHABLE."""
+        try:
+            response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+        return str(_STATUS_NAMES[response.status])
+
+    def wait_until_serving(self, timeout_s: float = 60.0, poll_s: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout_s
+        status = self.health()
+        while status != "SERVING":
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"the gateway at {self.address} is not SERVING after {timeout_s:.0f} s ({status})"
+                )
+            time.sleep(poll_s)
+            status = self.health()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client with the same methods as `Client`, as coroutines / async iterators."""
+
+    def __init__(self, address: str = DEFAULT_GATEWAY_ADDRESS, timeout_s: float | None = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.AttentionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def predict(self, image: ImageLike, **options: Any) -> Prediction:
+        request = build_request(image, **options)
+        try:
+            return Prediction.from_proto(await self._stub.Predict(request, timeout=self.timeout_s))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    async def predict_stream(
+        self, images: Iterable[ImageLike], **options: Any
+    ) -> AsyncIterator[Prediction | AttnserveError]:
+        try:
+            async for item in self._stub.PredictStream(stream_requests(images, **options)):
+                if item.HasField("error"):
+                    yield error_from_status(item.error.code, item.error.message)
+                else:
+                    yield Prediction.from_proto(item.response)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    async def list_models(self) -> pb.ListModelsResponse:
+        try:
+            response: pb.ListModelsResponse = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout_s
+            )
+            return response
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    async def get_model(self, name: str = "") -> pb.ModelInfo:
+        try:
+            info: pb.ModelInfo = await self._stub.GetModel(
+                pb.GetModelRequest(name=name), timeout=self.timeout_s
+            )
+            return info
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    async def health(self, service: str = "") -> str:
+        try:
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+        return str(_STATUS_NAMES[response.status])
+
+    async def wait_until_serving(self, timeout_s: float = 60.0, poll_s: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout_s
+        status = await self.health()
+        while status != "SERVING":
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"the gateway at {self.address} is not SERVING after {timeout_s:.0f} s ({status})"
+                )
+            await asyncio.sleep(poll_s)
+            status = await self.health()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,156 @@
+"""Where model-input pixels come from in the original image, and the way back.
+
+Every resize mode is one axis-aligned affine map: the original image (``width``×``height``) is
+scaled by ``(scale_x, scale_y)`` and placed at ``(offset_x, offset_y)`` on the model input
+(``input_width``×``input_height``): ``x_in = x_orig * scale_x + offset_x``. A positive offset
+is letterbox padding, a negative one a centre crop. Coordinates are continuous with pixel
+centres at ``i + 0.5`` (the ``align_corners=False`` convention of PIL and PyTorch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from attnserve.spec import PreprocessSpec, ResizeMode
+
+
+@dataclass(frozen=True)
+class ResizeGeometry:
+    width: int
+    height: int
+    input_width: int
+    input_height: int
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+    @classmethod
+    def identity(cls, width: int, height: int) -> ResizeGeometry:
+        return cls(width, height, width, height, 1.0, 1.0, 0.0, 0.0)
+
+    @classmethod
+    def for_spec(cls, width: int, height: int, spec: PreprocessSpec) -> ResizeGeometry:
+        """The geometry a resize of a ``width``×``height`` image per ``spec`` has."""
+        input_height, input_width = spec.input_size
+        mode = spec.resize_mode
+        if mode is ResizeMode.STRETCH:
+            return cls(
+                width,
+                height,
+                input_width,
+                input_height,
+                input_width / width,
+                input_height / height,
+                0.0,
+                0.0,
+            )
+        if mode is ResizeMode.LETTERBOX:
+            scale = min(input_width / width, input_height / height)
+            resized_w = max(1, round(width * scale))
+            resized_h = max(1, round(height * scale))
+            return cls(
+                width,
+                height,
+                input_width,
+                input_height,
+                resized_w / width,
+                resized_h / height,
+                float((input_width - resized_w) // 2),
+                float((input_height - resized_h) // 2),
+            )
+        # centre crop: the shorter side becomes input/crop_pct, the centre is cut out
+        scale = max(input_width / width, input_height / height) / spec.crop_pct
+        return cls(
+            width,
+            height,
+            input_width,
+            input_height,
+            scale,
+            scale,
+            (input_width - width * scale) / 2.0,
+            (input_height - height * scale) / 2.0,
+        )
+
+    def source_box(self) -> tuple[float, float, float, float]:
+        """The part of the original image (x0, y0, x1, y1) that lands on the input canvas."""
+        x0 = max(0.0, -self.offset_x / self.scale_x)
+        y0 = max(0.0, -self.offset_y / self.scale_y)
+        x1 = min(float(self.width), (self.input_width - self.offset_x) / self.scale_x)
+        y1 = min(float(self.height), (self.input_height - self.offset_y) / self.scale_y)
+        return x0, y0, x1, y1
+
+    def destination_box(self) -> tuple[int, int, int, int]:
+        """Where `source_box` lands on the input canvas, in whole pixels."""
+        x0, y0, x1, y1 = self.source_box()
+        return (
+            round(x0 * self.scale_x + self.offset_x),
+            round(y0 * self.scale_y + self.offset_y),
+            round(x1 * self.scale_x + self.offset_x),
+            round(y1 * self.scale_y + self.offset_y),
+        )
+
+    def to_original(self, x_in: NDArray[Any], y_in: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+        return (x_in - self.offset_x) / self.scale_x, (y_in - self.offset_y) / self.scale_y
+
+    def to_input(self, x: NDArray[Any], y: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+        return x * self.scale_x + self.offset_x, y * self.scale_y + self.offset_y
+
+
+def interpolation_matrix(out_size: int, map_size: int, to_grid: NDArray[Any]) -> NDArray[np.float32]:
+    """Bilinear weights (out_size × map_size) sampling a map axis at grid positions ``to_grid``.
+
+    ``to_grid`` are continuous map coordinates (cell centres at ``i``) for each output pixel;
+    they are clamped to the map, as PyTorch's ``align_corners=False`` interpolation does.
+    """
+    position = np.clip(to_grid, 0.0, map_size - 1)
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, map_size - 1)
+    weight_upper = position - lower
+    matrix = np.zeros((out_size, map_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, lower), 1.0 - weight_upper)
+    np.add.at(matrix, (rows, upper), weight_upper)
+    return matrix.astype(np.float32)
+
+
+def map_to_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> NDArray[np.float32]:
+    """A map over the model input's field of view (h×w), resampled onto original pixels (H×W).
+
+    Separable bilinear resampling as two small matrix products, so the cost grows with the
+    image's side, not with its area times the map's.
+    """
+    map_h, map_w = values.shape
+    xs = np.arange(geometry.width) + 0.5
+    ys = np.arange(geometry.height) + 0.5
+    x_in, y_in = geometry.to_input(xs, ys)
+    grid_x = x_in * (map_w / geometry.input_width) - 0.5
+    grid_y = y_in * (map_h / geometry.input_height) - 0.5
+    rows = interpolation_matrix(geometry.height, map_h, grid_y)
+    cols = interpolation_matrix(geometry.width, map_w, grid_x)
+    result: NDArray[np.float32] = rows @ values.astype(np.float32) @ cols.T
+    return result
+
+
+def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> tuple[float, float]:
+    """The map's peak as (x, y) in original pixels: the highest cell whose centre is on the image.
+
+    Cells over letterbox padding are not candidates; the result is clipped to the image.
+    """
+    map_h, map_w = values.shape
+    centres_x = (np.arange(map_w) + 0.5) * (geometry.input_width / map_w)
+    centres_y = (np.arange(map_h) + 0.5) * (geometry.input_height / map_h)
+    orig_x, orig_y = geometry.to_original(centres_x, centres_y)
+    on_x = (orig_x >= 0) & (orig_x < geometry.width)
+    on_y = (orig_y >= 0) & (orig_y < geometry.height)
+    candidates = np.where(on_y[:, None] & on_x[None, :], values, -np.inf)
+    if not np.isfinite(candidates).any():
+        candidates = values
+    row, col = np.unravel_index(int(np.argmax(candidates)), values.shape)
+    x = float(np.clip(orig_x[col], 0.0, geometry.width - 1e-3))
+    y = float(np.clip(orig_y[row], 0.0, geometry.height - 1e-3))
+    return x, y

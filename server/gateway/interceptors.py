@@ -1,0 +1,148 @@
+"""Domain errors → gRPC status codes, in one place, plus per-RPC metrics.
+
+Handlers raise `attnserve.errors` types and never touch status codes; this interceptor maps
+them, counts every RPC by method/model/code and times it. An unexpected exception is logged
+with its traceback and answered INTERNAL with a short message; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from attnserve.errors import (
+    AttnserveError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    SetupError,
+    Unavailable,
+    UpstreamError,
+)
+
+from .metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[AttnserveError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UpstreamError: grpc.StatusCode.INTERNAL,
+    SetupError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    """The gRPC status of any exception: domain errors by type, anything else INTERNAL."""
+    for error_type in type(error).__mro__:
+        if error_type in _STATUS:
+            return _STATUS[error_type]
+    return grpc.StatusCode.INTERNAL
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, AttnserveError):
+        return str(error)
+    return f"internal error ({type(error).__name__}); the gateway log has the details"
+
+
+ModelOf = Callable[[Any], str]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: GatewayMetrics, model_of: ModelOf) -> None:
+        self.metrics = metrics
+        self.model_of = model_of
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler is None or not handler_call_details.method.startswith("/attnserve."):
+            return handler  # health, reflection: their own semantics
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str
+    ) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            model = self.model_of(request)
+            started = time.perf_counter()
+            self.metrics.in_flight.inc()
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = status_for(exc)
+                self._log(method, exc)
+                await context.abort(code, describe(exc))
+            finally:
+                self.metrics.in_flight.dec()
+                self.metrics.requests.labels(method, model, code.name).inc()
+                self.metrics.request_seconds.labels(method, model).observe(time.perf_counter() - started)
+
+        return unary
+
+    def _wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            self.metrics.in_flight.inc()
+            code = grpc.StatusCode.OK
+            try:
+                async for response in behavior(request_iterator, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = status_for(exc)
+                self._log(method, exc)
+                await context.abort(code, describe(exc))
+            finally:
+                self.metrics.in_flight.dec()
+                self.metrics.requests.labels(method, "", code.name).inc()
+                self.metrics.request_seconds.labels(method, "").observe(time.perf_counter() - started)
+
+        return stream
+
+    @staticmethod
+    def _log(method: str, exc: Exception) -> None:
+        if isinstance(exc, AttnserveError):
+            log.info("%s: %s: %s", method, type(exc).__name__, exc)
+        else:
+            log.exception("%s failed unexpectedly", method)

@@ -1,0 +1,53 @@
+"""Every Prometheus metric of the gateway, defined in one place.
+
+Each gateway owns a `CollectorRegistry` (several gateways can live in one test process).
+Errors are ``attnserve_requests_total`` with ``code != "OK"``, e.g.
+``sum by (code) (rate(attnserve_requests_total{code!="OK"}[5m]))``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "attnserve_requests",
+            "RPCs handled, by method, model and gRPC status code",
+            ["method", "model", "code"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "attnserve_request_seconds",
+            "RPC latency, by method and model",
+            ["method", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "attnserve_stage_seconds",
+            "Latency of each pipeline stage (preprocess, inference, postprocess), by model",
+            ["model", "stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "attnserve_predictions",
+            "Images predicted (unary and streamed), by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "attnserve_in_flight_requests", "RPCs being handled now", registry=self.registry
+        )
+        self.triton_ready = Gauge(
+            "attnserve_triton_ready", "1 when Triton answers ready, else 0", registry=self.registry
+        )
+        self.models_ready = Gauge(
+            "attnserve_models_ready", "Models the gateway can serve now", registry=self.registry
+        )
