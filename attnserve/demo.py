@@ -7,12 +7,14 @@ image writing an attention overlay, prints the result and stops the server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from attnserve._net import free_port
@@ -20,12 +22,11 @@ from attnserve.errors import SetupError
 from attnserve.settings import Settings
 
 
-def run_demo(settings: Settings, image: Path, overlay: Path) -> int:
-    from attnserve.cli import main as cli_main
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """Runs ``attnserve serve`` on free ports until the block ends; yields the gateway address."""
     from attnserve.clients import Client
 
-    if not image.is_file():
-        raise SetupError(f"sample image {image} does not exist")
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
     command = [
         sys.executable, "-m", "attnserve", "serve",
@@ -54,10 +55,7 @@ def run_demo(settings: Settings, image: Path, overlay: Path) -> int:
                         raise SetupError("the gateway did not become SERVING in time")
                     time.sleep(0.2)
             print(f"serving after {time.monotonic() - started:.1f} s\n", flush=True)
-            code = cli_main(["predict", str(image), f"--server={address}", f"--overlay={overlay}"])
-            if code == 0:
-                print(f"\nopen {overlay} to see where the model looked.")
-            return code
+            yield address
         finally:
             server.send_signal(signal.SIGINT)
             try:
@@ -65,3 +63,16 @@ def run_demo(settings: Settings, image: Path, overlay: Path) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+def run_demo(settings: Settings, image: Path, overlay: Path) -> int:
+    from attnserve.cli import main as cli_main
+
+    if not image.is_file():
+        raise SetupError(f"sample image {image} does not exist")
+    shown = os.path.relpath(image) if image.is_absolute() and Path.cwd() in image.parents else str(image)
+    with serving(settings) as address:
+        code = cli_main(["predict", shown, f"--server={address}", f"--overlay={overlay}"])
+    if code == 0:
+        print(f"\nopen {overlay} to see where the model looked.")
+    return code

@@ -84,27 +84,35 @@ class AttentionKind(StrEnum):
 class Normalization(_Frozen):
     """How a map's values become display intensities in [0, 1].
 
-    - ``fixed``: ``(v - lo) / (hi - lo)`` with the map's known range ``(lo, hi)``; the right
-      choice for sigmoid gates, whose absolute value means something.
+    - ``fixed``: ``(v - lo) / (hi - lo)`` with the map's known range ``(lo, hi)``; for maps whose
+      absolute value reads directly (a gate that is mostly closed and opens on the object).
+    - ``above_median``: ``(v - median) / (max - median)``, clipped at 0: where the map rises
+      above its typical level. For gates that are open almost everywhere (CBAM's sigmoid maps
+      sit at 0.9–0.99): their absolute value would paint the whole image, while what they
+      select is where they open *more*.
     - ``minmax``: per-map ``(v - min) / (max - min)``; for maps whose scale is arbitrary, such
       as a softmax over positions (its values shrink with the map's size).
     - ``relu_minmax``: ``minmax`` after clipping negatives to zero (class activation maps: only
       positive evidence is shown, as in CAM/Grad-CAM).
 
-    In every method a *flat* map (its contrast below `flat_below`, as a share of the range
-    it is normalised over) renders as zero everywhere and is flagged, so a saturated or
-    constant map never shows up as a confident uniform blob.
+    In every method a *flat* map renders as zero everywhere and is flagged: one whose peak
+    stands less than `flat_below` above its median, as a share of ``range`` when given, else of
+    the map's largest magnitude. A saturated gate or a constant map never shows up as a
+    confident uniform blob. Raw values are always available (the RAW form).
     """
 
-    method: Literal["fixed", "minmax", "relu_minmax"]
-    range: tuple[float, float] | None = Field(None, description="(lo, hi) for the fixed method")
+    method: Literal["fixed", "above_median", "minmax", "relu_minmax"]
+    range: tuple[float, float] | None = Field(
+        None, description="(lo, hi): the values' known range; required by the fixed method"
+    )
     flat_below: float = Field(0.05, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _check_range(self) -> Normalization:
-        if self.method == "fixed":
-            if self.range is None or not self.range[1] > self.range[0]:
-                raise ValueError("the fixed method needs a range (lo, hi) with hi > lo")
+        if self.range is not None and not self.range[1] > self.range[0]:
+            raise ValueError("a range (lo, hi) needs hi > lo")
+        if self.method == "fixed" and self.range is None:
+            raise ValueError("the fixed method needs a range (lo, hi)")
         return self
 
 

@@ -19,7 +19,7 @@ from attnserve._io import atomic_open
 from attnserve.errors import InvalidInput
 from attnserve.spec import ModelSpec
 
-from .models import create_model
+from .models import create_model, get_spec, serving_spec
 
 CHECKPOINT_FORMAT = 1
 
@@ -74,3 +74,21 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise InvalidInput(f"checkpoint {path} does not fit {architecture!r}: {first_line}") from None
     model.eval()
     return Checkpoint(architecture, model, spec, model_kwargs, metrics, config)
+
+
+def export_spec(checkpoint: Checkpoint) -> ModelSpec:
+    """The spec a checkpoint is served with.
+
+    The data contract (preprocessing, labels) is the checkpoint's: the weights were trained on
+    it. How outputs are described and displayed is the architecture's code, so it comes from
+    the registry as it is now; the outputs themselves must not have changed.
+    """
+    current = serving_spec(get_spec(checkpoint.architecture), checkpoint.model)
+    trained = serving_spec(checkpoint.spec, checkpoint.model)
+    if current.output_names != trained.output_names:
+        name = checkpoint.architecture
+        raise InvalidInput(
+            f"the checkpoint's outputs {list(trained.output_names)} differ from {name!r}'s "
+            f"{list(current.output_names)}: retrain it (attnserve train {name})"
+        )
+    return current.model_copy(update={"preprocess": trained.preprocess, "labels": trained.labels})

@@ -75,32 +75,40 @@ def score(outputs: dict[str, Tensor], data: DigitBatch, spec: ModelSpec) -> dict
     }
 
 
-def with_measured_quality(spec: ModelSpec, test_scores: dict[str, Any]) -> ModelSpec:
+def with_measured_quality(spec: ModelSpec, metrics: dict[str, Any]) -> ModelSpec:
     """The spec with each map's measured quality and the primary map chosen from it.
 
-    The primary map is the one that concentrates best (highest energy in the box) among the
-    maps that point at the object at least as often as the best pointer minus 5 points; a map
-    that points but spreads its mass (a saturated gate) does not win.
+    The primary map is chosen on the *validation* split (the test split selects nothing): the
+    one that concentrates best (highest energy in the box) among the maps that point at the
+    object at least as often as the best pointer minus 5 points, so that a map which points
+    but spreads its mass (a saturated gate) does not win. The quality attached to each map is
+    the test split's.
     """
-    scores: dict[str, dict[str, float]] = test_scores.get("attention", {})
+    test: dict[str, Any] = metrics.get("test", {})
+    val: dict[str, Any] = metrics.get("val", {})
+    reported: dict[str, dict[str, float]] = test.get("attention", {})
     attention = tuple(
-        a.model_copy(update={"quality": scores[a.name]}) if a.name in scores else a for a in spec.attention
+        a.model_copy(update={"quality": reported[a.name]}) if a.name in reported else a
+        for a in spec.attention
     )
-    if not scores:
+    selection: dict[str, dict[str, float]] = val.get("attention", {})
+    if not selection:
         return spec.model_copy(update={"attention": attention})
-    best_pointing = max(s["pointing"] for s in scores.values())
-    candidates = {n: s for n, s in scores.items() if s["pointing"] >= best_pointing - 0.05}
+    best_pointing = max(s["pointing"] for s in selection.values())
+    candidates = {n: s for n, s in selection.items() if s["pointing"] >= best_pointing - 0.05}
     ranked = sorted(candidates, key=lambda n: candidates[n]["energy"], reverse=True)
     primary = ranked[0]
-    chosen = scores[primary]
     reason = (
-        f"concentrates best on the test split ({test_scores.get('samples', '?')} images): energy in "
-        f"the digit box {chosen['energy']:.2f} (chance {test_scores.get('chance_energy', 0):.2f}), "
-        f"pointing game {chosen['pointing']:.1%}"
+        f"concentrates best on the validation split ({val.get('samples', '?')} images): energy in the "
+        f"digit box {selection[primary]['energy']:.3f} (chance {val.get('chance_energy', 0):.3f})"
     )
     if len(ranked) > 1:
-        runner_up = ranked[1]
-        reason += f"; next best {runner_up} with energy {scores[runner_up]['energy']:.2f}"
+        reason += f", next {ranked[1]} {selection[ranked[1]]['energy']:.3f}"
+    if primary in reported:
+        reason += (
+            f"; on the test split: energy {reported[primary]['energy']:.3f}, "
+            f"pointing game {reported[primary]['pointing']:.1%}"
+        )
     return spec.model_copy(
         update={"attention": attention, "primary_attention": primary, "primary_reason": reason}
     )

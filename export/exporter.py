@@ -9,9 +9,9 @@ import torch
 
 from attnserve.errors import InvalidInput
 
-from .checkpoint import load_checkpoint
+from .checkpoint import export_spec, load_checkpoint
 from .evaluate import with_measured_quality
-from .models import ServingGraph, get_entry, serving_spec
+from .models import ServingGraph, get_entry
 from .onnx_export import ParityError, ParityReport, check_parity, export_onnx
 from .repository import ServingOptions, build_config, write_model
 
@@ -38,9 +38,7 @@ def export_model(
         raise InvalidInput(
             f"checkpoint {checkpoint_path} holds a {checkpoint.architecture!r} model, not {architecture!r}"
         )
-    spec = serving_spec(checkpoint.spec, checkpoint.model)
-    if "test" in checkpoint.metrics:
-        spec = with_measured_quality(spec, checkpoint.metrics["test"])
+    spec = with_measured_quality(export_spec(checkpoint), checkpoint.metrics)
     graph = ServingGraph(checkpoint.model, spec)
     model_bytes = export_onnx(graph)
     parity = check_parity(graph, model_bytes)

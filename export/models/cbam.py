@@ -191,7 +191,7 @@ def _product_of_maps(maps: list[Tensor]) -> Tensor:
 
 
 def _stage_specs(widths: tuple[int, int, int]) -> tuple[AttentionSpec, ...]:
-    sigmoid = Normalization(method="fixed", range=(0.0, 1.0))
+    sigmoid = Normalization(method="above_median", range=(0.0, 1.0))
     resolution = {1: "32×32", 2: "16×16", 3: "8×8"}
     specs = []
     for stage in (1, 2):

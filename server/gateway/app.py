@@ -41,8 +41,9 @@ class Gateway:
         self.settings = settings
         self.metrics = GatewayMetrics()
         self.catalog = ModelCatalog(configured_default=settings.gateway.default_model)
-        self.triton = TritonClient(settings.triton.grpc_target)
-        self.pipeline = Pipeline(settings.gateway, self.catalog, self.triton, self.metrics)
+        # grpc.aio objects belong to the event loop they are made on: built in start().
+        self._triton: TritonClient | None = None
+        self._pipeline: Pipeline | None = None
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -50,6 +51,11 @@ class Gateway:
         self._metrics_server: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._serving: bool | None = None
+
+    @property
+    def triton(self) -> TritonClient:
+        assert self._triton is not None, "the gateway is not started"
+        return self._triton
 
     def _model_of(self, request: Any) -> str:
         if isinstance(request, pb.PredictRequest):
@@ -60,6 +66,8 @@ class Gateway:
 
     async def start(self) -> None:
         gateway = self.settings.gateway
+        self._triton = TritonClient(self.settings.triton.grpc_target)
+        self._pipeline = Pipeline(gateway, self.catalog, self._triton, self.metrics)
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(self.metrics, self._model_of)],
             options=[
@@ -68,7 +76,7 @@ class Gateway:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_AttentionServiceServicer_to_server(AttentionService(self.pipeline, self.catalog), server)
+        pb_grpc.add_AttentionServiceServicer_to_server(AttentionService(self._pipeline, self.catalog), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -155,8 +163,10 @@ class Gateway:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
-        await self.triton.close()
-        self.pipeline.close()
+        if self._triton is not None:
+            await self._triton.close()
+        if self._pipeline is not None:
+            self._pipeline.close()
 
     async def wait_for_termination(self) -> None:
         assert self.server is not None

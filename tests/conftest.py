@@ -1,0 +1,128 @@
+"""Shared fixtures: the real tritonserver and the real gateway, on free ports.
+
+`triton` and `gateway` are session-scoped and serve the committed default model from
+model_repository/. Tests that break things (stop Triton) build their own pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attnserve._net import free_port
+from attnserve.settings import DEFAULT_MODEL_REPOSITORY, GatewaySettings, Settings, TritonSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def triton_settings(repository: Path = DEFAULT_MODEL_REPOSITORY, **overrides: object) -> TritonSettings:
+    values: dict[str, object] = {
+        "http_port": free_port(),
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "model_repository": repository,
+        "startup_timeout_s": 180,
+    }
+    return TritonSettings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+class GatewayThread:
+    """A real `Gateway` on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        from attnserve.server.gateway.app import Gateway
+
+        self.settings = settings
+        self.gateway = Gateway(settings)
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.gateway.start())
+        except BaseException as exc:  # surfaced to the test thread in start()
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+
+    def start(self) -> GatewayThread:
+        self._thread.start()
+        self._started.wait(60)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, coroutine: object, timeout: float = 30) -> object:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+    def stop(self) -> None:
+        self.call(self.gateway.stop(grace_s=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def gateway_settings(triton: TritonSettings, **overrides: object) -> Settings:
+    gateway = GatewaySettings(port=free_port(), metrics_port=free_port(), health_interval_s=0.2, **overrides)  # type: ignore[arg-type]
+    return Settings(triton=triton, gateway=gateway)
+
+
+MakeCheckpoint = Callable[..., Any]
+
+
+@pytest.fixture()
+def make_checkpoint() -> MakeCheckpoint:
+    """Writes a randomly initialised cbam checkpoint (with the given metrics) to a path."""
+    import torch
+
+    from attnserve.export.checkpoint import Checkpoint, save_checkpoint
+    from attnserve.export.models import create_model, get_spec
+
+    def make(path: Path, **metrics: object) -> Checkpoint:
+        torch.manual_seed(0)
+        checkpoint = Checkpoint("cbam", create_model("cbam").eval(), get_spec("cbam"), metrics=dict(metrics))
+        save_checkpoint(path, checkpoint)
+        return checkpoint
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def triton() -> Iterator[TritonSettings]:
+    from attnserve.server.triton import TritonProcess
+
+    settings = triton_settings()
+    with TritonProcess(settings):
+        yield settings
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: TritonSettings) -> Iterator[GatewayThread]:
+    from attnserve.clients import Client
+
+    thread = GatewayThread(gateway_settings(triton)).start()
+    with Client(thread.address) as client:
+        client.wait_until_serving(60)
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture()
+def client(gateway: GatewayThread) -> Iterator[object]:
+    from attnserve.clients import Client
+
+    with Client(gateway.address) as c:
+        yield c

@@ -1,0 +1,62 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from attnserve.export.models import ServingGraph, create_model, get_spec, list_models
+from attnserve.export.onnx_export import PARITY_TOLERANCE, ParityError, check_parity, export_onnx
+
+
+@pytest.fixture(scope="module", params=list_models())
+def exported(request: pytest.FixtureRequest) -> tuple[ServingGraph, bytes]:
+    torch.manual_seed(0)
+    graph = ServingGraph(create_model(request.param).eval(), get_spec(request.param))
+    return graph, export_onnx(graph)
+
+
+def test_every_output_is_named_and_the_batch_is_dynamic(exported: tuple[ServingGraph, bytes]) -> None:
+    graph, model_bytes = exported
+    model = onnx.load_from_string(model_bytes)
+    assert [o.name for o in model.graph.output] == list(graph.spec.output_names)
+    assert [i.name for i in model.graph.input] == [graph.spec.input_name]
+    for value in (*model.graph.input, *model.graph.output):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_parity_with_pytorch_on_logits_and_every_attention_map(exported: tuple[ServingGraph, bytes]) -> None:
+    graph, model_bytes = exported
+    report = check_parity(graph, model_bytes)
+    assert report.passed, "\n".join(report.lines())
+    assert set(report.max_abs_diff) == set(graph.spec.output_names)
+    assert max(report.max_abs_diff.values()) <= PARITY_TOLERANCE
+
+
+def test_parity_detects_a_graph_that_differs(exported: tuple[ServingGraph, bytes]) -> None:
+    graph, model_bytes = exported
+    with torch.no_grad():  # perturb the PyTorch side after export: the check must notice
+        graph.model.classifier.bias.add_(0.01)  # type: ignore[union-attr, operator]
+    try:
+        report = check_parity(graph, model_bytes)
+    finally:
+        with torch.no_grad():
+            graph.model.classifier.bias.sub_(0.01)  # type: ignore[union-attr, operator]
+    assert not report.passed
+    assert report.max_abs_diff["logits"] > PARITY_TOLERANCE
+
+
+def test_batch_sizes_give_the_same_per_image_answer(exported: tuple[ServingGraph, bytes]) -> None:
+    graph, model_bytes = exported
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    prep = graph.spec.preprocess
+    images = np.random.default_rng(1).normal(size=(5, prep.channels, *prep.input_size)).astype(np.float32)
+    together = session.run(None, {graph.spec.input_name: images})
+    alone = session.run(None, {graph.spec.input_name: images[2:3]})
+    for batch_output, single_output in zip(together, alone, strict=True):
+        np.testing.assert_allclose(batch_output[2:3], single_output, atol=1e-5)
+
+
+def test_parity_error_is_a_domain_error() -> None:
+    from attnserve.errors import AttnserveError
+
+    assert issubclass(ParityError, AttnserveError)

@@ -1,0 +1,128 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnserve.errors import InvalidInput
+from attnserve.export.models import create_model, get_spec, serving_spec
+from attnserve.prediction import MapForm
+from attnserve.server.gateway.geometry import ResizeGeometry
+from attnserve.server.gateway.postprocess import AttentionRequest, postprocess, softmax, to_display, top_k
+from attnserve.spec import Normalization
+
+SPEC = serving_spec(get_spec("cbam"), create_model("cbam"))
+FIXED = Normalization(method="fixed", range=(0.0, 1.0))
+GATE = Normalization(method="above_median", range=(0.0, 1.0))
+MINMAX = Normalization(method="minmax")
+RELU = Normalization(method="relu_minmax")
+
+
+def outputs(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    result = {"logits": np.array([0, 1, 5, 2, 0, 0, 0, 0, 0, -1], dtype=np.float32)}
+    for a in SPEC.attention:
+        shape = {
+            "spatial_stage1": (32, 32),
+            "spatial_stage2": (16, 16),
+            "spatial_stage3": (8, 8),
+            "spatial_product": (32, 32),
+            "channel_stage1": (32,),
+            "channel_stage2": (64,),
+            "channel_stage3": (128,),
+            "cam": (10, 8, 8),
+        }[a.name]
+        result[a.name] = rng.random(shape).astype(np.float32)
+    return result
+
+
+def test_softmax_and_top_k() -> None:
+    logits = np.array([1.0, 3.0, 2.0], dtype=np.float32)
+    assert softmax(logits).sum() == pytest.approx(1.0)
+    scores = top_k(logits, ("a", "b", "c"), 2)
+    assert [s.label for s in scores] == ["b", "c"] and scores[0].score > scores[1].score
+
+
+@pytest.mark.parametrize(
+    ("values", "normalization"),
+    [
+        (np.full((8, 8), 0.7, dtype=np.float32), MINMAX),  # constant
+        (
+            0.999 + 0.0005 * np.random.default_rng(0).random((8, 8)).astype(np.float32),
+            FIXED,
+        ),  # saturated sigmoid
+        (  # saturated, with a dip along one border (zero padding of the 7×7 convolution)
+            np.concatenate([np.full((7, 8), 0.998), np.linspace(0.6, 0.99, 8)[None]]).astype(np.float32),
+            GATE,
+        ),
+        (
+            np.full((8, 8), 1 / 64, dtype=np.float32) * (1 + 1e-3 * np.random.default_rng(1).random((8, 8))),
+            MINMAX,
+        ),
+        (-np.random.default_rng(2).random((8, 8)).astype(np.float32), RELU),  # no positive evidence
+    ],
+    ids=["constant", "saturated-sigmoid", "saturated-with-border-dip", "uniform-softmax", "all-negative-cam"],
+)
+def test_flat_maps_are_flagged_and_show_nothing(values: np.ndarray, normalization: Normalization) -> None:
+    display = to_display(values.astype(np.float32), normalization)
+    assert display.flat and display.contrast < normalization.flat_below
+    assert not display.values.any()
+
+
+def test_a_peaked_map_is_not_flat_and_spans_zero_to_one() -> None:
+    values = np.full((8, 8), 0.01, dtype=np.float32)
+    values[3, 4] = 0.6
+    for normalization in (MINMAX, RELU):
+        display = to_display(values, normalization)
+        assert not display.flat and display.values.max() == 1.0 and display.values.min() == 0.0
+    fixed = to_display(values, FIXED)
+    assert not fixed.flat and fixed.values.max() == pytest.approx(0.6)  # fixed keeps absolute meaning
+
+
+def test_a_mostly_open_gate_shows_where_it_opens_more() -> None:
+    values = np.full((8, 8), 0.9, dtype=np.float32)
+    values[2, 5] = 0.99
+    values[7, :] = 0.5  # suppressed border row: not a highlight
+    display = to_display(values, GATE)
+    assert not display.flat and display.contrast == pytest.approx(0.09)
+    assert display.values[2, 5] == 1.0 and display.values.sum() == 1.0
+    assert to_display(values, FIXED).values.mean() > 0.8  # the absolute reading would paint everything
+
+
+def test_postprocess_returns_requested_maps_and_forms_only() -> None:
+    geometry = ResizeGeometry.for_spec(128, 64, SPEC.preprocess)
+    image = Image.new("RGB", (128, 64), (40, 40, 40))
+    request = AttentionRequest(
+        ("spatial_stage3", "channel_stage1", "cam"),
+        frozenset({MapForm.RAW, MapForm.OVERLAY_PNG, MapForm.UPSAMPLED}),
+        render=frozenset({"spatial_stage3"}),
+    )
+    predictions, maps = postprocess(outputs(), SPEC, geometry, 3, request, image)
+    assert [p.index for p in predictions] == [2, 3, 1]
+    stage3, channel, cam = maps
+    assert stage3.raw is not None and stage3.raw.shape == (8, 8)
+    assert stage3.upsampled is not None and stage3.upsampled.shape == (64, 128)
+    assert Image.open(io.BytesIO(stage3.overlay_png)).size == (128, 64)
+    assert stage3.peak is not None and 0 <= stage3.peak[0] < 128 and 0 <= stage3.peak[1] < 64
+    assert (
+        channel.peak is None
+        and channel.raw is not None
+        and channel.raw.shape == (32,)
+        and not channel.overlay_png
+    )
+    assert cam.class_index == 2 and cam.class_label == "2" and cam.raw is not None and cam.raw.shape == (8, 8)
+    assert not cam.overlay_png and cam.upsampled is None  # not in `render`
+
+
+def test_class_activation_maps_follow_the_target_class() -> None:
+    geometry = ResizeGeometry.identity(64, 64)
+    out = outputs()
+    predicted, _ = postprocess(out, SPEC, geometry, 1, AttentionRequest(("cam",), frozenset({MapForm.RAW})))
+    _, (cam,) = postprocess(
+        out, SPEC, geometry, 1, AttentionRequest(("cam",), frozenset({MapForm.RAW}), target_class=7)
+    )
+    assert cam.class_index == 7 and np.array_equal(cam.raw, out["cam"][7])  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="target_class 12"):
+        postprocess(
+            out, SPEC, geometry, 1, AttentionRequest(("cam",), frozenset({MapForm.RAW}), target_class=12)
+        )

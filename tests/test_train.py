@@ -1,0 +1,39 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from attnserve.cli import main
+from attnserve.export.checkpoint import load_checkpoint
+from attnserve.export.train import one_cycle_lr
+
+
+def test_one_cycle_warms_up_then_anneals() -> None:
+    lrs = [one_cycle_lr(p / 100, 3e-3, 0.25) for p in range(101)]
+    peak = max(range(101), key=lambda i: lrs[i])
+    assert peak == 25 and lrs[0] == pytest.approx(3e-3 / 25) and lrs[-1] == pytest.approx(3e-3 / 1e4)
+    assert all(a <= b for a, b in zip(lrs[:25], lrs[1:26], strict=True))
+    assert all(a >= b for a, b in zip(lrs[25:-1], lrs[26:], strict=True))
+
+
+@pytest.mark.slow
+def test_train_command_writes_a_loadable_checkpoint_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main(["train", "cbam", "--out", str(out), "--steps", "3", "--samples", "256", "--quiet"])
+    assert code == 0
+    assert "test accuracy" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 3
+    assert metrics["test"]["samples"] == 1000 and metrics["splits"]["test"] == "scans 1497-1796"
+    for split in ("val", "test"):
+        assert {"spatial_stage3", "spatial_product", "cam"} <= set(metrics[split]["attention"])
+        assert 0 < metrics[split]["chance_energy"] < 1
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint.architecture == "cbam" and checkpoint.metrics["train"]["steps"] == 3
+
+
+def test_unknown_architecture_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "nonesuch"]) == 1
+    assert "unknown architecture 'nonesuch'" in capsys.readouterr().err

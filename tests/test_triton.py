@@ -1,0 +1,94 @@
+"""The real tritonserver from the PyPI wheel, serving the committed repository."""
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from attnserve.errors import SetupError
+from attnserve.server.triton import TritonProcess, check_shared_memory
+from attnserve.settings import DEFAULT_MODEL_REPOSITORY, TritonSettings
+
+from .conftest import triton_settings
+
+pytestmark = pytest.mark.triton
+
+MODEL = "cbam"
+
+
+def reference_outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(DEFAULT_MODEL_REPOSITORY / MODEL / "1" / "model.onnx"))
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"image": batch}), strict=True))
+
+
+def batch(size: int) -> np.ndarray:
+    return np.random.default_rng(size).normal(size=(size, 1, 64, 64)).astype(np.float32)
+
+
+def test_grpc_inference_equals_onnxruntime_for_logits_and_every_map(triton: TritonSettings) -> None:
+    images = batch(3)
+    expected = reference_outputs(images)
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}") as client:
+        assert client.is_model_ready(MODEL)
+        infer_input = grpcclient.InferInput("image", list(images.shape), "FP32")
+        infer_input.set_data_from_numpy(images)
+        result = client.infer(MODEL, [infer_input])
+    for name, value in expected.items():
+        np.testing.assert_allclose(result.as_numpy(name), value, atol=1e-5, err_msg=name)
+
+
+def test_http_inference_with_binary_tensors_and_selected_outputs(triton: TritonSettings) -> None:
+    images = batch(2)
+    expected = reference_outputs(images)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    infer_input = httpclient.InferInput("image", list(images.shape), "FP32")
+    infer_input.set_data_from_numpy(images, binary_data=True)
+    wanted = ["logits", "spatial_stage3", "cam"]
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in wanted]
+    result = client.infer(MODEL, [infer_input], outputs=outputs)
+    assert {o["name"] for o in result.get_response()["outputs"]} == set(wanted)
+    for name in wanted:
+        np.testing.assert_allclose(result.as_numpy(name), expected[name], atol=1e-5, err_msg=name)
+
+
+def test_the_model_config_carries_the_spec_and_the_backend(triton: TritonSettings) -> None:
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}") as client:
+        config = client.get_model_config(MODEL).config
+        assert config.backend == "onnxruntime" and config.max_batch_size == 64
+        assert "attnserve_spec" in config.parameters
+        # model control is off: the repository is fixed at start-up
+        with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed"):
+            client.load_model(MODEL)
+
+
+def test_a_port_in_use_is_a_clear_error_and_leaves_no_process(triton: TritonSettings) -> None:
+    clash = triton_settings(http_port=triton.http_port)  # the session Triton holds this port
+    process = TritonProcess(clash)
+    with pytest.raises(SetupError, match=f"Triton HTTP port {triton.http_port}.*not available"):
+        process.start()
+    assert process.process is None
+
+
+def test_missing_shared_memory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="/dev/shm|shared memory"):
+        check_shared_memory(tmp_path / "no-shm")
+
+
+def test_a_repository_without_models_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="holds no model"):
+        TritonProcess(triton_settings(repository=tmp_path)).start()
+
+
+def test_stop_leaves_no_tritonserver_or_stub_behind() -> None:
+    settings = triton_settings()
+    with TritonProcess(settings) as process:
+        assert process.process is not None
+        pid = process.process.pid
+    survivors = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+    assert survivors == []
