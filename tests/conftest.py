@@ -19,6 +19,19 @@ from attnserve.settings import DEFAULT_MODEL_REPOSITORY, GatewaySettings, Settin
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+CBAM_OUTPUT_DIMS = {
+    "logits": (10,),
+    "spatial_stage1": (32, 32),
+    "spatial_stage2": (16, 16),
+    "spatial_stage3": (8, 8),
+    "spatial_product": (32, 32),
+    "channel_stage1": (32,),
+    "channel_stage2": (64,),
+    "channel_stage3": (128,),
+    "cam": (10, 8, 8),
+}
+"""Non-batch output shapes of the cbam architecture, for tests that fake Triton's answers."""
+
 
 def triton_settings(repository: Path = DEFAULT_MODEL_REPOSITORY, **overrides: object) -> TritonSettings:
     values: dict[str, object] = {

@@ -5,6 +5,8 @@ from attnserve.export.models import create_model, get_spec, serving_spec
 from attnserve.prediction import MapForm
 from attnserve.server.gateway.pipeline import PredictCall, resolve_attention, resolve_top_k
 
+from .conftest import CBAM_OUTPUT_DIMS
+
 SPEC = serving_spec(get_spec("cbam"), create_model("cbam")).model_copy(
     update={"primary_attention": "spatial_stage3"}
 )
@@ -70,17 +72,7 @@ def test_requests_beyond_the_in_flight_limit_are_refused_not_queued() -> None:
     from attnserve.server.gateway.pipeline import Pipeline
     from attnserve.settings import GatewaySettings
 
-    dims = {
-        "logits": (10,),
-        "spatial_stage1": (32, 32),
-        "spatial_stage2": (16, 16),
-        "spatial_stage3": (8, 8),
-        "spatial_product": (32, 32),
-        "channel_stage1": (32,),
-        "channel_stage2": (64,),
-        "channel_stage3": (128,),
-        "cam": (10, 8, 8),
-    }
+    dims = CBAM_OUTPUT_DIMS
     served = served_model_from_config(build_config("cbam", SPEC, dims, ServingOptions()), "1")
     catalog = ModelCatalog(models={"cbam": served})
 

@@ -11,6 +11,8 @@ from attnserve.server.gateway.geometry import ResizeGeometry
 from attnserve.server.gateway.postprocess import AttentionRequest, postprocess, softmax, to_display, top_k
 from attnserve.spec import Normalization
 
+from .conftest import CBAM_OUTPUT_DIMS
+
 SPEC = serving_spec(get_spec("cbam"), create_model("cbam"))
 FIXED = Normalization(method="fixed", range=(0.0, 1.0))
 GATE = Normalization(method="above_median", range=(0.0, 1.0))
@@ -22,16 +24,7 @@ def outputs(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     result = {"logits": np.array([0, 1, 5, 2, 0, 0, 0, 0, 0, -1], dtype=np.float32)}
     for a in SPEC.attention:
-        shape = {
-            "spatial_stage1": (32, 32),
-            "spatial_stage2": (16, 16),
-            "spatial_stage3": (8, 8),
-            "spatial_product": (32, 32),
-            "channel_stage1": (32,),
-            "channel_stage2": (64,),
-            "channel_stage3": (128,),
-            "cam": (10, 8, 8),
-        }[a.name]
+        shape = CBAM_OUTPUT_DIMS[a.name]
         result[a.name] = rng.random(shape).astype(np.float32)
     return result
 

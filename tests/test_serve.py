@@ -36,21 +36,29 @@ def wait_for(condition: object, process: subprocess.Popen[bytes], log: Path, tim
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
+def start_serving(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, str, Path]:
+    """`attnserve serve` on free ports, once SERVING: (process, Triton gRPC port, gateway address, log)."""
     grpc_port, gateway_port = free_port(), free_port()
     args = [
         "serve",
         f"--http-port={free_port()}",
         f"--grpc-port={grpc_port}",
         f"--metrics-port={free_port()}",
+        "--gateway-metrics-port=0",
         f"--port={gateway_port}",
-        f"--gateway-metrics-port={free_port()}",
     ]
     log = tmp_path / "serve.log"
     process = start(args, log)
-    with Client(f"127.0.0.1:{gateway_port}") as client:
+    address = f"127.0.0.1:{gateway_port}"
+    with Client(address) as client:
         wait_for(lambda: client.health() == "SERVING", process, log)
+    return process, grpc_port, address, log
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    process, grpc_port, address, log = start_serving(tmp_path)
+    with Client(address) as client:
         assert client.predict(Path("docs/samples/digit.png").resolve()).predictions
     process.send_signal(stop_signal)
     assert process.wait(timeout=60) == 0, log.read_text()
@@ -59,19 +67,7 @@ def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_sig
 
 
 def test_serve_exits_non_zero_when_triton_dies(tmp_path: Path) -> None:
-    grpc_port, gateway_port = free_port(), free_port()
-    args = [
-        "serve",
-        f"--http-port={free_port()}",
-        f"--grpc-port={grpc_port}",
-        f"--metrics-port={free_port()}",
-        f"--port={gateway_port}",
-        "--gateway-metrics-port=0",
-    ]
-    log = tmp_path / "serve.log"
-    process = start(args, log)
-    with Client(f"127.0.0.1:{gateway_port}") as client:
-        wait_for(lambda: client.health() == "SERVING", process, log)
+    process, grpc_port, _, log = start_serving(tmp_path)
     (triton_pid,) = subprocess.run(
         ["pgrep", "-f", f"tritonserver.*grpc-port={grpc_port}"], capture_output=True, text=True
     ).stdout.split()

@@ -8,6 +8,7 @@ with its traceback and answered INTERNAL with a short message; the server keeps 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -88,29 +89,34 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
+    @contextlib.asynccontextmanager
+    async def _rpc(self, method: str, model: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Counts, times and tracks one RPC; turns any exception into its status."""
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = status_for(exc)
+            self._log(method, exc)
+            await context.abort(code, describe(exc))
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(method, model, code.name).inc()
+            self.metrics.request_seconds.labels(method, model).observe(time.perf_counter() - started)
+
     def _wrap_unary(
         self, behavior: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            model = self.model_of(request)
-            started = time.perf_counter()
-            self.metrics.in_flight.inc()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._rpc(method, self.model_of(request), context):
                 return await behavior(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as exc:
-                code = status_for(exc)
-                self._log(method, exc)
-                await context.abort(code, describe(exc))
-            finally:
-                self.metrics.in_flight.dec()
-                self.metrics.requests.labels(method, model, code.name).inc()
-                self.metrics.request_seconds.labels(method, model).observe(time.perf_counter() - started)
 
         return unary
 
@@ -118,25 +124,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self, behavior: Callable[..., AsyncIterator[Any]], method: str
     ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            self.metrics.in_flight.inc()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._rpc(method, "", context):
                 async for response in behavior(request_iterator, context):
                     yield response
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as exc:
-                code = status_for(exc)
-                self._log(method, exc)
-                await context.abort(code, describe(exc))
-            finally:
-                self.metrics.in_flight.dec()
-                self.metrics.requests.labels(method, "", code.name).inc()
-                self.metrics.request_seconds.labels(method, "").observe(time.perf_counter() - started)
 
         return stream
 
