@@ -58,6 +58,7 @@ class GatewaySettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
     max_in_flight: int = Field(64, gt=0, description="requests beyond this get RESOURCE_EXHAUSTED")
     max_top_k: int = Field(100, gt=0)
+    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC request or response")
     triton_timeout_s: float = Field(30.0, gt=0, description="per inference, unless the deadline is shorter")
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
     grace_s: float = Field(5.0, ge=0, description="graceful-stop window for in-flight requests")

@@ -110,3 +110,17 @@ def test_requests_beyond_the_in_flight_limit_are_refused_not_queued() -> None:
         pipeline.close()
 
     asyncio.run(run())
+
+
+def test_upsampled_answers_that_cannot_fit_a_message_are_refused_up_front() -> None:
+    from attnserve.server.gateway.geometry import ResizeGeometry
+    from attnserve.server.gateway.pipeline import check_response_size
+
+    photo = ResizeGeometry.for_spec(4000, 3000, SPEC.preprocess)
+    everything = resolve_attention(PredictCall(forms=frozenset({MapForm.UPSAMPLED})), SPEC)
+    with pytest.raises(InvalidInput, match="5 UPSAMPLED maps of a 4000×3000 image need 229 MiB"):
+        check_response_size(everything, SPEC, photo, 64 * 2**20)
+    one = resolve_attention(PredictCall(forms=frozenset({MapForm.UPSAMPLED}), render=("cam",)), SPEC)
+    check_response_size(one, SPEC, photo, 64 * 2**20)  # 46 MiB fits
+    overlays = resolve_attention(PredictCall(forms=frozenset({MapForm.OVERLAY_PNG})), SPEC)
+    check_response_size(overlays, SPEC, photo, 64 * 2**20)  # PNGs are not estimated

@@ -33,7 +33,6 @@ from .triton_client import TritonClient
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AttentionService"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Gateway:
@@ -71,8 +70,8 @@ class Gateway:
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(self.metrics, self._model_of)],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", gateway.max_message_bytes),
+                ("grpc.max_send_message_length", gateway.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )

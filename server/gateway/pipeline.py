@@ -20,6 +20,7 @@ from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec
 
 from .catalog import ModelCatalog, ServedModel
+from .geometry import ResizeGeometry
 from .metrics import GatewayMetrics
 from .postprocess import AttentionRequest, postprocess
 from .preprocess import ImageLimits, PreparedInput, preprocess_image, preprocess_tensor
@@ -91,6 +92,26 @@ def _resolve_map_names(requested: tuple[str, ...], spec: ModelSpec) -> list[str]
     return names
 
 
+def check_response_size(
+    attention: AttentionRequest, spec: ModelSpec, geometry: ResizeGeometry, limit: int
+) -> None:
+    """Refuses, before any work, an UPSAMPLED answer that cannot fit in one message.
+
+    UPSAMPLED maps are float32 at the original size (48 MB for one 12-megapixel photo); PNG
+    forms compress and are not estimated.
+    """
+    if MapForm.UPSAMPLED not in attention.forms:
+        return
+    rendered = [n for n in attention.maps if attention.renders(n) and spec.attention_by_name(n).is_spatial]
+    size = len(rendered) * geometry.width * geometry.height * 4
+    if size > limit:
+        raise InvalidInput(
+            f"{len(rendered)} UPSAMPLED maps of a {geometry.width}×{geometry.height} image need "
+            f"{size / 2**20:.0f} MiB, above the {limit / 2**20:.0f} MiB message limit: name fewer maps in "
+            "`render`, or ask for RAW maps and upsample them yourself"
+        )
+
+
 class Pipeline:
     def __init__(
         self,
@@ -131,6 +152,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
 
         prepared = await loop.run_in_executor(self.executor, self._prepare, call, spec, keep_image)
+        check_response_size(attention, spec, prepared.geometry, self.settings.max_message_bytes)
         preprocessed = time.perf_counter()
 
         timeout = self.settings.triton_timeout_s
