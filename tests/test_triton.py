@@ -1,5 +1,6 @@
 """The real tritonserver from the PyPI wheel, serving the committed repository."""
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -92,3 +93,41 @@ def test_stop_leaves_no_tritonserver_or_stub_behind() -> None:
         pid = process.process.pid
     survivors = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
     assert survivors == []
+
+
+def test_dynamic_batching_concatenates_and_splits_requests_correctly(tmp_path: Path) -> None:
+    """Concurrent batch-1 requests reach the backend together; each gets its own answer back.
+
+    A copy of the repository with a 50 ms queue delay makes the grouping certain.
+    """
+    from attnserve.export.repository import config_to_text, read_config
+
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY / MODEL, tmp_path / MODEL)
+    config = read_config(tmp_path / MODEL / "config.pbtxt")
+    config.dynamic_batching.max_queue_delay_microseconds = 50_000
+    (tmp_path / MODEL / "config.pbtxt").write_text(config_to_text(config))
+    settings = triton_settings(repository=tmp_path)
+    images = batch(12)
+    expected = reference_outputs(images)
+    with (
+        TritonProcess(settings),
+        grpcclient.InferenceServerClient(f"127.0.0.1:{settings.grpc_port}") as stats,
+    ):
+        before = stats.get_inference_statistics(MODEL).model_stats[0]  # the warm-up counts too
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{settings.http_port}", concurrency=len(images))
+        pending = []
+        for i in range(len(images)):
+            infer_input = httpclient.InferInput("image", [1, 1, 64, 64], "FP32")
+            infer_input.set_data_from_numpy(images[i : i + 1], binary_data=True)
+            pending.append(client.async_infer(MODEL, [infer_input]))
+        for i, request in enumerate(pending):
+            result = request.get_result()
+            for name in expected:
+                np.testing.assert_allclose(
+                    result.as_numpy(name)[0], expected[name][i], atol=1e-5, err_msg=name
+                )
+        client.close()
+        after = stats.get_inference_statistics(MODEL).model_stats[0]
+    assert after.inference_count - before.inference_count == len(images)
+    executions = after.execution_count - before.execution_count
+    assert executions < len(images), "Triton never handed the backend more than one request at a time"
