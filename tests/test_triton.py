@@ -131,3 +131,16 @@ def test_dynamic_batching_concatenates_and_splits_requests_correctly(tmp_path: P
     assert after.inference_count - before.inference_count == len(images)
     executions = after.execution_count - before.execution_count
     assert executions < len(images), "Triton never handed the backend more than one request at a time"
+
+
+def test_the_runtime_is_provisioned_once_and_refreshed_when_the_backend_changes(tmp_path: Path) -> None:
+    from attnserve.server.triton import ensure_runtime
+
+    settings = triton_settings()
+    runtime = ensure_runtime(settings)
+    model_py = runtime.backends_dir / "onnxruntime" / "model.py"
+    stamp = model_py.stat().st_mtime_ns
+    assert ensure_runtime(settings) == runtime and model_py.stat().st_mtime_ns == stamp  # untouched
+    model_py.write_text("# stale backend\n")
+    ensure_runtime(settings)
+    assert "class TritonPythonModel" in model_py.read_text()

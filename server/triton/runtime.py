@@ -106,8 +106,23 @@ def _create_env(runtime: TritonRuntime, settings: TritonSettings) -> None:
     _pip(runtime.env_dir, *settings.backend_requirements)
 
 
+def _backends_current(runtime: TritonRuntime) -> bool:
+    python_dir = runtime.backends_dir / "python"
+    model_py = runtime.backends_dir / "onnxruntime" / "model.py"
+    return (
+        (python_dir / "libtriton_python.so").is_file()
+        and (python_dir / "triton_python_backend_stub").exists()
+        and (python_dir / "triton_python_backend_utils.py").exists()
+        and model_py.is_file()
+        and model_py.read_bytes() == BACKEND_SOURCE.read_bytes()
+    )
+
+
 def _assemble_backends(runtime: TritonRuntime) -> None:
-    """Rebuilds the backend folder; cheap, so every launch serves the current backend code."""
+    """Builds the backend folder, unless it is complete and holds the current backend code
+    (a running Triton may be reading it: it is replaced only when it must be)."""
+    if _backends_current(runtime):
+        return
     wheel_backend = runtime.tritonserver.parent.parent / "backends" / "python"
     stub = (
         runtime.tritonserver.parent.parent
