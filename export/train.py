@@ -36,13 +36,14 @@ class TrainConfig:
     val_samples: int = 2_000
     test_samples: int = 1_000
     max_steps: int = 1_250
-    max_seconds: float = 235.0
+    max_seconds: float = 225.0
     batch_size: int = 128
     max_lr: float = 3e-3
     weight_decay: float = 5e-4
     warmup_share: float = 0.25
     label_smoothing: float = 0.1
     distort: bool = True
+    resample_share: float = 0.5
     ema_decay: float = 0.99
     seed: int = 0
     threads: int = 2
@@ -73,7 +74,13 @@ def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
     model = create_model(config.architecture, **config.model_kwargs)
     started = time.monotonic()
 
-    train_set = ClutteredDigits("train", config.train_samples, seed=config.seed, distort=config.distort)
+    train_set = ClutteredDigits(
+        "train",
+        config.train_samples,
+        seed=config.seed,
+        distort=config.distort,
+        resample_share=config.resample_share,
+    )
     val_set = ClutteredDigits("val", config.val_samples, seed=config.seed)
     loader_rng = np.random.default_rng(config.seed)
     train_data = train_set.batch()

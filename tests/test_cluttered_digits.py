@@ -79,3 +79,19 @@ def test_as_photo_scales_and_pads_the_box() -> None:
     pixels = np.asarray(photo, dtype=np.float32) / 255
     inside = pixels[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])]
     assert inside.mean() > pixels[:, :10].mean() + 0.1  # ink in the box, only black padding left of it
+
+
+def test_camera_round_trip_resamples_some_canvases_and_keeps_their_ground_truth() -> None:
+    plain = ClutteredDigits("train", 40, seed=9, distort=True)
+    resampled = ClutteredDigits("train", 40, seed=9, distort=True, resample_share=0.5)
+    changed = [i for i in range(40) if not np.array_equal(plain[i].image, resampled[i].image)]
+    assert 5 <= len(changed) <= 35  # about half
+    for i in changed:
+        a, b = plain[i], resampled[i]
+        assert (
+            b.image.shape == (64, 64)
+            and b.image.dtype == np.float32
+            and 0 <= b.image.min() <= b.image.max() <= 1
+        )
+        assert a.label == b.label and a.box == b.box and np.array_equal(a.mask, b.mask)
+        assert np.abs(a.image - b.image).mean() < 0.1  # the same picture, resampled

@@ -78,6 +78,19 @@ def _distorted(scan_index: int, size: int, rng: np.random.Generator) -> NDArray[
     return np.clip(np.asarray(warped, dtype=np.float32) * gain, 0.0, 1.0)
 
 
+def _camera_round_trip(canvas: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
+    """The canvas as it reaches a model through a server: stored as 8-bit, enlarged ×1–5 (a
+    camera sees it bigger), then resized back with Pillow's antialiased bilinear filter, as the
+    gateway does. Training on some of these removes the train/serve skew of a model that only
+    ever saw pixel-exact canvases (measured: 98.0 % → 94.7 % accuracy through the gateway)."""
+    size = canvas.shape[0]
+    pixels = Image.fromarray(np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    enlarged = round(size * rng.uniform(1.0, 5.0))
+    pixels = pixels.resize((enlarged, enlarged), Image.Resampling.BILINEAR)
+    pixels = pixels.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(pixels, dtype=np.float32) / 255.0
+
+
 @dataclass(frozen=True)
 class DigitSample:
     image: NDArray[np.float32]
@@ -122,6 +135,7 @@ class ClutteredDigits:
         fragment_size_range: tuple[int, int] = (3, 5),
         noise_std: float = 0.05,
         distort: bool = False,
+        resample_share: float = 0.0,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
@@ -136,6 +150,7 @@ class ClutteredDigits:
         self.fragment_size_range = fragment_size_range
         self.noise_std = noise_std
         self.distort = distort
+        self.resample_share = resample_share
         self.scan_indices = np.arange(SPLITS[split].start, SPLITS[split].stop)
 
     def __len__(self) -> int:
@@ -177,6 +192,8 @@ class ClutteredDigits:
         if self.noise_std > 0:
             canvas += rng.normal(0.0, self.noise_std, size=canvas.shape).astype(np.float32)
         np.clip(canvas, 0.0, 1.0, out=canvas)
+        if self.resample_share > 0 and rng.uniform() < self.resample_share:
+            canvas = _camera_round_trip(canvas, rng)
 
         mask = np.zeros((size, size), dtype=bool)
         mask[top : top + digit_px, left : left + digit_px] = digit >= INK_THRESHOLD
