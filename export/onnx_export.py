@@ -77,18 +77,16 @@ def export_onnx(graph: ServingGraph) -> bytes:
 
 
 def parity_inputs(graph: ServingGraph, batch_size: int, seed: int) -> np.ndarray:
-    """Real validation canvases (the attention maps then have structure) plus one noise image."""
+    """Real validation canvases (the attention maps then have structure) plus one noise image;
+    noise only, for inputs no digit canvas fits (not square, or under 40 px)."""
     spec = graph.spec.preprocess
     height, width = spec.input_size
-    if height >= 40 and width >= 40:
-        canvases = ClutteredDigits("val", batch_size, canvas_size=min(height, width), seed=seed)
-        images = canvases.batch().images
-        if images.shape[1:] == (height, width):
-            inputs = canvases_to_input(images, spec).numpy()
-            inputs[-1] = np.random.default_rng(seed).normal(size=inputs[-1].shape)
-            return inputs.astype(np.float32)
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(batch_size, spec.channels, height, width)).astype(np.float32)
+    inputs = rng.normal(size=(batch_size, spec.channels, height, width)).astype(np.float32)
+    if height == width >= 40 and batch_size > 1:
+        canvases = ClutteredDigits("val", batch_size - 1, canvas_size=height, seed=seed).batch().images
+        inputs[:-1] = canvases_to_input(canvases, spec).numpy()
+    return inputs
 
 
 def check_parity(

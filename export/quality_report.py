@@ -25,14 +25,15 @@ from attnserve._io import atomic_write_text
 from attnserve.errors import InvalidInput
 from attnserve.spec import AttentionKind
 
-from .attention_quality import chance_energy, map_quality
+from .attention_quality import map_quality
 from .checkpoint import export_spec, load_checkpoint
 from .data import ClutteredDigits
-from .evaluate import canvases_to_input, displayed_map, run_graph, with_measured_quality
+from .evaluate import canvases_to_input, run_graph, score, with_measured_quality
 from .gradcam import grad_cam, grad_cam_at_pooled_features
 from .models import CAM_OUTPUT, ServingGraph, has_gap_linear_head
 
 TIMING_IMAGES = 64
+POOLED = "Grad-CAM, pooled features"
 
 
 @dataclass
@@ -132,32 +133,26 @@ def evaluate_checkpoint(
     inputs = canvases_to_input(data.images, spec.preprocess)
     outputs = run_graph(graph, data.images)
     predicted = outputs[spec.logits_name].argmax(dim=1)
+    scores = score(outputs, data, spec)
 
     def forward(images: Tensor) -> object:
         with torch.no_grad():
             return graph(images)
 
     forward_ms = (_ms_per_image(forward, inputs, 1), _ms_per_image(forward, inputs, TIMING_IMAGES))
-    report = QualityReport(
-        samples=samples,
-        accuracy=float((predicted.numpy() == data.labels).mean()),
-        chance_energy=chance_energy(data.boxes, size),
-    )
-    for attention in spec.attention:
-        shown = displayed_map(attention, outputs[attention.name], predicted)
-        if shown is None:
-            continue
-        quality = map_quality(shown, data.boxes, size)
-        note = "in-graph; predicted class" if attention.kind is AttentionKind.CLASS_ACTIVATION else "in-graph"
-        if attention.name == spec.primary_attention:
+    report = QualityReport(samples, accuracy=scores["accuracy"], chance_energy=scores["chance_energy"])
+    for name, quality in scores["attention"].items():
+        class_conditioned = spec.attention_by_name(name).kind is AttentionKind.CLASS_ACTIVATION
+        note = "in-graph; predicted class" if class_conditioned else "in-graph"
+        if name == spec.primary_attention:
             note += "; primary"
-        report.rows.append(SourceRow(attention.name, quality.pointing, quality.energy, *forward_ms, note))
+        report.rows.append(SourceRow(name, quality["pointing"], quality["energy"], *forward_ms, note))
 
-    report.rows += _grad_cam_rows(model, inputs, data.boxes, size)
-    if CAM_OUTPUT in outputs and has_gap_linear_head(model):
+    rows, grad_cam_maps = _grad_cam_rows(model, inputs, data.boxes, size)
+    report.rows += rows
+    if CAM_OUTPUT in outputs and POOLED in grad_cam_maps:
         ours = torch.relu(outputs[CAM_OUTPUT][torch.arange(len(predicted)), predicted])
-        reference = _batched(lambda images: grad_cam_at_pooled_features(model, images), inputs)
-        report.cam_gradcam_correlation = mean_correlation(ours, reference)
+        report.cam_gradcam_correlation = mean_correlation(ours, grad_cam_maps[POOLED])
     if write:
         metrics_path = checkpoint_path.parent / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -173,9 +168,9 @@ def _batched(fn: Callable[[Tensor], Tensor], inputs: Tensor, size: int = 250) ->
 
 def _grad_cam_rows(
     model: torch.nn.Module, inputs: Tensor, boxes: NDArray[np.int64], size: tuple[int, int]
-) -> list[SourceRow]:
+) -> tuple[list[SourceRow], dict[str, Tensor]]:
     """Grad-CAM at the last convolution (its conventional layer) and, for GAP + linear heads,
-    at the pooled features (the in-graph CAM's layer)."""
+    at the pooled features (the in-graph CAM's layer): their rows, and their maps by source."""
     sources: list[tuple[str, Callable[[Tensor], Tensor], str]] = []
     last_conv = getattr(model, "last_conv", None)
     if isinstance(last_conv, torch.nn.Module):
@@ -185,14 +180,15 @@ def _grad_cam_rows(
     if has_gap_linear_head(model):
         sources.append(
             (
-                "Grad-CAM, pooled features",
+                POOLED,
                 lambda x: grad_cam_at_pooled_features(model, x),
                 "the CAM's layer; offline",
             )
         )
-    rows = []
+    rows, maps = [], {}
     for name, fn, note in sources:
-        quality = map_quality(_batched(fn, inputs), boxes, size)
+        maps[name] = _batched(fn, inputs)
+        quality = map_quality(maps[name], boxes, size)
         timing = (_ms_per_image(fn, inputs, 1), _ms_per_image(fn, inputs, TIMING_IMAGES))
         rows.append(SourceRow(name, quality.pointing, quality.energy, *timing, note))
-    return rows
+    return rows, maps

@@ -47,7 +47,8 @@ def test_a_peak_on_an_object_lands_on_that_object(mode: ResizeMode, size: tuple[
     # the model's 8×8 map peaks on the cell holding the object's input position
     attention = np.zeros((8, 8), dtype=np.float32)
     attention[int(in_y[0] // 8), int(in_x[0] // 8)] = 1.0
-    peak_x, peak_y = peak_in_original(attention, g)
+    peak_x, peak_y, value = peak_in_original(attention, g)
+    assert value == 1.0
     cell_w, cell_h = 8 / g.scale_x, 8 / g.scale_y  # one map cell, in original pixels
     assert abs(peak_x - obj_x) <= cell_w / 2 + 1e-6 and abs(peak_y - obj_y) <= cell_h / 2 + 1e-6
     upsampled = map_to_original(attention, g)
@@ -61,8 +62,9 @@ def test_peaks_over_letterbox_padding_are_not_candidates() -> None:
     attention = np.zeros((8, 8), dtype=np.float32)
     attention[0, 3] = 10.0  # the padding row
     attention[4, 5] = 1.0
-    x, y = peak_in_original(attention, g)
+    x, y, value = peak_in_original(attention, g)
     assert 0 <= y < 160 and x == pytest.approx((5.5 * 8) / 0.2)
+    assert value == 1.0  # the value at the reported peak, not the padding's larger one
 
 
 def test_identity_upsampling_matches_pytorch_bilinear() -> None:

@@ -136,10 +136,11 @@ def map_to_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> ND
     return result
 
 
-def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> tuple[float, float]:
-    """The map's peak as (x, y) in original pixels: the highest cell whose centre is on the image.
+def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> tuple[float, float, float]:
+    """The map's peak as (x, y, value), (x, y) in original pixels: the highest cell whose
+    centre is on the image.
 
-    Cells over letterbox padding are not candidates; the result is clipped to the image.
+    Cells over letterbox padding are not candidates; the position is clipped to the image.
     """
     map_h, map_w = values.shape
     centres_x = (np.arange(map_w) + 0.5) * (geometry.input_width / map_w)
@@ -153,4 +154,4 @@ def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> t
     row, col = np.unravel_index(int(np.argmax(candidates)), values.shape)
     x = float(np.clip(orig_x[col], 0.0, geometry.width - 1e-3))
     y = float(np.clip(orig_y[row], 0.0, geometry.height - 1e-3))
-    return x, y
+    return x, y, float(values[row, col])

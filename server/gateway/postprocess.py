@@ -132,10 +132,8 @@ def build_attention_map(
         result.raw = selected.astype(np.float32)
     if not attention.is_spatial or selected.ndim != 2:
         return result  # channel weights and other non-spatial outputs: raw values only
-    peak = peak_in_original(selected, geometry)
-    result.peak = peak
-    row, col = np.unravel_index(int(np.argmax(selected)), selected.shape)
-    result.peak_value = float(selected[row, col])
+    x, y, result.peak_value = peak_in_original(selected, geometry)
+    result.peak = (x, y)
     spatial_forms = request.forms & {MapForm.UPSAMPLED, MapForm.HEATMAP_PNG, MapForm.OVERLAY_PNG}
     if not spatial_forms or not request.renders(attention.name):
         return result

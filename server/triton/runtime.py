@@ -118,11 +118,11 @@ def _backends_current(runtime: TritonRuntime) -> bool:
     )
 
 
-def _assemble_backends(runtime: TritonRuntime) -> None:
+def _assemble_backends(runtime: TritonRuntime) -> bool:
     """Builds the backend folder, unless it is complete and holds the current backend code
-    (a running Triton may be reading it: it is replaced only when it must be)."""
+    (a running Triton may be reading it: it is replaced only when it must be). True if built."""
     if _backends_current(runtime):
-        return
+        return False
     wheel_backend = runtime.tritonserver.parent.parent / "backends" / "python"
     stub = (
         runtime.tritonserver.parent.parent
@@ -145,6 +145,7 @@ def _assemble_backends(runtime: TritonRuntime) -> None:
     shutil.copy2(BACKEND_SOURCE, staging / "onnxruntime" / "model.py")
     shutil.rmtree(runtime.backends_dir, ignore_errors=True)
     os.rename(staging, runtime.backends_dir)
+    return True
 
 
 def _check_shared_libraries(runtime: TritonRuntime) -> None:
@@ -183,10 +184,14 @@ def ensure_runtime(settings: TritonSettings) -> TritonRuntime:
     marker = runtime.root / "env.complete"
     key = _requirements_key(settings)
     with _locked(runtime.root):
-        if not (marker.is_file() and marker.read_text().strip() == key and runtime.tritonserver.is_file()):
+        provisioned = (
+            marker.is_file() and marker.read_text().strip() == key and runtime.tritonserver.is_file()
+        )
+        if not provisioned:
             marker.unlink(missing_ok=True)
             _create_env(runtime, settings)
+        if _assemble_backends(runtime) or not provisioned:
+            _check_shared_libraries(runtime)  # once per new environment or backend folder
+        if not provisioned:
             atomic_write_text(marker, key + "\n")
-        _assemble_backends(runtime)
-        _check_shared_libraries(runtime)
     return runtime
