@@ -18,7 +18,6 @@ override them. A failure prints one line on stderr and exits non-zero.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -26,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from attnserve.errors import AttnserveError, SetupError
-from attnserve.settings import DEFAULT_GATEWAY_ADDRESS, REPO_ROOT, Settings
-
-SAMPLE_IMAGE = REPO_ROOT / "docs" / "samples" / "digit.png"
+from attnserve.settings import DEFAULT_GATEWAY_ADDRESS, SAMPLE_IMAGE, Settings
 
 
 def _override(settings: Settings, section: str, **values: Any) -> Settings:
@@ -110,7 +107,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     _train_extra()
-    from attnserve.export.quality_report import evaluate_checkpoint
+    from attnserve.export.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
         args.checkpoint, args.architecture, samples=args.samples, write=not args.no_write
@@ -144,93 +141,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.clients import Client
+    from attnserve.console import PictureRequest, predict_to_console
 
-    forms = ["raw"]
-    render: list[str] = []
-    if args.overlay or args.heatmap:
-        render = [args.map]
-        forms += ["overlay_png"] if args.overlay else []
-        forms += ["heatmap_png"] if args.heatmap else []
     with Client(args.server, timeout_s=args.timeout) as client:
-        prediction = client.predict(
+        predict_to_console(
+            client,
             args.image,
             model=args.model,
             top_k=args.top_k,
-            forms=forms,
-            render=render,
             target_class=args.target_class,
+            pictures=PictureRequest(args.map, args.overlay, args.heatmap),
+            as_json=args.json,
         )
-        primary = client.get_model(prediction.model).primary_attention if not args.json else ""
-    rendered = next((a for a in prediction.attention if a.overlay_png or a.heatmap_png), None)
-    if args.overlay and rendered is not None:
-        _write_file(args.overlay, rendered.overlay_png)
-    if args.heatmap and rendered is not None:
-        _write_file(args.heatmap, rendered.heatmap_png)
-    if args.json:
-        document = prediction.to_json()
-        if rendered is not None:
-            document["overlay"] = {
-                "map": rendered.name,
-                "path": str(args.overlay) if args.overlay else None,
-            }
-        print(json.dumps(document, indent=2))
-        return 0
-    image = prediction.image
-    size = f"{image.width}×{image.height} {image.format}"
-    print(f"{args.image}: {size} → model {prediction.model} v{prediction.model_version}")
-    print("  " + ", ".join(f"{c.label} {c.score:.3f}" for c in prediction.predictions))
-    for a in prediction.attention:
-        where = f"peak at ({a.peak[0]:.1f}, {a.peak[1]:.1f}) px" if a.peak else f"max {a.peak_value:.3f}"
-        tags = [t for t, on in (("primary", a.name == primary), ("flat", a.flat)) if on]
-        cls = f" class {a.class_label}" if a.class_label else ""
-        suffix = f"  [{', '.join(tags)}]" if tags else ""
-        print(f"  {a.name:<16} {a.kind.value:<16} {'×'.join(map(str, a.shape)):<10}{cls} {where}{suffix}")
-    if rendered is not None:
-        for path in (args.overlay, args.heatmap):
-            if path:
-                print(f"  wrote {path} ({rendered.name})")
-    t = prediction.timings
-    print(
-        f"  timings: preprocess {t.preprocess_ms:.1f} ms, inference {t.inference_ms:.1f} ms, "
-        f"postprocess {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms"
-    )
     return 0
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    from attnserve._io import atomic_open
-
-    try:
-        with atomic_open(path, "wb") as handle:
-            handle.write(data)
-    except OSError as exc:
-        raise SetupError(f"cannot write {path}: {exc.strerror}") from None
-
-
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     from attnserve.clients import Client
-    from attnserve.prediction import kind_from_proto
+    from attnserve.console import models_to_console
 
     with Client(args.server, timeout_s=args.timeout) as client:
-        listing = client.list_models()
-    if args.json:
-        print(json.dumps(MessageToDict(listing, preserving_proto_field_name=True), indent=2))
-        return 0
-    for model in listing.models:
-        default = "  (default)" if model.name == listing.default_model else ""
-        p = model.preprocess
-        print(f"{model.name} v{model.version}{default}: {model.description}")
-        print(f"  input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {len(model.labels)} classes")
-        for a in model.attention:
-            tag = "  [primary]" if a.name == model.primary_attention else ""
-            quality = ", ".join(f"{k} {v:.3f}" for k, v in sorted(a.quality.items()))
-            shape = "×".join(map(str, a.shape))
-            line = f"  {a.name:<16} {kind_from_proto(a.kind).value:<16} {shape:<10} {quality}{tag}"
-            print(line.rstrip())
-        if model.primary_reason:
-            print(f"  primary: {model.primary_attention} — {model.primary_reason}")
+        models_to_console(client, as_json=args.json)
     return 0
 
 
@@ -345,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_flags(sub)
 
     sub = command("demo", cmd_demo, "serve the default model, predict a sample, write an overlay, stop")
-    sub.add_argument("--image", type=Path, default=SAMPLE_IMAGE)
+    sub.add_argument(
+        "--image", type=Path, default=SAMPLE_IMAGE, help="image to predict (default: the sample digit)"
+    )
     sub.add_argument("--overlay", type=Path, default=Path("overlay.png"))
     return parser
 

@@ -1,8 +1,8 @@
 """`attnserve demo`: the quick start's main job, end to end on real parts.
 
 Starts ``attnserve serve`` (the local Triton from the PyPI wheel and the gateway) on free
-ports, waits until the gateway's health is SERVING, runs ``attnserve predict`` on a sample
-image writing an attention overlay, prints the result and stops the server.
+ports, waits until the gateway's health is SERVING, predicts a sample image writing an
+attention overlay (exactly what ``attnserve predict --overlay`` prints), and stops the server.
 """
 
 from __future__ import annotations
@@ -65,14 +65,16 @@ def serving(settings: Settings) -> Iterator[str]:
                 server.wait()
 
 
-def run_demo(settings: Settings, image: Path, overlay: Path) -> int:
-    from attnserve.cli import main as cli_main
+def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
+    from attnserve.clients import Client
+    from attnserve.console import PictureRequest, predict_to_console
 
+    if image is None:
+        raise SetupError("no sample image outside a source checkout: pass --image PATH")
     if not image.is_file():
-        raise SetupError(f"sample image {image} does not exist")
-    shown = os.path.relpath(image) if image.is_absolute() and Path.cwd() in image.parents else str(image)
-    with serving(settings) as address:
-        code = cli_main(["predict", shown, f"--server={address}", f"--overlay={overlay}"])
-    if code == 0:
-        print(f"\nopen {overlay} to see where the model looked.")
-    return code
+        raise SetupError(f"sample image {image} does not exist: pass --image PATH")
+    shown = Path(os.path.relpath(image)) if image.is_absolute() and Path.cwd() in image.parents else image
+    with serving(settings) as address, Client(address) as client:
+        predict_to_console(client, shown, pictures=PictureRequest(overlay=overlay))
+    print(f"\nopen {overlay} to see where the model looked.")
+    return 0

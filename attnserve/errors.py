@@ -1,6 +1,6 @@
 """Domain errors, raised anywhere and mapped to status codes in one place per protocol.
 
-The gRPC mapping lives in `attnserve.server.gateway.interceptors`; the CLI turns any of
+The gRPC mapping lives in `attnserve.server.grpc.interceptors`; the CLI turns any of
 these into one line on stderr and a non-zero exit code.
 """
 

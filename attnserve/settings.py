@@ -12,8 +12,20 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+def _source_checkout() -> Path | None:
+    """The repository this package runs from, when it runs from a source checkout (editable)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "model_repository").is_dir() else None
+
+
+SOURCE_CHECKOUT = _source_checkout()
+DEFAULT_MODEL_REPOSITORY = (SOURCE_CHECKOUT or Path()) / "model_repository"
+"""The checkout's committed repository; installed from a wheel, ./model_repository."""
+SAMPLE_IMAGE: Path | None = (
+    None if SOURCE_CHECKOUT is None else SOURCE_CHECKOUT / "docs" / "samples" / "digit.png"
+)
+"""The quick start's sample image (a source checkout's; a wheel ships no images)."""
 
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:8500"
 

@@ -72,6 +72,13 @@ class PreprocessSpec(_Frozen):
         return self
 
 
+class Task(StrEnum):
+    """What a model's answer is; the gateway picks the postprocessor by it."""
+
+    CLASSIFICATION = "classification"
+    """Logits over `labels` → the top-k classes."""
+
+
 class AttentionKind(StrEnum):
     SPATIAL = "spatial"
     """Weights over positions of a feature map."""
@@ -79,6 +86,14 @@ class AttentionKind(StrEnum):
     """Weights over the channels of a feature map."""
     CLASS_ACTIVATION = "class_activation"
     """Class activation maps (one spatial map per class), computed in the graph."""
+
+
+KIND_AXES: dict[AttentionKind, tuple[str, ...]] = {
+    AttentionKind.SPATIAL: SPATIAL_AXES,
+    AttentionKind.CHANNEL: ("channel",),
+    AttentionKind.CLASS_ACTIVATION: SPATIAL_AXES,
+}
+"""The axes each kind's values end with; axes before them index a stack (class, scale, word)."""
 
 
 class Normalization(_Frozen):
@@ -134,11 +149,21 @@ class AttentionSpec(_Frozen):
     def is_spatial(self) -> bool:
         return self.axes[-2:] == SPATIAL_AXES
 
+    @property
+    def leading_axes(self) -> tuple[str, ...]:
+        """The axes before the kind's own (a stack of maps: per class, scale, word, ...)."""
+        return self.axes[: len(self.axes) - len(KIND_AXES[self.kind])]
+
     @model_validator(mode="after")
     def _check_axes(self) -> AttentionSpec:
         if "y" in self.axes or "x" in self.axes:
             if not self.is_spatial:
                 raise ValueError(f"{self.name}: spatial axes must be the last two, as ('y', 'x')")
+        own = KIND_AXES[self.kind]
+        if self.axes[len(self.axes) - len(own) :] != own:
+            raise ValueError(f"{self.name}: {self.kind.value} outputs end with the axes {own}")
+        if len(set(self.axes)) != len(self.axes):
+            raise ValueError(f"{self.name}: axis names repeat: {self.axes}")
         if self.kind is AttentionKind.CLASS_ACTIVATION and self.axes[:1] != ("class",):
             raise ValueError(f"{self.name}: class activation maps have axes ('class', 'y', 'x')")
         return self
@@ -150,7 +175,7 @@ class ModelSpec(_Frozen):
     schema_version: int = SPEC_SCHEMA_VERSION
     architecture: str
     description: str
-    task: Literal["classification"] = "classification"
+    task: Task = Task.CLASSIFICATION
     input_name: str = "image"
     logits_name: str = "logits"
     preprocess: PreprocessSpec
@@ -171,9 +196,14 @@ class ModelSpec(_Frozen):
         return self
 
     @property
+    def task_outputs(self) -> tuple[str, ...]:
+        """The graph outputs the task's answer is read from (classification: the logits)."""
+        return (self.logits_name,)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
-        """Graph outputs in order: the logits, then every attention map."""
-        return (self.logits_name, *(a.name for a in self.attention))
+        """Graph outputs in order: the task's, then every attention map."""
+        return (*self.task_outputs, *(a.name for a in self.attention))
 
     def attention_by_name(self, name: str) -> AttentionSpec:
         for attention in self.attention:

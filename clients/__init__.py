@@ -11,6 +11,7 @@
 from attnserve.errors import AttnserveError, InvalidInput, ModelNotFound, Overloaded, Unavailable
 from attnserve.prediction import AttentionMap, ClassScore, MapForm, Prediction
 
+from ._common import ImageLike, PredictOptions
 from .grpc import AsyncClient, Client
 
 __all__ = [
@@ -19,10 +20,12 @@ __all__ = [
     "AttnserveError",
     "ClassScore",
     "Client",
+    "ImageLike",
     "InvalidInput",
     "MapForm",
     "ModelNotFound",
     "Overloaded",
+    "PredictOptions",
     "Prediction",
     "Unavailable",
 ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 import grpc
 import numpy as np
 
+from attnserve import codec
 from attnserve.errors import (
     AttnserveError,
     DeadlineExceeded,
@@ -18,11 +20,35 @@ from attnserve.errors import (
     Unavailable,
     UpstreamError,
 )
-from attnserve.prediction import MapForm, form_to_proto, tensor_to_proto
+from attnserve.prediction import MapForm, PredictionRequest
 from attnserve.v1 import attnserve_pb2 as pb
 
 ImageLike = bytes | str | Path | np.ndarray
 """Encoded image bytes, a path to an image file, or a preprocessed float32 tensor (C, H, W)."""
+
+
+class PredictOptions(TypedDict, total=False):
+    """The options of `predict` and `predict_stream`, on every client."""
+
+    model: str | None
+    """Model name; None: the gateway's default model."""
+    model_version: str
+    """Empty: the version Triton serves."""
+    top_k: int | None
+    """How many classes; None: min(5, number of classes)."""
+    maps: Iterable[str]
+    """Attention maps by output name, or "primary"; empty: every map."""
+    forms: Iterable[MapForm | str]
+    """raw, upsampled, heatmap_png, overlay_png; empty: raw."""
+    render: Iterable[str]
+    """Maps to draw in the image forms; empty: every selected map."""
+    target_class: int | None
+    """The class a class activation map explains; None: the top-1 class."""
+    omit_attention: bool
+    """Predictions only."""
+    request_id: str
+    """Echoed back (predict_stream numbers the requests itself)."""
+
 
 _ERRORS: dict[grpc.StatusCode, type[AttnserveError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
@@ -51,7 +77,7 @@ def error_from_status(code: int, message: str) -> AttnserveError:
     return _ERRORS.get(status, UpstreamError)(f"{status.name}: {message}")
 
 
-def build_request(
+def prediction_request(
     image: ImageLike,
     *,
     model: str | None = None,
@@ -63,33 +89,48 @@ def build_request(
     target_class: int | None = None,
     omit_attention: bool = False,
     request_id: str = "",
-) -> pb.PredictRequest:
-    request = pb.PredictRequest(model=model or "", model_version=model_version, request_id=request_id)
+) -> PredictionRequest:
+    """The domain request for one image; a file that cannot be read or an unknown form is
+    `InvalidInput`."""
+    tensor, data = None, None
     if isinstance(image, np.ndarray):
-        request.tensor.CopyFrom(tensor_to_proto(image))
+        tensor = image
     elif isinstance(image, bytes):
-        request.image = image
+        data = image
     else:
         path = Path(image)
         try:
-            request.image = path.read_bytes()
+            data = path.read_bytes()
         except OSError as exc:
             raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    if top_k is not None:
-        request.top_k = top_k
-    request.attention.maps.extend(maps)
-    request.attention.render.extend(render)
     try:
-        request.attention.formats.extend(form_to_proto(MapForm(form)) for form in forms)
+        chosen = frozenset(MapForm(form) for form in forms)
     except ValueError as exc:
         raise InvalidInput(f"{exc}; forms are {', '.join(f.value for f in MapForm)}") from None
-    if target_class is not None:
-        request.attention.target_class = target_class
-    request.attention.omit = omit_attention
-    return request
+    return PredictionRequest(
+        image=data,
+        tensor=tensor,
+        model=model,
+        model_version=model_version,
+        top_k=top_k,
+        maps=tuple(maps),
+        forms=chosen,
+        render=tuple(render),
+        target_class=target_class,
+        omit_attention=omit_attention,
+        request_id=request_id,
+    )
 
 
-def stream_requests(images: Iterable[ImageLike], **options: Any) -> Iterable[pb.PredictRequest]:
+def build_request(image: ImageLike, **options: Unpack[PredictOptions]) -> pb.PredictRequest:
+    """The wire request for one image."""
+    return codec.request_to_proto(prediction_request(image, **options))
+
+
+def stream_requests(
+    images: Iterable[ImageLike], **options: Unpack[PredictOptions]
+) -> Iterator[pb.PredictRequest]:
     """One request per image; request ids are the images' positions in the sequence."""
     for index, image in enumerate(images):
-        yield build_request(image, request_id=str(index), **options)
+        request = prediction_request(image, **options)
+        yield codec.request_to_proto(dataclasses.replace(request, request_id=str(index)))

@@ -11,11 +11,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from attnserve.codec import prediction_from_proto
 from attnserve.errors import AttnserveError, Unavailable
 from attnserve.prediction import Prediction
 from attnserve.settings import DEFAULT_GATEWAY_ADDRESS
@@ -25,6 +26,7 @@ from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 from ._common import (
     CHANNEL_OPTIONS,
     ImageLike,
+    PredictOptions,
     build_request,
     error_from_rpc,
     error_from_status,
@@ -44,16 +46,16 @@ class Client:
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    def predict(self, image: ImageLike, **options: Any) -> Prediction:
-        """Options: model, model_version, top_k, maps, forms, target_class, omit_attention, request_id."""
+    def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
+        """One image (bytes, a path or a float32 tensor) → classes and attention (see `PredictOptions`)."""
         request = build_request(image, **options)
         try:
-            return Prediction.from_proto(self._stub.Predict(request, timeout=self.timeout_s))
+            return prediction_from_proto(self._stub.Predict(request, timeout=self.timeout_s))
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
     def predict_stream(
-        self, images: Iterable[ImageLike], **options: Any
+        self, images: Iterable[ImageLike], **options: Unpack[PredictOptions]
     ) -> Iterator[Prediction | AttnserveError]:
         """One result per image, in order, on one connection; a failed image yields its error."""
         try:
@@ -61,7 +63,7 @@ class Client:
                 if item.HasField("error"):
                     yield error_from_status(item.error.code, item.error.message)
                 else:
-                    yield Prediction.from_proto(item.response)
+                    yield prediction_from_proto(item.response)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
@@ -125,22 +127,22 @@ class AsyncClient:
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    async def predict(self, image: ImageLike, **options: Any) -> Prediction:
+    async def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         request = build_request(image, **options)
         try:
-            return Prediction.from_proto(await self._stub.Predict(request, timeout=self.timeout_s))
+            return prediction_from_proto(await self._stub.Predict(request, timeout=self.timeout_s))
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
     async def predict_stream(
-        self, images: Iterable[ImageLike], **options: Any
+        self, images: Iterable[ImageLike], **options: Unpack[PredictOptions]
     ) -> AsyncIterator[Prediction | AttnserveError]:
         try:
             async for item in self._stub.PredictStream(stream_requests(images, **options)):
                 if item.HasField("error"):
                     yield error_from_status(item.error.code, item.error.message)
                 else:
-                    yield Prediction.from_proto(item.response)
+                    yield prediction_from_proto(item.response)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 

@@ -10,10 +10,10 @@ import torch
 from attnserve.errors import InvalidInput
 
 from .checkpoint import export_spec, load_checkpoint
-from .evaluate import with_measured_quality
 from .models import ServingGraph, get_entry
 from .onnx_export import ParityError, ParityReport, check_parity, export_onnx
 from .repository import ServingOptions, build_config, write_model
+from .scoring import with_measured_quality
 
 
 @dataclass

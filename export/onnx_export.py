@@ -18,8 +18,8 @@ import torch
 from attnserve.errors import AttnserveError
 
 from .data import ClutteredDigits
-from .evaluate import canvases_to_input
 from .models import ServingGraph
+from .scoring import canvases_to_input
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4

@@ -24,8 +24,8 @@ from attnserve._io import atomic_write_text
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import ClutteredDigits
-from .evaluate import canvases_to_input, run_graph, score
 from .models import ServingGraph, create_model, get_spec, serving_spec
+from .scoring import canvases_to_input, run_graph, score
 
 
 @dataclass

@@ -15,7 +15,7 @@ import threading
 from attnserve.errors import SetupError
 from attnserve.settings import Settings
 
-from .gateway.app import Gateway
+from .app import Gateway
 from .triton import TritonProcess
 
 log = logging.getLogger(__name__)

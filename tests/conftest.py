@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve._net import free_port
+from attnserve.server.gateway.backend import RepositoryModel
 from attnserve.settings import DEFAULT_MODEL_REPOSITORY, GatewaySettings, Settings, TritonSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +36,57 @@ CBAM_OUTPUT_DIMS = {
 """Non-batch output shapes of the cbam architecture, for tests that fake Triton's answers."""
 
 
+class FakeBackend:
+    """An `InferenceBackend` without a server: serves cbam-shaped models from their configs.
+
+    ``infer`` answers with seeded random outputs (or ``answer(name, batch)``), after waiting for
+    ``gate`` when one is set; ``ready`` and ``fail_with`` let tests break it.
+    """
+
+    def __init__(self, names: tuple[str, ...] = ("cbam",)) -> None:
+        from attnserve.export.models import create_model, get_spec, serving_spec
+        from attnserve.export.repository import ServingOptions, build_config
+
+        spec = serving_spec(get_spec("cbam"), create_model("cbam")).model_copy(
+            update={"primary_attention": "spatial_stage3"}
+        )
+        self.configs = {name: build_config(name, spec, CBAM_OUTPUT_DIMS, ServingOptions()) for name in names}
+        self.ready = True
+        self.gate: asyncio.Event | None = None
+        self.fail_with: Exception | None = None
+        self.calls: list[tuple[str, dict[str, tuple[int, ...]], list[str]]] = []
+
+    async def is_ready(self) -> bool:
+        return self.ready
+
+    async def repository_index(self) -> list[RepositoryModel]:
+        return [RepositoryModel(name, "1", "READY", "") for name in self.configs]
+
+    async def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.configs[name]
+
+    async def infer(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str],
+        timeout_s: float,
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        self.calls.append((model, {k: v.shape for k, v in inputs.items()}, outputs))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        batch = len(next(iter(inputs.values())))
+        rng = np.random.default_rng(len(self.calls))
+        return {name: rng.random((batch, *CBAM_OUTPUT_DIMS[name])).astype(np.float32) for name in outputs}
+
+    async def close(self) -> None:
+        return None
+
+
 def triton_settings(repository: Path = DEFAULT_MODEL_REPOSITORY, **overrides: object) -> TritonSettings:
     values: dict[str, object] = {
         "http_port": free_port(),
@@ -47,11 +101,11 @@ def triton_settings(repository: Path = DEFAULT_MODEL_REPOSITORY, **overrides: ob
 class GatewayThread:
     """A real `Gateway` on its own event loop in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
-        from attnserve.server.gateway.app import Gateway
+    def __init__(self, settings: Settings, backend: FakeBackend | None = None) -> None:
+        from attnserve.server.app import Gateway
 
         self.settings = settings
-        self.gateway = Gateway(settings)
+        self.gateway = Gateway(settings, backend)
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -66,7 +120,11 @@ class GatewayThread:
             self._started.set()
             return
         self._started.set()
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
 
     def start(self) -> GatewayThread:
         self._thread.start()

@@ -1,10 +1,9 @@
 import pytest
-from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve.errors import ModelNotFound, ModelNotReady
 from attnserve.export.models import get_spec
 from attnserve.export.repository import ServingOptions, build_config
-from attnserve.server.gateway.catalog import ModelCatalog, NoSpec, served_model_from_config
+from attnserve.server.gateway.catalog import ModelCatalog, NoSpec, model_info_from_config
 from attnserve.spec import SPEC_PARAMETER
 
 SPEC = get_spec("cbam")
@@ -12,7 +11,7 @@ DIMS = {name: (10,) if name == "logits" else (8, 8) for name in SPEC.output_name
 
 
 def test_a_served_model_is_read_from_the_triton_config() -> None:
-    served = served_model_from_config(build_config("digits", SPEC, DIMS, ServingOptions()), "2")
+    served = model_info_from_config(build_config("digits", SPEC, DIMS, ServingOptions()), "2")
     assert served.name == "digits" and served.version == "2" and served.spec == SPEC
     assert served.inputs[0].shape == (-1, 1, 64, 64) and served.inputs[0].datatype == "FP32"
     assert served.output_shape("spatial_stage3") == (-1, 8, 8)
@@ -22,18 +21,18 @@ def test_configs_without_a_valid_spec_are_not_served() -> None:
     config = build_config("digits", SPEC, DIMS, ServingOptions())
     del config.parameters[SPEC_PARAMETER]
     with pytest.raises(NoSpec, match="no 'attnserve_spec'"):
-        served_model_from_config(config, "1")
+        model_info_from_config(config, "1")
     config.parameters[SPEC_PARAMETER].string_value = '{"architecture": 1}'
     with pytest.raises(NoSpec, match="invalid"):
-        served_model_from_config(config, "1")
+        model_info_from_config(config, "1")
     bare = build_config("digits", SPEC, DIMS, ServingOptions())
     del bare.output[-1]
     with pytest.raises(NoSpec, match="lacks"):
-        served_model_from_config(bare, "1")
+        model_info_from_config(bare, "1")
 
 
 def test_lookups_say_what_is_served() -> None:
-    served = served_model_from_config(build_config("digits", SPEC, DIMS, ServingOptions()), "1")
+    served = model_info_from_config(build_config("digits", SPEC, DIMS, ServingOptions()), "1")
     catalog = ModelCatalog(models={"digits": served}, known_not_ready={"broken": "UNAVAILABLE load failed"})
     assert catalog.default_model == "digits" and catalog.get(None) is served and catalog.is_ready()
     with pytest.raises(ModelNotFound, match="served models: digits"):
@@ -44,4 +43,3 @@ def test_lookups_say_what_is_served() -> None:
     with pytest.raises(ModelNotReady):
         catalog.get("digits")
     assert not catalog.is_ready()
-    assert isinstance(mc.ModelConfig(), mc.ModelConfig)

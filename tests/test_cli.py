@@ -8,11 +8,18 @@ import pytest
 from PIL import Image
 
 from attnserve._net import free_port
-from attnserve.cli import SAMPLE_IMAGE, main
+from attnserve.cli import main
+from attnserve.settings import SAMPLE_IMAGE
 
 from .conftest import GatewayThread
 
 pytestmark = pytest.mark.triton
+
+
+def sample_size() -> tuple[int, int]:
+    assert SAMPLE_IMAGE is not None, "the tests run from a source checkout"
+    with Image.open(SAMPLE_IMAGE) as image:
+        return image.size
 
 
 def test_predict_writes_an_overlay_and_prints_the_result(
@@ -24,7 +31,7 @@ def test_predict_writes_an_overlay_and_prints_the_result(
     assert code == 0
     assert "→ model cbam v1" in out and "[primary]" in out and f"wrote {overlay}" in out
     with Image.open(overlay) as image:
-        assert image.format == "PNG" and image.size == Image.open(SAMPLE_IMAGE).size
+        assert image.format == "PNG" and image.size == sample_size()
     assert out.splitlines()[1].strip().startswith("6 ")  # the sample is a six
 
 
@@ -39,7 +46,7 @@ def test_predict_json_has_the_documented_fields(
     assert code == 0 and heatmap.is_file()
     assert document["model"] == "cbam"
     assert {"label", "score"} <= set(document["predictions"][0])
-    width, height = Image.open(SAMPLE_IMAGE).size
+    width, height = sample_size()
     for attention in document["attention"]:
         assert {"name", "kind", "shape", "peak"} <= set(attention)
         if attention["kind"] != "channel":

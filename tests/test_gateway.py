@@ -16,9 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from attnserve.clients import AsyncClient, Client
+from attnserve.codec import tensor_to_proto
 from attnserve.errors import InvalidInput, ModelNotFound, Unavailable
 from attnserve.export.data import ClutteredDigits, as_photo
-from attnserve.prediction import Prediction, tensor_to_proto
+from attnserve.prediction import Prediction
 from attnserve.server.triton import TritonProcess
 from attnserve.settings import DEFAULT_MODEL_REPOSITORY
 from attnserve.v1 import attnserve_pb2 as pb

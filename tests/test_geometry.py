@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnserve.server.gateway.geometry import ResizeGeometry, map_to_original, peak_in_original
 from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
+from attnserve.transform import ResizeGeometry, map_to_original, peak_in_original
 
 
 def spec(mode: ResizeMode, size: tuple[int, int] = (64, 64), crop_pct: float = 1.0) -> PreprocessSpec:
@@ -81,4 +81,5 @@ def test_round_trip_between_input_and_original() -> None:
     g = ResizeGeometry.for_spec(123, 77, spec(ResizeMode.LETTERBOX))
     xs, ys = np.array([0.0, 10.5, 122.9]), np.array([0.0, 40.0, 76.9])
     back = g.to_original(*g.to_input(xs, ys))
-    np.testing.assert_allclose(back[0], xs) and np.testing.assert_allclose(back[1], ys)
+    np.testing.assert_allclose(back[0], xs)
+    np.testing.assert_allclose(back[1], ys)

@@ -2,7 +2,7 @@ import grpc
 import pytest
 
 from attnserve import errors
-from attnserve.server.gateway.interceptors import describe, status_for
+from attnserve.server.grpc.interceptors import describe, status_for
 
 
 @pytest.mark.parametrize(

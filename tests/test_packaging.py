@@ -48,7 +48,8 @@ def test_the_wheel_installs_only_the_attnserve_namespace(tmp_path: Path) -> None
     }
     for module in (
         "attnserve/export/models/cbam.py",
-        "attnserve/server/gateway/app.py",
+        "attnserve/server/app.py",
+        "attnserve/transform/model_input.py",
         "attnserve/clients/grpc.py",
         "attnserve/server/triton/backends/onnxruntime/model.py",
         "attnserve/v1/attnserve_pb2.py",

@@ -7,9 +7,16 @@ from PIL import Image
 from attnserve.errors import InvalidInput
 from attnserve.export.models import create_model, get_spec, serving_spec
 from attnserve.prediction import MapForm
-from attnserve.server.gateway.geometry import ResizeGeometry
-from attnserve.server.gateway.postprocess import AttentionRequest, postprocess, softmax, to_display, top_k
+from attnserve.server.gateway.postprocess import (
+    AttentionRequest,
+    TaskOptions,
+    postprocess,
+    softmax,
+    to_display,
+    top_k,
+)
 from attnserve.spec import Normalization
+from attnserve.transform import ResizeGeometry
 
 from .conftest import CBAM_OUTPUT_DIMS
 
@@ -90,8 +97,9 @@ def test_postprocess_returns_requested_maps_and_forms_only() -> None:
         frozenset({MapForm.RAW, MapForm.OVERLAY_PNG, MapForm.UPSAMPLED}),
         render=frozenset({"spatial_stage3"}),
     )
-    predictions, maps = postprocess(outputs(), SPEC, geometry, 3, request, image)
-    assert [p.index for p in predictions] == [2, 3, 1]
+    answer = postprocess(outputs(), SPEC, geometry, TaskOptions(top_k=3), request, image)
+    maps = answer.attention
+    assert [p.index for p in answer.task.predictions] == [2, 3, 1]
     stage3, channel, cam = maps
     assert stage3.raw is not None and stage3.raw.shape == (8, 8)
     assert stage3.upsampled is not None and stage3.upsampled.shape == (64, 128)
@@ -110,12 +118,40 @@ def test_postprocess_returns_requested_maps_and_forms_only() -> None:
 def test_class_activation_maps_follow_the_target_class() -> None:
     geometry = ResizeGeometry.identity(64, 64)
     out = outputs()
-    predicted, _ = postprocess(out, SPEC, geometry, 1, AttentionRequest(("cam",), frozenset({MapForm.RAW})))
-    _, (cam,) = postprocess(
-        out, SPEC, geometry, 1, AttentionRequest(("cam",), frozenset({MapForm.RAW}), target_class=7)
-    )
+    raw = AttentionRequest(("cam",), frozenset({MapForm.RAW}))
+    predicted = postprocess(out, SPEC, geometry, TaskOptions(1), raw)
+    assert predicted.attention[0].class_index == predicted.task.predictions[0].index == 2
+    (cam,) = postprocess(out, SPEC, geometry, TaskOptions(1, target_class=7), raw).attention
     assert cam.class_index == 7 and np.array_equal(cam.raw, out["cam"][7])  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="target_class 12"):
-        postprocess(
-            out, SPEC, geometry, 1, AttentionRequest(("cam",), frozenset({MapForm.RAW}), target_class=12)
-        )
+        postprocess(out, SPEC, geometry, TaskOptions(1, target_class=12), raw)
+
+
+def test_tasks_and_attention_kinds_are_registered_once() -> None:
+    from attnserve.server.gateway.postprocess import register_attention_kind, register_task
+    from attnserve.server.gateway.postprocess.attention import spatial_map
+    from attnserve.server.gateway.postprocess.tasks import classification
+    from attnserve.spec import AttentionKind, Task
+
+    with pytest.raises(ValueError, match="registered already"):
+        register_task(Task.CLASSIFICATION)(classification)
+    with pytest.raises(ValueError, match="registered already"):
+        register_attention_kind(AttentionKind.SPATIAL)(spatial_map)
+
+
+def test_a_stack_no_task_selects_comes_back_raw_only() -> None:
+    """A per-scale stack (axes scale, y, x): classification selects no scale, so it stays whole."""
+    from attnserve.server.gateway.postprocess import MapContext, build_attention_map
+
+    per_scale = SPEC.attention_by_name("spatial_stage3").model_copy(update={"axes": ("scale", "y", "x")})
+    values = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    request = AttentionRequest(("spatial_stage3",), frozenset({MapForm.RAW, MapForm.OVERLAY_PNG}))
+    image = Image.new("RGB", (64, 64))
+    context = MapContext(ResizeGeometry.identity(64, 64), request, {"class": 2}, SPEC.labels, image)
+    result = build_attention_map(per_scale, values, context)
+    assert result.raw is not None and result.raw.shape == (3, 8, 8) and result.class_index is None
+    assert result.peak is None and not result.overlay_png
+    one_scale = MapContext(**{**vars(context), "selection": {"scale": 1}})
+    selected = build_attention_map(per_scale, values, one_scale)
+    assert selected.raw is not None and np.array_equal(selected.raw, values[1])
+    assert selected.peak is not None and selected.overlay_png[:4] == b"\x89PNG"

@@ -7,14 +7,9 @@ import pytest
 from PIL import Image
 
 from attnserve.errors import InvalidInput
-from attnserve.server.gateway.preprocess import (
-    ImageLimits,
-    decode_image,
-    preprocess_image,
-    preprocess_tensor,
-    to_color_mode,
-)
+from attnserve.server.gateway.preprocess import preprocess_image, preprocess_tensor
 from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
+from attnserve.transform import ImageLimits, decode_image, to_color_mode
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 GRAY = PreprocessSpec(

@@ -42,9 +42,9 @@ def main() -> int:
 
     from attnserve.export.checkpoint import load_checkpoint
     from attnserve.export.data import ClutteredDigits
-    from attnserve.export.evaluate import canvases_to_input
+    from attnserve.export.evaluate import mean_correlation
     from attnserve.export.gradcam import grad_cam
-    from attnserve.export.quality_report import mean_correlation
+    from attnserve.export.scoring import canvases_to_input
 
     checkpoint = load_checkpoint(Path("checkpoints/cbam/checkpoint.pt"))
     model = checkpoint.model.eval()

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from attnserve.cli import SAMPLE_IMAGE
 from attnserve.clients import Client
 from attnserve.demo import serving
-from attnserve.settings import REPO_ROOT, Settings
+from attnserve.settings import Settings
 
-OUT = REPO_ROOT / "docs" / "images" / "attention.png"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_IMAGE = ROOT / "docs" / "samples" / "digit.png"
+OUT = ROOT / "docs" / "images" / "attention.png"
 MAPS = ["spatial_stage1", "spatial_stage2", "spatial_stage3", "spatial_product", "cam"]
 
 

@@ -1,8 +1,9 @@
 """Registered attention architectures. Importing this package registers every family."""
 
 from . import cbam  # noqa: F401  (registers its architectures)
-from ._cam import CAM_OUTPUT, ServingGraph, has_gap_linear_head, serving_spec
+from ._cam import CAM_OUTPUT, has_gap_linear_head
 from ._registry import ModelEntry, create_model, get_entry, get_spec, list_models, register_model
+from ._serving import ServingGraph, serving_spec
 
 __all__ = [
     "CAM_OUTPUT",

@@ -1,5 +1,5 @@
 """In-graph class activation maps (Zhou et al., "Learning Deep Features for Discriminative
-Localization", CVPR 2016) and the serving graph that names every output.
+Localization", CVPR 2016).
 
 For a head made of global average pooling and one linear layer,
 ``logit_k = sum_yx(sum_c W_kc F_c(y, x) / (h·w)) + b_k``, so ``CAM_k = sum_c W_kc F_c / (h·w)``
@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnserve.spec import AttentionKind, AttentionSpec, ModelSpec, Normalization
+from attnserve.spec import AttentionKind, AttentionSpec, Normalization
 
 CAM_OUTPUT = "cam"
 
@@ -69,39 +68,3 @@ def class_activation_maps(features: Tensor, classifier: nn.Linear) -> Tensor:
     height, width = features.shape[-2:]
     weight = classifier.weight[:, :, None, None] / (height * width)
     return F.conv2d(features, weight)
-
-
-def serving_spec(spec: ModelSpec, model: nn.Module) -> ModelSpec:
-    """The registry spec plus the outputs export adds (the CAM, for GAP + linear heads)."""
-    if has_gap_linear_head(model) and CAM_OUTPUT not in {a.name for a in spec.attention}:
-        return spec.model_copy(update={"attention": (*spec.attention, CAM_SPEC)})
-    return spec
-
-
-class ServingGraph(nn.Module):
-    """What is exported: ``images -> (logits, *attention maps)`` in ``spec.output_names`` order."""
-
-    def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
-        super().__init__()
-        self.model = model
-        self.spec = serving_spec(spec, model)
-        self.with_cam = CAM_OUTPUT in {a.name for a in self.spec.attention}
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        outputs = self.named_outputs(images)
-        return tuple(outputs[name] for name in self.spec.output_names)
-
-    def named_outputs(self, images: Tensor) -> dict[str, Tensor]:
-        model = self.model
-        if not has_gap_linear_head(model):
-            result = model(images)
-            if not isinstance(result, dict):
-                raise TypeError("a model without a GAP + linear head must return a dict of outputs")
-            return result
-        assert isinstance(model, GapLinearClassifier)
-        features, attention = model.forward_features(images)
-        logits = model.classifier(torch.mean(features, dim=(2, 3)))
-        outputs = {self.spec.logits_name: logits, **attention}
-        if self.with_cam:
-            outputs[CAM_OUTPUT] = class_activation_maps(features, model.classifier)
-        return outputs

@@ -14,45 +14,22 @@ from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve.errors import ModelNotFound, ModelNotReady
+from attnserve.model_info import ModelInfo, TensorInfo
 from attnserve.spec import SPEC_PARAMETER, ModelSpec
 
-from .triton_client import TritonClient
+from .backend import InferenceBackend
 
 log = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {v: k.removeprefix("TYPE_") for k, v in mc.DataType.items()}
 
 
-@dataclass(frozen=True)
-class TensorShape:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    """With -1 for the batch axis when the model batches."""
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    name: str
-    version: str
-    spec: ModelSpec
-    max_batch_size: int
-    inputs: tuple[TensorShape, ...]
-    outputs: tuple[TensorShape, ...]
-
-    def output_shape(self, name: str) -> tuple[int, ...]:
-        for output in self.outputs:
-            if output.name == name:
-                return output.shape
-        raise KeyError(name)
-
-
 class NoSpec(ValueError):
     """The model config carries no (valid) attnserve spec."""
 
 
-def served_model_from_config(config: mc.ModelConfig, version: str) -> ServedModel:
-    """Builds a `ServedModel` from Triton's config; raises `NoSpec` when it has no valid spec."""
+def model_info_from_config(config: mc.ModelConfig, version: str) -> ModelInfo:
+    """Builds a `ModelInfo` from Triton's config; raises `NoSpec` when it has no valid spec."""
     parameter = config.parameters.get(SPEC_PARAMETER)
     if parameter is None or not parameter.string_value:
         raise NoSpec(f"{config.name}: no {SPEC_PARAMETER!r} parameter in its config")
@@ -62,16 +39,16 @@ def served_model_from_config(config: mc.ModelConfig, version: str) -> ServedMode
         raise NoSpec(f"{config.name}: its {SPEC_PARAMETER!r} parameter is invalid: {exc}") from None
     batch = (-1,) if config.max_batch_size > 0 else ()
 
-    def shapes(tensors: list[mc.ModelInput] | list[mc.ModelOutput]) -> tuple[TensorShape, ...]:
+    def shapes(tensors: list[mc.ModelInput] | list[mc.ModelOutput]) -> tuple[TensorInfo, ...]:
         return tuple(
-            TensorShape(t.name, _DTYPE_NAMES.get(t.data_type, "UNKNOWN"), (*batch, *t.dims)) for t in tensors
+            TensorInfo(t.name, _DTYPE_NAMES.get(t.data_type, "UNKNOWN"), (*batch, *t.dims)) for t in tensors
         )
 
     inputs, outputs = shapes(list(config.input)), shapes(list(config.output))
     missing = [n for n in spec.output_names if n not in {o.name for o in outputs}]
     if missing:
         raise NoSpec(f"{config.name}: its spec names outputs the config lacks: {missing}")
-    return ServedModel(config.name, version, spec, config.max_batch_size, inputs, outputs)
+    return ModelInfo(config.name, version, spec, config.max_batch_size, inputs, outputs)
 
 
 @dataclass
@@ -79,7 +56,7 @@ class ModelCatalog:
     """What Triton serves now; refreshed by the gateway's health watcher."""
 
     configured_default: str | None = None
-    models: dict[str, ServedModel] = field(default_factory=dict)
+    models: dict[str, ModelInfo] = field(default_factory=dict)
     known_not_ready: dict[str, str] = field(default_factory=dict)
     """Models in Triton's repository that are not READY, with Triton's reason."""
 
@@ -89,16 +66,16 @@ class ModelCatalog:
             return self.configured_default
         return min(self.models) if self.models else None
 
-    async def refresh(self, triton: TritonClient) -> None:
-        models: dict[str, ServedModel] = {}
+    async def refresh(self, backend: InferenceBackend) -> None:
+        models: dict[str, ModelInfo] = {}
         not_ready: dict[str, str] = {}
-        for entry in await triton.repository_index():
+        for entry in await backend.repository_index():
             if not entry.ready:
                 not_ready[entry.name] = f"{entry.state or 'UNKNOWN'} {entry.reason}".strip()
                 continue
-            config = await triton.model_config(entry.name, entry.version)
+            config = await backend.model_config(entry.name, entry.version)
             try:
-                served = served_model_from_config(config, entry.version)
+                served = model_info_from_config(config, entry.version)
             except NoSpec as exc:
                 log.warning("not serving %s", exc)
                 continue
@@ -114,7 +91,7 @@ class ModelCatalog:
             self.known_not_ready[name] = "Triton is unavailable"
         self.models = {}
 
-    def get(self, name: str | None) -> ServedModel:
+    def get(self, name: str | None) -> ModelInfo:
         resolved = name or self.default_model
         if resolved is None:
             raise ModelNotReady("no model is ready yet; wait until the gateway's health is SERVING")

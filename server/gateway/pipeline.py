@@ -1,7 +1,9 @@
-"""The fixed pipeline: validate → preprocess → Triton → postprocess, each stage measured.
+"""The fixed pipeline: validate → preprocess → inference → postprocess, each stage measured.
 
-CPU-bound stages (decoding, resampling, PNG encoding) run on a small thread pool so the event
-loop keeps accepting requests; Triton is awaited.
+Transport-neutral: a front (gRPC, HTTP) decodes its wire format into a `PredictionRequest`,
+calls `Pipeline.predict` with the caller's deadline and its own response-size limit, and
+encodes the `Prediction`. CPU-bound stages (decoding, resampling, PNG encoding) run on a small
+thread pool so the event loop keeps accepting requests; inference is awaited.
 """
 
 from __future__ import annotations
@@ -9,42 +11,22 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-
-import numpy as np
-from numpy.typing import NDArray
 
 from attnserve.errors import DeadlineExceeded, InvalidInput, Overloaded
-from attnserve.prediction import ImageInfo, MapForm, Prediction, Timings
+from attnserve.model_info import ModelInfo
+from attnserve.prediction import ImageInfo, MapForm, Prediction, PredictionRequest, Timings
 from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec
+from attnserve.transform import ImageLimits, ResizeGeometry
 
-from .catalog import ModelCatalog, ServedModel
-from .geometry import ResizeGeometry
+from .backend import InferenceBackend
+from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
-from .postprocess import AttentionRequest, postprocess
-from .preprocess import ImageLimits, PreparedInput, preprocess_image, preprocess_tensor
-from .triton_client import TritonClient
+from .postprocess import AttentionRequest, TaskOptions, postprocess
+from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 
 PRIMARY = "primary"
 DEFAULT_TOP_K = 5
-
-
-@dataclass(frozen=True)
-class PredictCall:
-    """A prediction request, decoded from the wire but not yet checked against a model."""
-
-    image: bytes | None = None
-    tensor: NDArray[np.float32] | None = None
-    model: str | None = None
-    model_version: str = ""
-    top_k: int | None = None
-    maps: tuple[str, ...] = ()
-    forms: frozenset[MapForm] = frozenset()
-    render: tuple[str, ...] = ()
-    target_class: int | None = None
-    omit_attention: bool = False
-    request_id: str = ""
 
 
 def resolve_top_k(top_k: int | None, spec: ModelSpec, limit: int) -> int:
@@ -60,20 +42,24 @@ def resolve_top_k(top_k: int | None, spec: ModelSpec, limit: int) -> int:
     return top_k
 
 
-def resolve_attention(call: PredictCall, spec: ModelSpec) -> AttentionRequest:
-    """Checks map names, forms and the target class against the model's spec."""
-    if call.target_class is not None and not 0 <= call.target_class < len(spec.labels):
-        raise InvalidInput(f"target_class {call.target_class} is outside 0..{len(spec.labels) - 1}")
-    if call.omit_attention:
-        return AttentionRequest((), frozenset(), call.target_class)
-    names = _resolve_map_names(call.maps, spec)
-    render = _resolve_map_names(call.render, spec) if call.render else None
+def resolve_task_options(request: PredictionRequest, spec: ModelSpec, top_k_limit: int) -> TaskOptions:
+    """Checks the task's options (top_k, the class to explain) against the model's spec."""
+    target = request.target_class
+    if target is not None and not 0 <= target < len(spec.labels):
+        raise InvalidInput(f"target_class {target} is outside 0..{len(spec.labels) - 1}")
+    return TaskOptions(resolve_top_k(request.top_k, spec, top_k_limit), target)
+
+
+def resolve_attention(request: PredictionRequest, spec: ModelSpec) -> AttentionRequest:
+    """Checks map names and forms against the model's spec."""
+    if request.omit_attention:
+        return AttentionRequest((), frozenset())
+    names = _resolve_map_names(request.maps, spec)
+    render = _resolve_map_names(request.render, spec) if request.render else None
     if render is not None and (missing := [n for n in render if n not in names]):
         raise InvalidInput(f"render names maps that are not selected: {', '.join(missing)}")
-    forms = call.forms or frozenset({MapForm.RAW})
-    return AttentionRequest(
-        tuple(names), forms, call.target_class, None if render is None else frozenset(render)
-    )
+    forms = request.forms or frozenset({MapForm.RAW})
+    return AttentionRequest(tuple(names), forms, None if render is None else frozenset(render))
 
 
 def _resolve_map_names(requested: tuple[str, ...], spec: ModelSpec) -> list[str]:
@@ -95,7 +81,8 @@ def _resolve_map_names(requested: tuple[str, ...], spec: ModelSpec) -> list[str]
 def check_response_size(
     attention: AttentionRequest, spec: ModelSpec, geometry: ResizeGeometry, limit: int
 ) -> None:
-    """Refuses, before any work, an UPSAMPLED answer that cannot fit in one message.
+    """Refuses, once the image's size is known and before postprocessing, an UPSAMPLED answer
+    that cannot fit in ``limit`` bytes (a front's message limit).
 
     UPSAMPLED maps are float32 at the original size (48 MB for one 12-megapixel photo); PNG
     forms compress and are not estimated.
@@ -117,12 +104,12 @@ class Pipeline:
         self,
         settings: GatewaySettings,
         catalog: ModelCatalog,
-        triton: TritonClient,
+        backend: InferenceBackend,
         metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.triton = triton
+        self.backend = backend
         self.metrics = metrics
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="attnserve-cpu")
@@ -131,28 +118,40 @@ class Pipeline:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def predict(self, call: PredictCall, deadline_s: float | None = None) -> Prediction:
-        """One image through the pipeline; ``deadline_s`` is the caller's remaining time."""
+    async def predict(
+        self,
+        request: PredictionRequest,
+        deadline_s: float | None = None,
+        response_limit_bytes: int | None = None,
+    ) -> Prediction:
+        """One image through the pipeline.
+
+        ``deadline_s`` is the caller's remaining time; ``response_limit_bytes`` the largest
+        answer the calling front can send.
+        """
         if self._in_flight >= self.settings.max_in_flight:
             limit = self.settings.max_in_flight
             raise Overloaded(f"{self._in_flight} predictions are in flight (limit {limit}); retry shortly")
         self._in_flight += 1
         try:
-            return await self._predict(call, deadline_s)
+            return await self._predict(request, deadline_s, response_limit_bytes)
         finally:
             self._in_flight -= 1
 
-    async def _predict(self, call: PredictCall, deadline_s: float | None) -> Prediction:
+    async def _predict(
+        self, request: PredictionRequest, deadline_s: float | None, response_limit_bytes: int | None
+    ) -> Prediction:
         started = time.perf_counter()
-        model = self.catalog.get(call.model)
+        model = self.catalog.get(request.model)
         spec = model.spec
-        top = resolve_top_k(call.top_k, spec, self.settings.max_top_k)
-        attention = resolve_attention(call, spec)
+        options = resolve_task_options(request, spec, self.settings.max_top_k)
+        attention = resolve_attention(request, spec)
         keep_image = MapForm.OVERLAY_PNG in attention.forms and bool(attention.maps)
         loop = asyncio.get_running_loop()
 
-        prepared = await loop.run_in_executor(self.executor, self._prepare, call, spec, keep_image)
-        check_response_size(attention, spec, prepared.geometry, self.settings.max_message_bytes)
+        prepared = await loop.run_in_executor(self.executor, self._prepare, request, spec, keep_image)
+        if response_limit_bytes is not None:
+            check_response_size(attention, spec, prepared.geometry, response_limit_bytes)
         preprocessed = time.perf_counter()
 
         timeout = self.settings.triton_timeout_s
@@ -161,25 +160,24 @@ class Pipeline:
             if remaining <= 0:
                 raise DeadlineExceeded("the deadline passed during preprocessing")
             timeout = min(timeout, remaining)
-        outputs = await self.triton.infer(
+        outputs = await self.backend.infer(
             model.name,
-            call.model_version,
-            spec.input_name,
-            prepared.tensor[None],
-            [spec.logits_name, *attention.maps],
+            request.model_version,
+            {spec.input_name: prepared.tensor[None]},
+            [*spec.task_outputs, *attention.maps],
             timeout,
-            call.request_id,
+            request.request_id,
         )
         inferred = time.perf_counter()
 
         first = {name: value[0] for name, value in outputs.items()}
-        predictions, maps = await loop.run_in_executor(
+        answer = await loop.run_in_executor(
             self.executor,
             postprocess,
             first,
             spec,
             prepared.geometry,
-            top,
+            options,
             attention,
             prepared.image,
         )
@@ -188,9 +186,9 @@ class Pipeline:
         self._observe(model, preprocessed - started, inferred - preprocessed, finished - inferred)
         return Prediction(
             model=model.name,
-            model_version=call.model_version or model.version,
-            predictions=predictions,
-            attention=maps,
+            model_version=request.model_version or model.version,
+            predictions=answer.task.predictions,
+            attention=answer.attention,
             image=ImageInfo(prepared.geometry.width, prepared.geometry.height, prepared.format),
             timings=Timings(
                 preprocess_ms=(preprocessed - started) * 1e3,
@@ -198,18 +196,18 @@ class Pipeline:
                 postprocess_ms=(finished - inferred) * 1e3,
                 total_ms=(finished - started) * 1e3,
             ),
-            request_id=call.request_id,
+            request_id=request.request_id,
         )
 
-    def _prepare(self, call: PredictCall, spec: ModelSpec, keep_image: bool) -> PreparedInput:
-        if call.image is not None:
-            return preprocess_image(call.image, spec.preprocess, self.limits, keep_image)
-        if call.tensor is not None:
-            return preprocess_tensor(call.tensor, spec.preprocess, keep_image)
+    def _prepare(self, request: PredictionRequest, spec: ModelSpec, keep_image: bool) -> PreparedInput:
+        if request.image is not None:
+            return preprocess_image(request.image, spec.preprocess, self.limits, keep_image)
+        if request.tensor is not None:
+            return preprocess_tensor(request.tensor, spec.preprocess, keep_image)
         raise InvalidInput("the request has no input: set `image` (encoded bytes) or `tensor`")
 
     def _observe(
-        self, model: ServedModel, preprocess_s: float, inference_s: float, postprocess_s: float
+        self, model: ModelInfo, preprocess_s: float, inference_s: float, postprocess_s: float
     ) -> None:
         stage = self.metrics.stage_seconds
         stage.labels(model.name, "preprocess").observe(preprocess_s)

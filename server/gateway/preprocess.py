@@ -1,36 +1,20 @@
-"""Image bytes (or a raw tensor) → the model's input tensor and the geometry to map back.
+"""The pipeline's first stage: image bytes (or a raw tensor) → the model's input and its geometry.
 
-Pure functions: no I/O beyond the bytes given, no state; every rule comes from the model's
-`PreprocessSpec`. Errors are `InvalidInput` with a message a user can act on.
+Pure functions over `attnserve.transform`, the one image transform training uses too. Errors
+are `InvalidInput` with a message a user can act on.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from attnserve.errors import InvalidInput
-from attnserve.spec import ColorMode, PreprocessSpec
-
-from .geometry import ResizeGeometry
-
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
-_EXIF_ORIENTATION = 0x0112
-_SWAPPED_ORIENTATIONS = (5, 6, 7, 8)
-
-# Our own pixel limit is checked from the header before decoding; Pillow's (which only warns
-# below 2× its default) is lifted so that ours is the one that speaks.
-Image.MAX_IMAGE_PIXELS = None
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int
-    max_pixels: int
+from attnserve.spec import PreprocessSpec
+from attnserve.transform import ImageLimits, ResizeGeometry, decode_image, denormalize, to_model_input
 
 
 @dataclass
@@ -43,124 +27,14 @@ class PreparedInput:
     """The oriented original as RGB, kept only when an overlay will be drawn on it."""
 
 
-@dataclass
-class DecodedImage:
-    image: Image.Image
-    """EXIF-oriented; smaller than `size` when a JPEG was decoded at reduced scale."""
-    format: str
-    size: tuple[int, int]
-    """(width, height) of the full-resolution, oriented image: the coordinates answers use."""
-
-
-def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | None = None) -> DecodedImage:
-    """Decodes and orients an image; every failure is `InvalidInput`.
-
-    With ``draft_for``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-    has twice the resolution the model input needs: a large photo then costs a fraction of a
-    full decode, and the answer's coordinates stay those of the full image.
-    """
-    if not data:
-        raise InvalidInput("the image is empty (0 bytes)")
-    if len(data) > limits.max_bytes:
-        raise InvalidInput(f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
-    try:
-        image: Image.Image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise InvalidInput(
-            f"the bytes are not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
-        ) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
-    image_format = image.format or "UNKNOWN"
-    if image_format not in SUPPORTED_FORMATS:
-        raise InvalidInput(f"{image_format} images are not supported; send {', '.join(SUPPORTED_FORMATS)}")
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise InvalidInput(f"the image has no pixels ({width}×{height})")
-    if width * height > limits.max_pixels:
-        raise InvalidInput(
-            f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}"
-        )
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):
-        orientation = 1
-    size = (height, width) if orientation in _SWAPPED_ORIENTATIONS else (width, height)
-    if draft_for is not None and image_format == "JPEG":
-        geometry = ResizeGeometry.for_spec(size[0], size[1], draft_for)
-        scale = min(1.0, 2.0 * max(geometry.scale_x, geometry.scale_y))
-        image.draft(image.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
-    return DecodedImage(image, image_format, size)
-
-
-def to_color_mode(image: Image.Image, color_mode: ColorMode, background: float) -> Image.Image:
-    """Any Pillow mode (1, L, P, RGBA, LA, CMYK, I;16, I, F, ...) as 8-bit L or RGB.
-
-    High bit depths are scaled to 8 bits by their full range; transparency is composited over
-    ``background`` (the model's padding grey level), not dropped to black-or-garbage.
-    """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        full_scale = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
-        image = Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        grey = int(round(background * 255))
-        canvas = Image.new("RGBA", rgba.size, (grey, grey, grey, 255))
-        image = Image.alpha_composite(canvas, rgba)
-    return image.convert(color_mode.value)
-
-
-def resize(image: Image.Image, geometry: ResizeGeometry, spec: PreprocessSpec) -> Image.Image:
-    """The model input canvas: the source box resized into the destination box, padding around."""
-    src = geometry.source_box()
-    dst = geometry.destination_box()
-    size = (max(1, dst[2] - dst[0]), max(1, dst[3] - dst[1]))
-    # The image may have been decoded at reduced scale (JPEG draft): map the box onto it.
-    sx, sy = image.width / geometry.width, image.height / geometry.height
-    box = (src[0] * sx, src[1] * sy, src[2] * sx, src[3] * sy)
-    resized = image.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
-    if size == (geometry.input_width, geometry.input_height):
-        return resized
-    pad = int(round(spec.pad_value * 255))
-    fill: int | tuple[int, int, int] = pad if image.mode == "L" else (pad, pad, pad)
-    canvas = Image.new(image.mode, (geometry.input_width, geometry.input_height), fill)
-    canvas.paste(resized, (dst[0], dst[1]))
-    return canvas
-
-
-def normalize(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32]:
-    """8-bit L/RGB image → C×H×W float32, ``(pixel / 255 - mean) / std``."""
-    array = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    normalised: NDArray[np.float32] = ((array - mean) / std).transpose(2, 0, 1)
-    return np.ascontiguousarray(normalised)
-
-
 def preprocess_image(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits, keep_image: bool = False
 ) -> PreparedInput:
     """Encoded bytes → normalised tensor + geometry (+ the oriented RGB original if asked)."""
     decoded = decode_image(data, limits, draft_for=None if keep_image else spec)
-    geometry = ResizeGeometry.for_spec(decoded.size[0], decoded.size[1], spec)
+    prepared = to_model_input(decoded.image, spec, original_size=decoded.size)
     kept = decoded.image.convert("RGB") if keep_image else None
-    model_image = to_color_mode(decoded.image, spec.color_mode, spec.pad_value)
-    tensor = normalize(resize(model_image, geometry, spec), spec)
-    return PreparedInput(tensor, geometry, decoded.format, kept)
+    return PreparedInput(prepared.tensor, prepared.geometry, decoded.format, kept)
 
 
 def preprocess_tensor(
@@ -179,10 +53,5 @@ def preprocess_tensor(
     if not np.isfinite(tensor).all():
         raise InvalidInput("the input tensor holds NaN or infinite values")
     geometry = ResizeGeometry.identity(expected[2], expected[1])
-    kept = None
-    if keep_image:
-        mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-        pixels = np.clip((tensor * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-        kept = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
+    kept = denormalize(tensor, spec) if keep_image else None
     return PreparedInput(np.ascontiguousarray(tensor), geometry, "TENSOR", kept)

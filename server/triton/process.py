@@ -58,7 +58,10 @@ def check_shared_memory(path: Path = Path("/dev/shm")) -> None:
 
 def check_repository(repository: Path) -> None:
     if not repository.is_dir():
-        raise SetupError(f"model repository {repository} does not exist")
+        raise SetupError(
+            f"model repository {repository} does not exist: pass --repository PATH "
+            "or set ATTNSERVE_TRITON__MODEL_REPOSITORY"
+        )
     if not any((child / "config.pbtxt").is_file() for child in repository.iterdir()):
         raise SetupError(f"model repository {repository} holds no model (no */config.pbtxt)")
 

@@ -6,7 +6,7 @@ import torch
 
 from attnserve.cli import main
 from attnserve.errors import InvalidInput
-from attnserve.export.quality_report import evaluate_checkpoint, mean_correlation
+from attnserve.export.evaluate import evaluate_checkpoint, mean_correlation
 
 from .conftest import MakeCheckpoint
 

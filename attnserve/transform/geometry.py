@@ -36,19 +36,22 @@ class ResizeGeometry:
     @classmethod
     def for_spec(cls, width: int, height: int, spec: PreprocessSpec) -> ResizeGeometry:
         """The geometry a resize of a ``width``×``height`` image per ``spec`` has."""
-        input_height, input_width = spec.input_size
-        mode = spec.resize_mode
+        return cls.fit(width, height, spec.input_size, spec.resize_mode, spec.crop_pct)
+
+    @classmethod
+    def fit(
+        cls,
+        width: int,
+        height: int,
+        input_size: tuple[int, int],
+        mode: ResizeMode,
+        crop_pct: float = 1.0,
+    ) -> ResizeGeometry:
+        """The geometry of resizing a ``width``×``height`` image into ``input_size`` (h, w)."""
+        input_height, input_width = input_size
         if mode is ResizeMode.STRETCH:
-            return cls(
-                width,
-                height,
-                input_width,
-                input_height,
-                input_width / width,
-                input_height / height,
-                0.0,
-                0.0,
-            )
+            scale_x, scale_y = input_width / width, input_height / height
+            return cls(width, height, input_width, input_height, scale_x, scale_y, 0.0, 0.0)
         if mode is ResizeMode.LETTERBOX:
             scale = min(input_width / width, input_height / height)
             resized_w = max(1, round(width * scale))
@@ -64,7 +67,7 @@ class ResizeGeometry:
                 float((input_height - resized_h) // 2),
             )
         # centre crop: the shorter side becomes input/crop_pct, the centre is cut out
-        scale = max(input_width / width, input_height / height) / spec.crop_pct
+        scale = max(input_width / width, input_height / height) / crop_pct
         return cls(
             width,
             height,

@@ -1,19 +1,20 @@
 """The only place that talks to Triton: `tritonclient.grpc.aio`, binary tensors.
 
-`tritonclient` exceptions are caught here and nowhere else, and leave as domain errors.
+`tritonclient` exceptions are caught here and nowhere else, and leave as domain errors
+(`error_from_triton`). Implements `InferenceBackend`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from numpy.typing import NDArray
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from attnserve.errors import (
     AttnserveError,
@@ -25,22 +26,17 @@ from attnserve.errors import (
     UpstreamError,
 )
 
+from .backend import RepositoryModel
+
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class RepositoryModel:
-    name: str
-    version: str
-    state: str
-    reason: str
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "READY"
+# Triton answers a request for a model it does not have (or has not loaded) with one of these,
+# depending on the endpoint and version, sometimes without a NOT_FOUND status.
+_NOT_LOADED_PHRASES = ("unknown model", "not ready", "is not found", "not loaded")
 
 
-def _domain_error(exc: InferenceServerException, what: str) -> AttnserveError:
+def error_from_triton(exc: InferenceServerException, what: str) -> AttnserveError:
+    """A `tritonclient` exception as the domain error a caller can act on."""
     status = (exc.status() or "").removeprefix("StatusCode.")
     message = f"{what}: {exc.message()}"
     if status == "UNAVAILABLE":
@@ -49,15 +45,15 @@ def _domain_error(exc: InferenceServerException, what: str) -> AttnserveError:
         return DeadlineExceeded(f"Triton did not answer in time ({message})")
     if status == "RESOURCE_EXHAUSTED":
         return Overloaded(f"Triton is overloaded ({message})")
-    if status == "NOT_FOUND" or "unknown model" in message or "not ready" in message.lower():
+    if status == "NOT_FOUND" or any(phrase in message.lower() for phrase in _NOT_LOADED_PHRASES):
         return ModelNotReady(f"{message} (the model is not loaded in Triton)")
     if status == "INVALID_ARGUMENT":
         return InvalidInput(message)
     return UpstreamError(f"Triton error {status or '?'}: {message}")
 
 
-class TritonClient:
-    """Async adapter over Triton's gRPC API."""
+class TritonBackend:
+    """Async adapter over Triton's gRPC API (`InferenceBackend`)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -76,14 +72,14 @@ class TritonClient:
         try:
             index = await self._client.get_model_repository_index(client_timeout=timeout_s)
         except InferenceServerException as exc:
-            raise _domain_error(exc, "listing Triton's models") from None
+            raise error_from_triton(exc, "listing Triton's models") from None
         return [RepositoryModel(m.name, m.version, m.state, m.reason) for m in index.models]
 
     async def model_config(self, name: str, version: str = "", timeout_s: float = 5.0) -> mc.ModelConfig:
         try:
             response = await self._client.get_model_config(name, version, client_timeout=timeout_s)
         except InferenceServerException as exc:
-            raise _domain_error(exc, f"reading the config of {name!r}") from None
+            raise error_from_triton(exc, f"reading the config of {name!r}") from None
         config: mc.ModelConfig = response.config
         return config
 
@@ -91,26 +87,28 @@ class TritonClient:
         self,
         model: str,
         version: str,
-        input_name: str,
-        batch: NDArray[np.float32],
+        inputs: Mapping[str, NDArray[np.float32]],
         outputs: list[str],
         timeout_s: float,
         request_id: str = "",
     ) -> dict[str, NDArray[np.float32]]:
-        infer_input = InferInput(input_name, list(batch.shape), "FP32")
-        infer_input.set_data_from_numpy(batch)
+        infer_inputs = []
+        for name, array in inputs.items():
+            infer_input = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            infer_input.set_data_from_numpy(array)
+            infer_inputs.append(infer_input)
         requested = [InferRequestedOutput(name) for name in outputs]
         try:
             result = await self._client.infer(
                 model,
-                [infer_input],
+                infer_inputs,
                 model_version=version,
                 outputs=requested,
                 request_id=request_id,
                 client_timeout=timeout_s,
             )
         except InferenceServerException as exc:
-            raise _domain_error(exc, f"inference on {model!r}") from None
+            raise error_from_triton(exc, f"inference on {model!r}") from None
         arrays: dict[str, NDArray[np.float32]] = {}
         for name in outputs:
             array = result.as_numpy(name)

@@ -1,4 +1,4 @@
-"""Domain errors → gRPC status codes, in one place, plus per-RPC metrics.
+"""Domain errors → gRPC status codes, in one table, plus per-RPC metrics.
 
 Handlers raise `attnserve.errors` types and never touch status codes; this interceptor maps
 them, counts every RPC by method/model/code and times it. An unexpected exception is logged
@@ -28,7 +28,7 @@ from attnserve.errors import (
     UpstreamError,
 )
 
-from .metrics import GatewayMetrics
+from ..gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 

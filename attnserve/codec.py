@@ -1,0 +1,322 @@
+"""Domain types ↔ the wire: protobuf (`attnserve.v1`) and its JSON mapping, lossless both ways.
+
+Every front and every client goes through here: the gRPC servicer decodes requests and encodes
+answers with these functions, an HTTP front uses the JSON forms (the proto messages' JSON
+mapping, field names as in the proto), and the clients decode answers with the same code. A
+field added to the proto and to a domain type here appears on every transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from numpy.typing import NDArray
+
+from attnserve.errors import InvalidInput
+from attnserve.model_info import ModelInfo
+from attnserve.prediction import (
+    AttentionMap,
+    ClassScore,
+    ImageInfo,
+    MapForm,
+    Prediction,
+    PredictionRequest,
+    Timings,
+)
+from attnserve.spec import AttentionKind
+from attnserve.v1 import attnserve_pb2 as pb
+
+# --- enums ---------------------------------------------------------------------------------
+
+# Proto enum values are ints at run time; their generated stub types are not worth threading.
+_FORM_TO_PROTO: dict[MapForm, Any] = {
+    MapForm.RAW: pb.MAP_FORMAT_RAW,
+    MapForm.UPSAMPLED: pb.MAP_FORMAT_UPSAMPLED,
+    MapForm.HEATMAP_PNG: pb.MAP_FORMAT_HEATMAP_PNG,
+    MapForm.OVERLAY_PNG: pb.MAP_FORMAT_OVERLAY_PNG,
+}
+_PROTO_TO_FORM: dict[Any, MapForm] = {value: key for key, value in _FORM_TO_PROTO.items()}
+
+_KIND_TO_PROTO: dict[AttentionKind, Any] = {
+    AttentionKind.SPATIAL: pb.ATTENTION_KIND_SPATIAL,
+    AttentionKind.CHANNEL: pb.ATTENTION_KIND_CHANNEL,
+    AttentionKind.CLASS_ACTIVATION: pb.ATTENTION_KIND_CLASS_ACTIVATION,
+}
+_PROTO_TO_KIND: dict[Any, AttentionKind] = {value: key for key, value in _KIND_TO_PROTO.items()}
+
+
+def form_to_proto(form: MapForm) -> Any:
+    return _FORM_TO_PROTO[form]
+
+
+def form_from_proto(value: Any) -> MapForm:
+    """Raises KeyError for MAP_FORMAT_UNSPECIFIED and unknown values."""
+    return _PROTO_TO_FORM[value]
+
+
+def kind_to_proto(kind: AttentionKind) -> Any:
+    return _KIND_TO_PROTO[kind]
+
+
+def kind_from_proto(value: Any) -> AttentionKind:
+    return _PROTO_TO_KIND[value]
+
+
+# --- tensors -------------------------------------------------------------------------------
+
+
+def tensor_to_proto(array: NDArray[Any]) -> pb.Tensor:
+    if array.dtype == np.uint8:
+        dtype = pb.DATA_TYPE_UINT8
+    elif array.dtype == np.float16:
+        dtype = pb.DATA_TYPE_FLOAT16
+    else:
+        array, dtype = array.astype(np.float32, copy=False), pb.DATA_TYPE_FLOAT32
+    data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    return pb.Tensor(shape=list(array.shape), dtype=dtype, data=data)
+
+
+_PROTO_DTYPES: dict[int, Any] = {
+    pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    pb.DATA_TYPE_UINT8: np.dtype("u1"),
+    pb.DATA_TYPE_FLOAT16: np.dtype("<f2"),
+}
+
+
+def tensor_from_proto(tensor: pb.Tensor) -> NDArray[Any]:
+    """Raises ValueError when dtype, shape and byte count do not agree."""
+    dtype = _PROTO_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise ValueError(f"unsupported tensor dtype {tensor.dtype}")
+    shape = tuple(int(d) for d in tensor.shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected != len(tensor.data):
+        raise ValueError(f"shape {shape} of {dtype.name} needs {expected} bytes, got {len(tensor.data)}")
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def request_to_proto(request: PredictionRequest) -> pb.PredictRequest:
+    message = pb.PredictRequest(
+        model=request.model or "", model_version=request.model_version, request_id=request.request_id
+    )
+    if request.tensor is not None:
+        message.tensor.CopyFrom(tensor_to_proto(request.tensor))
+    elif request.image is not None:
+        message.image = request.image
+    if request.top_k is not None:
+        message.top_k = request.top_k
+    options = message.attention
+    options.maps.extend(request.maps)
+    options.render.extend(request.render)
+    options.formats.extend(form_to_proto(form) for form in MapForm if form in request.forms)
+    if request.target_class is not None:
+        options.target_class = request.target_class
+    options.omit = request.omit_attention
+    return message
+
+
+def request_from_proto(message: pb.PredictRequest) -> PredictionRequest:
+    """Decodes a request; malformed fields are `InvalidInput`."""
+    which = message.WhichOneof("input")
+    tensor = None
+    if which == "tensor":
+        try:
+            tensor = tensor_from_proto(message.tensor)
+        except ValueError as exc:
+            raise InvalidInput(f"the input tensor is malformed: {exc}") from None
+    forms = []
+    for value in message.attention.formats:
+        try:
+            forms.append(form_from_proto(value))
+        except KeyError:
+            raise InvalidInput(
+                f"unknown attention format {value}; use RAW, UPSAMPLED, HEATMAP_PNG or OVERLAY_PNG"
+            ) from None
+    options = message.attention
+    return PredictionRequest(
+        image=message.image if which == "image" else None,
+        tensor=tensor,
+        model=message.model or None,
+        model_version=message.model_version,
+        top_k=message.top_k if message.HasField("top_k") else None,
+        maps=tuple(options.maps),
+        forms=frozenset(forms),
+        render=tuple(options.render),
+        target_class=options.target_class if options.HasField("target_class") else None,
+        omit_attention=options.omit,
+        request_id=message.request_id,
+    )
+
+
+# --- predictions ---------------------------------------------------------------------------
+
+
+def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
+    response = pb.PredictResponse(
+        model=prediction.model,
+        model_version=prediction.model_version,
+        predictions=[
+            pb.ClassScore(index=c.index, label=c.label, score=c.score) for c in prediction.predictions
+        ],
+        timings=pb.Timings(**vars(prediction.timings)),
+        image=pb.ImageInfo(
+            width=prediction.image.width, height=prediction.image.height, format=prediction.image.format
+        ),
+        request_id=prediction.request_id,
+    )
+    for a in prediction.attention:
+        item = response.attention.add(
+            name=a.name,
+            kind=kind_to_proto(a.kind),
+            axes=list(a.axes),
+            shape=list(a.shape),
+            peak_value=a.peak_value,
+            class_label=a.class_label,
+            normalization=a.normalization,
+            flat=a.flat,
+            contrast=a.contrast,
+            heatmap_png=a.heatmap_png,
+            overlay_png=a.overlay_png,
+        )
+        if a.raw is not None:
+            item.raw.CopyFrom(tensor_to_proto(a.raw))
+        if a.upsampled is not None:
+            item.upsampled.CopyFrom(tensor_to_proto(a.upsampled))
+        if a.peak is not None:
+            item.peak.x, item.peak.y = a.peak
+        if a.class_index is not None:
+            item.class_index = a.class_index
+    return response
+
+
+def prediction_from_proto(response: pb.PredictResponse) -> Prediction:
+    attention = [
+        AttentionMap(
+            name=a.name,
+            kind=kind_from_proto(a.kind),
+            axes=tuple(a.axes),
+            shape=tuple(a.shape),
+            normalization=a.normalization,
+            flat=a.flat,
+            contrast=a.contrast,
+            peak=(a.peak.x, a.peak.y) if a.HasField("peak") else None,
+            peak_value=a.peak_value,
+            class_index=a.class_index if a.HasField("class_index") else None,
+            class_label=a.class_label,
+            raw=tensor_from_proto(a.raw) if a.HasField("raw") else None,
+            upsampled=tensor_from_proto(a.upsampled) if a.HasField("upsampled") else None,
+            heatmap_png=a.heatmap_png,
+            overlay_png=a.overlay_png,
+        )
+        for a in response.attention
+    ]
+    t = response.timings
+    return Prediction(
+        model=response.model,
+        model_version=response.model_version,
+        predictions=[ClassScore(c.index, c.label, c.score) for c in response.predictions],
+        attention=attention,
+        image=ImageInfo(response.image.width, response.image.height, response.image.format),
+        timings=Timings(t.preprocess_ms, t.inference_ms, t.postprocess_ms, t.total_ms),
+        request_id=response.request_id,
+    )
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def model_info_to_proto(model: ModelInfo) -> pb.ModelInfo:
+    spec = model.spec
+    prep = spec.preprocess
+    info = pb.ModelInfo(
+        name=model.name,
+        version=model.version,
+        ready=model.ready,
+        architecture=spec.architecture,
+        description=spec.description,
+        task=spec.task,
+        labels=list(spec.labels),
+        inputs=[pb.TensorInfo(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in model.inputs],
+        outputs=[pb.TensorInfo(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in model.outputs],
+        preprocess=pb.PreprocessInfo(
+            height=prep.input_size[0],
+            width=prep.input_size[1],
+            color_mode=prep.color_mode.value,
+            mean=list(prep.mean),
+            std=list(prep.std),
+            resize_mode=prep.resize_mode.value,
+            pad_value=prep.pad_value,
+            crop_pct=prep.crop_pct,
+        ),
+        primary_attention=spec.primary_attention or "",
+        primary_reason=spec.primary_reason,
+        max_batch_size=model.max_batch_size,
+    )
+    for attention in spec.attention:
+        norm = attention.normalization
+        info.attention.append(
+            pb.AttentionInfo(
+                name=attention.name,
+                kind=kind_to_proto(attention.kind),
+                axes=list(attention.axes),
+                shape=list(model.item_shape(attention.name)),
+                description=attention.description,
+                value_range=attention.value_range,
+                normalization=pb.Normalization(
+                    method=norm.method, range=list(norm.range or ()), flat_below=norm.flat_below
+                ),
+                quality=attention.quality,
+            )
+        )
+    return info
+
+
+def model_list_to_proto(models: list[ModelInfo], default_model: str | None) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(
+        models=[model_info_to_proto(m) for m in models], default_model=default_model or ""
+    )
+
+
+# --- JSON: the proto messages' JSON mapping -------------------------------------------------
+
+M = TypeVar("M", bound=Message)
+
+
+def message_to_json(message: Message) -> dict[str, Any]:
+    """A proto message as JSON-able data: field names as in the proto, bytes as base64, 64-bit
+    integers as strings (the protobuf JSON mapping); default values are left out."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def message_from_json(data: Any, message_type: type[M]) -> M:
+    """JSON-able data → a proto message; unknown fields and wrong types are `InvalidInput`."""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"expected a JSON object for {message_type.DESCRIPTOR.name}")
+    try:
+        return json_format.ParseDict(data, message_type())
+    except json_format.ParseError as exc:
+        raise InvalidInput(f"the JSON body is not a valid {message_type.DESCRIPTOR.name}: {exc}") from None
+
+
+def request_to_json(request: PredictionRequest) -> dict[str, Any]:
+    return message_to_json(request_to_proto(request))
+
+
+def request_from_json(data: Any) -> PredictionRequest:
+    return request_from_proto(message_from_json(data, pb.PredictRequest))
+
+
+def prediction_to_json(prediction: Prediction) -> dict[str, Any]:
+    return message_to_json(prediction_to_proto(prediction))
+
+
+def prediction_from_json(data: Any) -> Prediction:
+    return prediction_from_proto(message_from_json(data, pb.PredictResponse))

@@ -1,0 +1,63 @@
+"""Triton's output tensors → the answer: the task's result and the attention maps, in original pixels.
+
+Pure functions of (outputs, spec, geometry, request); the image is only needed for overlays.
+The task's postprocessor is chosen by ``spec.task`` and each map's builder by its attention
+kind, both through registries (`tasks`, `attention`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from attnserve.prediction import AttentionMap
+from attnserve.spec import ModelSpec
+from attnserve.transform import ResizeGeometry
+
+from .attention import AttentionRequest, MapContext, build_attention_map, register_attention_kind
+from .display import DisplayMap, to_display
+from .tasks import TaskOptions, TaskResult, register_task, softmax, task_postprocessor, top_k
+
+
+@dataclass
+class Answer:
+    task: TaskResult
+    attention: list[AttentionMap]
+
+
+def postprocess(
+    outputs: Mapping[str, NDArray[np.float32]],
+    spec: ModelSpec,
+    geometry: ResizeGeometry,
+    options: TaskOptions,
+    request: AttentionRequest,
+    image: Image.Image | None = None,
+) -> Answer:
+    """Outputs of one image (batch axis removed) → the task's answer and the requested maps."""
+    result = task_postprocessor(spec.task)(outputs, spec, options)
+    context = MapContext(geometry, request, result.selection, spec.labels, image)
+    maps = [
+        build_attention_map(spec.attention_by_name(name), outputs[name], context) for name in request.maps
+    ]
+    return Answer(result, maps)
+
+
+__all__ = [
+    "Answer",
+    "AttentionRequest",
+    "DisplayMap",
+    "MapContext",
+    "TaskOptions",
+    "TaskResult",
+    "build_attention_map",
+    "postprocess",
+    "register_attention_kind",
+    "register_task",
+    "softmax",
+    "to_display",
+    "top_k",
+]

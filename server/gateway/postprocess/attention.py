@@ -1,0 +1,133 @@
+"""One map builder per attention kind, chosen through a registry.
+
+Every builder gets one image's output (batch axis removed), already cut by the task's
+selection on its leading axes (`attnserve.attention.select_leading`), and returns the
+`AttentionMap` the user asked for. Adding a kind is one registered builder here, not an edit of
+the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from attnserve.attention import select_leading
+from attnserve.errors import InvalidInput
+from attnserve.prediction import IMAGE_FORMS, AttentionMap, MapForm
+from attnserve.spec import AttentionKind, AttentionSpec
+from attnserve.transform import ResizeGeometry, map_to_original, peak_in_original
+
+from ..render import colorize, encode_png, overlay
+from .display import DisplayMap, to_display
+
+
+@dataclass(frozen=True)
+class AttentionRequest:
+    """Which maps (output names, resolved and validated), in which forms."""
+
+    maps: tuple[str, ...]
+    forms: frozenset[MapForm]
+    render: frozenset[str] | None = None
+    """Maps to render in image forms; None: all of `maps`."""
+
+    def renders(self, name: str) -> bool:
+        return self.render is None or name in self.render
+
+
+@dataclass(frozen=True)
+class MapContext:
+    """What every builder may need besides the values, the same for all maps of one answer."""
+
+    geometry: ResizeGeometry
+    request: AttentionRequest
+    selection: Mapping[str, int]
+    labels: tuple[str, ...]
+    image: Image.Image | None = None
+    """The oriented original (RGB), present when an overlay was asked for."""
+
+
+MapBuilder = Callable[[AttentionSpec, NDArray[np.float32], AttentionMap, MapContext], AttentionMap]
+B = TypeVar("B", bound=MapBuilder)
+
+_BUILDERS: dict[AttentionKind, MapBuilder] = {}
+
+
+def register_attention_kind(*kinds: AttentionKind) -> Callable[[B], B]:
+    def decorate(builder: B) -> B:
+        for kind in kinds:
+            if kind in _BUILDERS:
+                raise ValueError(f"a map builder for the kind {kind.value!r} is registered already")
+            _BUILDERS[kind] = builder
+        return builder
+
+    return decorate
+
+
+def build_attention_map(
+    attention: AttentionSpec, values: NDArray[np.float32], context: MapContext
+) -> AttentionMap:
+    """One output (without its batch axis) → the map as the user asked for it."""
+    builder = _BUILDERS.get(attention.kind)
+    if builder is None:
+        raise InvalidInput(f"this gateway cannot build {attention.kind.value} attention ({attention.name})")
+    selected, taken = select_leading(attention, values, context.selection)
+    class_index = taken.get("class")
+    result = AttentionMap(
+        name=attention.name,
+        kind=attention.kind,
+        axes=attention.axes,
+        shape=tuple(int(d) for d in values.shape),
+        normalization=attention.normalization.method,
+        class_index=class_index,
+        class_label=context.labels[class_index] if class_index is not None else "",
+        peak_value=float(selected.max()) if selected.size else 0.0,
+    )
+    if MapForm.RAW in context.request.forms:
+        result.raw = selected.astype(np.float32)
+    return builder(attention, selected, result, context)
+
+
+def _with_display(result: AttentionMap, display: DisplayMap) -> AttentionMap:
+    result.flat, result.contrast = display.flat, display.contrast
+    return result
+
+
+@register_attention_kind(AttentionKind.SPATIAL, AttentionKind.CLASS_ACTIVATION)
+def spatial_map(
+    attention: AttentionSpec, values: NDArray[np.float32], result: AttentionMap, context: MapContext
+) -> AttentionMap:
+    """A map over the input's field of view: its peak and image forms in original pixels.
+
+    A stack the selection left whole (a leading axis no task selects) comes back raw only.
+    """
+    _with_display(result, display := to_display(values, attention.normalization))
+    if values.ndim != 2:
+        return result
+    x, y, result.peak_value = peak_in_original(values, context.geometry)
+    result.peak = (x, y)
+    request = context.request
+    if not request.forms & IMAGE_FORMS or not request.renders(attention.name):
+        return result
+    upsampled = np.clip(map_to_original(display.values, context.geometry), 0.0, 1.0)
+    if MapForm.UPSAMPLED in request.forms:
+        result.upsampled = upsampled
+    if MapForm.HEATMAP_PNG in request.forms:
+        result.heatmap_png = encode_png(colorize(upsampled))
+    if MapForm.OVERLAY_PNG in request.forms:
+        if context.image is None:
+            raise ValueError("an overlay needs the original image (preprocess with keep_image=True)")
+        result.overlay_png = encode_png(overlay(context.image, upsampled))
+    return result
+
+
+@register_attention_kind(AttentionKind.CHANNEL)
+def channel_weights(
+    attention: AttentionSpec, values: NDArray[np.float32], result: AttentionMap, context: MapContext
+) -> AttentionMap:
+    """Weights over channels: no position, so raw values, the largest weight and contrast."""
+    return _with_display(result, to_display(values, attention.normalization))

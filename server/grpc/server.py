@@ -1,0 +1,95 @@
+"""The gRPC front: `attnserve.v1.AttentionService`, health and reflection on one `grpc.aio` server.
+
+Health (``grpc.health.v1``) starts NOT_SERVING and follows the core's readiness. The message
+size limit is this front's own (`GatewaySettings.max_message_bytes`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from attnserve.errors import SetupError
+from attnserve.settings import GatewaySettings
+from attnserve.v1 import attnserve_pb2 as pb
+from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+
+from ..gateway.core import GatewayCore
+from .interceptors import ErrorInterceptor
+from .servicer import AttentionService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AttentionService"].full_name
+
+
+class GrpcFront:
+    def __init__(self, core: GatewayCore, settings: GatewaySettings) -> None:
+        self.core = core
+        self.settings = settings
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    def _model_of(self, request: Any) -> str:
+        if isinstance(request, pb.PredictRequest):
+            return request.model or self.core.default_model or ""
+        if isinstance(request, pb.GetModelRequest):
+            return request.name or self.core.default_model or ""
+        return ""
+
+    async def start(self) -> int:
+        """Binds ``host:port`` (0: a free port), starts serving; returns the port."""
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(self.core.metrics, self._model_of)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_AttentionServiceServicer_to_server(AttentionService(self.core, limit), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.core.add_listener(self.set_serving)
+        await self.set_serving(self.core.serving)
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise SetupError(f"the gateway cannot listen on {address}: {exc}") from None
+        if port == 0:
+            raise SetupError(f"the gateway cannot listen on {address}: the port is in use")
+        await server.start()
+        self.server, self.port = server, port
+        return port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def stop(self, grace_s: float) -> None:
+        """Health NOT_SERVING, new RPCs refused, in-flight ones get ``grace_s`` to finish."""
+        if self.server is not None:
+            await self.set_serving(False)
+            await self.server.stop(grace_s)
+            self.server = None
+
+    async def wait_for_termination(self) -> None:
+        assert self.server is not None
+        await self.server.wait_for_termination()

@@ -1,0 +1,150 @@
+import numpy as np
+import pytest
+
+from attnserve import codec
+from attnserve.console import summary_json
+from attnserve.errors import InvalidInput
+from attnserve.prediction import (
+    AttentionMap,
+    ClassScore,
+    ImageInfo,
+    MapForm,
+    Prediction,
+    PredictionRequest,
+    Timings,
+)
+from attnserve.spec import AttentionKind
+from attnserve.v1 import attnserve_pb2 as pb
+
+
+def sample_prediction() -> Prediction:
+    return Prediction(
+        model="m",
+        model_version="3",
+        predictions=[ClassScore(4, "four", 0.9), ClassScore(1, "one", 0.05)],
+        attention=[
+            AttentionMap(
+                "s",
+                AttentionKind.SPATIAL,
+                ("y", "x"),
+                (8, 8),
+                "minmax",
+                peak=(10.5, 3.0),
+                peak_value=0.4,
+                contrast=0.3,
+                raw=np.random.default_rng(0).random((8, 8)).astype(np.float32),
+                upsampled=np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4),
+                overlay_png=b"png",
+            ),
+            AttentionMap(
+                "c",
+                AttentionKind.CLASS_ACTIVATION,
+                ("class", "y", "x"),
+                (10, 8, 8),
+                "relu_minmax",
+                class_index=0,
+                class_label="zero",
+                flat=True,
+            ),
+        ],
+        image=ImageInfo(320, 256, "PNG"),
+        timings=Timings(1.0, 2.0, 3.0, 6.0),
+        request_id="r1",
+    )
+
+
+def assert_same_prediction(back: Prediction, prediction: Prediction) -> None:
+    assert [(c.index, c.label) for c in back.predictions] == [(4, "four"), (1, "one")]
+    assert back.predictions[0].score == pytest.approx(0.9) and back.image == prediction.image
+    assert back.timings == prediction.timings and back.request_id == "r1"
+    s, c = back.attention
+    original = prediction.attention[0]
+    assert s.peak == (10.5, 3.0) and s.overlay_png == b"png"
+    assert s.raw is not None and s.raw.tobytes() == original.raw.tobytes()  # type: ignore[union-attr]
+    assert s.upsampled is not None and np.array_equal(s.upsampled, original.upsampled)  # type: ignore[arg-type]
+    assert s.contrast == pytest.approx(0.3) and s.forms == [
+        MapForm.RAW,
+        MapForm.UPSAMPLED,
+        MapForm.OVERLAY_PNG,
+    ]
+    assert c.class_index == 0 and c.flat and c.peak is None and c.raw is None
+
+
+def test_tensors_round_trip_and_bad_ones_are_refused() -> None:
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert np.array_equal(codec.tensor_from_proto(codec.tensor_to_proto(array)), array)
+    with pytest.raises(ValueError, match="needs 48 bytes"):
+        codec.tensor_from_proto(pb.Tensor(shape=[3, 4], dtype=pb.DATA_TYPE_FLOAT32, data=b"\x00" * 47))
+    with pytest.raises(ValueError, match="unsupported"):
+        codec.tensor_from_proto(pb.Tensor(shape=[1], dtype=pb.DATA_TYPE_UNSPECIFIED, data=b"\x00" * 4))
+    with pytest.raises(ValueError, match="negative"):
+        codec.tensor_from_proto(pb.Tensor(shape=[-1], dtype=pb.DATA_TYPE_UINT8, data=b""))
+
+
+def test_every_form_and_kind_maps_to_the_wire_and_back() -> None:
+    for form in MapForm:
+        assert codec.form_from_proto(codec.form_to_proto(form)) is form
+    with pytest.raises(KeyError):
+        codec.form_from_proto(pb.MAP_FORMAT_UNSPECIFIED)
+    for kind in AttentionKind:
+        assert codec.kind_from_proto(codec.kind_to_proto(kind)) is kind
+
+
+def test_prediction_round_trips_through_the_proto() -> None:
+    prediction = sample_prediction()
+    back = codec.prediction_from_proto(codec.prediction_to_proto(prediction))
+    assert_same_prediction(back, prediction)
+    assert back.attention_map("c") is back.attention[1]
+
+
+def test_prediction_round_trips_through_json_losslessly() -> None:
+    prediction = sample_prediction()
+    document = codec.prediction_to_json(prediction)
+    assert document["attention"][0]["peak"] == {"x": 10.5, "y": 3.0}
+    assert document["attention"][0]["raw"]["dtype"] == "DATA_TYPE_FLOAT32"
+    assert_same_prediction(codec.prediction_from_json(document), prediction)
+    # JSON is the proto's own mapping: the same message both ways
+    assert codec.prediction_to_proto(codec.prediction_from_json(document)) == codec.prediction_to_proto(
+        prediction
+    )
+
+
+def test_requests_round_trip_through_proto_and_json() -> None:
+    request = PredictionRequest(
+        image=b"\x89PNG...",
+        model="cbam",
+        top_k=3,
+        maps=("primary", "cam"),
+        forms=frozenset({MapForm.RAW, MapForm.OVERLAY_PNG}),
+        render=("primary",),
+        target_class=0,
+        request_id="x",
+    )
+    assert codec.request_from_proto(codec.request_to_proto(request)) == request
+    assert codec.request_from_json(codec.request_to_json(request)) == request
+    tensor = PredictionRequest(tensor=np.ones((1, 4, 4), np.float32))
+    back = codec.request_from_json(codec.request_to_json(tensor))
+    assert back.tensor is not None and np.array_equal(back.tensor, tensor.tensor) and back.image is None
+    assert back.top_k is None and back.target_class is None  # unset stays unset
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([1, 2], "expected a JSON object"),
+        ({"top_k": "many"}, "not a valid PredictRequest"),
+        ({"no_such_field": 1}, "not a valid PredictRequest"),
+        ({"attention": {"formats": ["MAP_FORMAT_UNSPECIFIED"]}}, "unknown attention format"),
+        ({"tensor": {"shape": [2], "dtype": "DATA_TYPE_FLOAT32", "data": "AAAA"}}, "malformed"),
+    ],
+)
+def test_malformed_json_requests_are_invalid_input(document: object, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codec.request_from_json(document)
+
+
+def test_the_cli_summary_keeps_its_documented_fields() -> None:
+    document = summary_json(codec.prediction_from_proto(codec.prediction_to_proto(sample_prediction())))
+    assert document["attention"][0]["peak"] == [10.5, 3.0]
+    assert document["attention"][0]["forms"] == ["raw", "upsampled", "overlay_png"]
+    assert document["attention"][1]["class_label"] == "zero" and document["predictions"][0]["label"] == "four"
