@@ -26,3 +26,15 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNSERVE_GATEWAY__PORT", "70000")
     with pytest.raises(ValueError, match="port"):
         Settings()
+
+
+def test_outside_a_source_checkout_the_defaults_say_what_to_pass(tmp_path: Path) -> None:
+    from attnserve.demo import run_demo
+    from attnserve.errors import SetupError
+    from attnserve.server.triton.process import check_repository
+
+    with pytest.raises(SetupError, match="pass --image"):
+        run_demo(Settings(), None, tmp_path / "overlay.png")
+    with pytest.raises(SetupError, match="pass --repository PATH or set ATTNSERVE_TRITON__MODEL_REPOSITORY"):
+        check_repository(tmp_path / "model_repository")
+    assert not (tmp_path / "overlay.png").exists()

@@ -94,3 +94,31 @@ def test_model_spec_rejects_repeated_names_and_an_unknown_primary() -> None:
 def test_specs_are_frozen() -> None:
     with pytest.raises(ValidationError):
         spatial().name = "changed"  # type: ignore[misc]
+
+
+def test_axes_before_the_kinds_own_are_a_stack() -> None:
+    per_scale = spatial().model_copy(update={"axes": ("scale", "y", "x")})
+    assert AttentionSpec.model_validate(per_scale.model_dump()).leading_axes == ("scale",)
+    cam = AttentionSpec(
+        name="cam",
+        kind=AttentionKind.CLASS_ACTIVATION,
+        axes=("class", "y", "x"),
+        description="d",
+        value_range="r",
+        normalization=Normalization(method="relu_minmax"),
+    )
+    assert cam.leading_axes == ("class",)
+    for kind, axes, message in [
+        (AttentionKind.CHANNEL, ("channel", "block"), "end with the axes"),
+        (AttentionKind.SPATIAL, ("scale", "scale", "y", "x"), "repeat"),
+        (AttentionKind.SPATIAL, ("y", "x", "scale"), "last two"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            AttentionSpec(
+                name="m",
+                kind=kind,
+                axes=axes,
+                description="d",
+                value_range="r",
+                normalization=Normalization(method="minmax"),
+            )

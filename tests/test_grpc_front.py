@@ -1,0 +1,143 @@
+"""The gRPC front in-process, over a fake backend: decoding, errors mapped once, health, limits.
+
+The real Triton is not needed to check what the front itself does; test_gateway.py covers
+the same front against the real Triton.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from attnserve.clients import Client
+from attnserve.errors import InvalidInput, ModelNotFound, Unavailable, UpstreamError
+from attnserve.v1 import attnserve_pb2 as pb
+from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+
+from .conftest import FakeBackend, GatewayThread, gateway_settings, triton_settings
+
+
+def png(width: int = 96, height: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 30).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def fake() -> Iterator[tuple[GatewayThread, FakeBackend]]:
+    backend = FakeBackend(names=("cbam", "other"))
+    settings = gateway_settings(triton_settings(), default_model="cbam", max_message_bytes=4 * 2**20)
+    thread = GatewayThread(settings, backend).start()
+    with Client(thread.address) as client:
+        client.wait_until_serving(10)
+    yield thread, backend
+    thread.stop()
+
+
+def test_predict_decodes_calls_the_backend_once_and_encodes(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    thread, backend = fake
+    with Client(thread.address) as client:
+        prediction = client.predict(png(), maps=["primary", "cam"], forms=["raw", "overlay_png"], top_k=3)
+    assert prediction.model == "cbam" and prediction.image.width == 96 and len(prediction.predictions) == 3
+    stage3, cam = prediction.attention
+    assert stage3.name == "spatial_stage3" and stage3.raw is not None and stage3.raw.shape == (8, 8)
+    assert cam.class_index == prediction.predictions[0].index and cam.overlay_png[:4] == b"\x89PNG"
+    ((model, inputs, outputs),) = backend.calls
+    assert model == "cbam" and inputs == {"image": (1, 1, 64, 64)}
+    assert outputs == ["logits", "spatial_stage3", "cam"]
+
+
+def test_models_are_listed_from_the_backend(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    thread, _ = fake
+    with Client(thread.address) as client:
+        listing = client.list_models()
+        info = client.get_model("other")
+        default = client.get_model()
+    assert [m.name for m in listing.models] == ["cbam", "other"] and listing.default_model == "cbam"
+    assert info.name == "other" and info.primary_attention == "spatial_stage3" and default.name == "cbam"
+    assert [a.name for a in info.attention if list(a.shape) == [10, 8, 8]] == ["cam"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "code"),
+    [
+        (Unavailable("Triton is unavailable"), Unavailable, grpc.StatusCode.UNAVAILABLE),
+        (UpstreamError("Triton error INTERNAL"), UpstreamError, grpc.StatusCode.INTERNAL),
+        (KeyError("a secret detail"), UpstreamError, grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_backend_failures_are_mapped_once_and_the_server_keeps_serving(
+    fake: tuple[GatewayThread, FakeBackend], failure: Exception, error: type[Exception], code: grpc.StatusCode
+) -> None:
+    thread, backend = fake
+    backend.fail_with = failure
+    with grpc.insecure_channel(thread.address) as channel:
+        stub = pb_grpc.AttentionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(pb.PredictRequest(image=png()), timeout=10)
+    assert raised.value.code() == code and "secret" not in (raised.value.details() or "")
+    with Client(thread.address) as client:
+        with pytest.raises(error):
+            client.predict(png())
+        backend.fail_with = None
+        assert client.predict(png()).predictions
+
+
+def test_stream_reports_each_failure_in_its_item(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    thread, _ = fake
+    with Client(thread.address) as client:
+        results = list(client.predict_stream([png(), b"nope", png()], model="other", maps=["primary"]))
+        with pytest.raises(ModelNotFound):
+            client.predict(png(), model="missing")
+    assert [type(r).__name__ for r in results] == ["Prediction", "InvalidInput", "Prediction"]
+    assert [r.model for r in results if not isinstance(r, Exception)] == ["other", "other"]
+
+
+def test_the_message_limit_is_the_fronts_and_is_checked_before_postprocessing(
+    fake: tuple[GatewayThread, FakeBackend],
+) -> None:
+    thread, _ = fake  # a 4 MiB message limit: two 1200×1000 float32 maps need 9 MiB
+    with Client(thread.address) as client:
+        with pytest.raises(InvalidInput, match="above the 4 MiB message limit"):
+            client.predict(png(1200, 1000), maps=["spatial_stage3", "cam"], forms=["upsampled"])
+        one = client.predict(png(600, 500), maps=["cam"], forms=["upsampled"])
+    assert one.attention[0].upsampled is not None and one.attention[0].upsampled.shape == (500, 600)
+
+
+def test_health_follows_the_backend(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    thread, backend = fake
+    with grpc.insecure_channel(thread.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status() -> int:
+            request = health_pb2.HealthCheckRequest(service="attnserve.v1.AttentionService")
+            return int(health.Check(request).status)
+
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        backend.ready = False
+        deadline = time.monotonic() + 5
+        while status() != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health did not follow the backend"
+            time.sleep(0.05)
+        with Client(thread.address) as client, pytest.raises(Unavailable, match="not ready"):
+            client.predict(png())
+        backend.ready = True
+        while status() != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline + 5, "health did not come back"
+            time.sleep(0.05)
+
+
+def test_tensor_inputs_reach_the_backend_unchanged(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    thread, backend = fake
+    tensor = np.random.default_rng(0).normal(size=(1, 64, 64)).astype(np.float32)
+    with Client(thread.address) as client:
+        prediction = client.predict(tensor, omit_attention=True)
+    assert prediction.image.format == "TENSOR" and prediction.attention == []
+    assert backend.calls[-1][2] == ["logits"]

@@ -1,0 +1,95 @@
+"""The one transform: training, evaluation and the gateway make the same tensor from the same image."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnserve.export.data import ClutteredDigits, as_photo
+from attnserve.export.data.cluttered_digits import _camera_round_trip
+from attnserve.export.models import get_spec
+from attnserve.export.scoring import canvases_to_input
+from attnserve.server.gateway.preprocess import preprocess_image
+from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
+from attnserve.transform import (
+    ImageLimits,
+    denormalize,
+    image_from_pixels,
+    normalize,
+    normalize_pixels,
+    to_model_input,
+)
+
+LIMITS = ImageLimits(max_bytes=50_000_000, max_pixels=40_000_000)
+CBAM = get_spec("cbam").preprocess
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def through_the_gateway(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    return preprocess_image(png(image_from_pixels(pixels)), spec, LIMITS).tensor
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        CBAM,
+        CBAM.model_copy(update={"resize_mode": ResizeMode.STRETCH}),
+        CBAM.model_copy(update={"resize_mode": ResizeMode.CENTER_CROP, "crop_pct": 0.875}),
+        CBAM.model_copy(update={"input_size": (48, 80), "pad_value": 0.5}),
+    ],
+    ids=["letterbox", "stretch", "center-crop", "wide-input-grey-padding"],
+)
+def test_training_and_the_gateway_make_identical_tensors(spec: PreprocessSpec) -> None:
+    """Canvases at the input size, larger, and of other aspect ratios: bit for bit the same."""
+    sample = ClutteredDigits("test", 1, seed=1)[0]
+    photos = [sample.image, np.asarray(as_photo(sample, 2.5, pad=(30, 0, 7, 0))[0], np.float32) / 255]
+    for pixels in photos:
+        trained_on = canvases_to_input(pixels[None], spec).numpy()[0]
+        served = through_the_gateway(pixels, spec)
+        assert trained_on.shape == served.shape == (spec.channels, *spec.input_size)
+        assert np.array_equal(trained_on, served)
+
+
+def test_the_training_resample_round_trip_is_the_gateways_resize() -> None:
+    """A canvas that took training's camera round trip equals the enlarged photo as served."""
+    canvas = ClutteredDigits("test", 1, seed=2)[0].image
+    trained = _camera_round_trip(canvas, np.random.default_rng(7))
+    enlarged = round(64 * np.random.default_rng(7).uniform(1.0, 5.0))
+    photo = image_from_pixels(canvas).resize((enlarged, enlarged), Image.Resampling.BILINEAR)
+    served = preprocess_image(png(photo), CBAM, LIMITS).tensor
+    assert np.array_equal(canvases_to_input(trained[None], CBAM).numpy()[0], served)
+
+
+def test_normalisation_of_arrays_and_images_agree() -> None:
+    rgb = PreprocessSpec(
+        input_size=(4, 4),
+        color_mode=ColorMode.RGB,
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.25, 0.3),
+        resize_mode=ResizeMode.STRETCH,
+    )
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    from_image = normalize(image, rgb)
+    from_array = normalize_pixels(pixels.astype(np.float32) * np.float32(1 / 255), rgb)
+    assert from_image.shape == (3, 4, 4) and np.array_equal(from_image, from_array)
+    batch = normalize_pixels(np.stack([pixels, pixels]).astype(np.float32) / 255, rgb)
+    assert batch.shape == (2, 3, 4, 4)
+    grey = normalize_pixels(np.full((4, 4, 1), 0.5, np.float32), rgb)  # one channel → every channel
+    np.testing.assert_allclose(grey[:, 0, 0], [(0.5 - 0.5) / 0.2, (0.5 - 0.4) / 0.25, (0.5 - 0.3) / 0.3])
+    assert np.array_equal(np.asarray(denormalize(from_image, rgb)), pixels)
+
+
+def test_model_input_geometry_refers_to_the_original_size() -> None:
+    image = Image.new("L", (50, 100), 255)  # as if decoded at half scale from 100×200
+    prepared = to_model_input(image, CBAM, original_size=(100, 200))
+    assert (prepared.geometry.width, prepared.geometry.height) == (100, 200)
+    assert prepared.geometry.destination_box() == (16, 0, 48, 64)
