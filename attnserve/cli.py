@@ -1,15 +1,15 @@
 """The `attnserve` command.
 
     attnserve setup                          provision the local Triton runtime
-    attnserve train cbam                     train on cluttered digits (CPU, < 5 min)
-    attnserve export cbam --checkpoint P     checkpoint → parity-checked ONNX → model_repository/
-    attnserve evaluate cbam --checkpoint P   attention-map quality vs Grad-CAM
+    attnserve train NAME                     train on cluttered digits (CPU, ≤ 10 min)
+    attnserve export NAME --checkpoint P     checkpoint → parity-checked ONNX → model_repository/
+    attnserve evaluate NAME --checkpoint P   attention quality vs Grad-CAM and chance
     attnserve triton                         run Triton alone
     attnserve gateway                        run the gateway alone (against --triton-url)
     attnserve serve                          run Triton and the gateway together
     attnserve predict IMAGE                  ask the gateway; --overlay OUT.png, --json
     attnserve models                         list the served models and their attention maps
-    attnserve demo                           serve, predict a sample, write an overlay, stop
+    attnserve demo                           serve, predict a sample with every model, write overlays, stop
 
 Settings come from ``ATTNSERVE_*`` environment variables (see `attnserve.settings`); flags
 override them. A failure prints one line on stderr and exits non-zero.
@@ -63,23 +63,30 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.export.train import TrainConfig, train
 
     get_entry(args.architecture)
+    overrides = {
+        key: value
+        for key, value in (
+            ("max_seconds", args.seconds),
+            ("max_steps", args.steps),
+            ("train_samples", args.samples),
+        )
+        if value is not None
+    }
     config = TrainConfig(
         architecture=args.architecture,
         out_dir=args.out or Path("runs") / args.architecture,
         seed=args.seed,
+        val_samples=args.eval_samples,
+        test_samples=args.eval_samples,
+        recipe=overrides,
     )
-    if args.seconds is not None:
-        config.max_seconds = args.seconds
-    if args.steps is not None:
-        config.max_steps = args.steps
-    if args.samples is not None:
-        config.train_samples = args.samples
     result = train(config, progress_bar=not args.quiet)
-    test = result.metrics["test"]
-    print(f"test accuracy {test['accuracy']:.2%} on {test['samples']} canvases (scans 1497-1796)")
-    for name, quality in test["attention"].items():
-        print(f"  {name:<16} pointing {quality['pointing']:.1%}  energy {quality['energy']:.3f}")
-    print(f"  chance energy {test['chance_energy']:.3f}")
+    for variant, test in result.metrics["test"].items():
+        samples = test["samples"]
+        print(f"{variant} test split: accuracy {test['accuracy']:.2%} on {samples} images (scans 1497-1796)")
+        for name, quality in test["attention"].items():
+            print(f"  {name:<16} " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
+        print(f"  chance energy {test['chance_energy']:.3f}")
     print(f"checkpoint {result.checkpoint_path}\nmetrics    {result.metrics_path}")
     return 0
 
@@ -224,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seconds", type=float, help="wall-clock budget for the optimisation steps")
     sub.add_argument("--steps", type=int, help="maximum number of steps")
     sub.add_argument("--samples", type=int, help="training canvases to generate")
+    sub.add_argument(
+        "--eval-samples", type=int, default=1000, help="validation and test images per data variant"
+    )
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -244,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("architecture")
     sub.add_argument("--checkpoint", type=Path, required=True)
-    sub.add_argument("--samples", type=int, default=1000, help="test canvases (scans 1497-1796)")
+    sub.add_argument(
+        "--samples", type=int, default=1000, help="test images per data variant (scans 1497-1796)"
+    )
     sub.add_argument(
         "--no-write",
         action="store_true",
@@ -275,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("models", cmd_models, "list the served models and their attention outputs")
     _add_client_flags(sub)
 
-    sub = command("demo", cmd_demo, "serve the default model, predict a sample, write an overlay, stop")
+    sub = command(
+        "demo",
+        cmd_demo,
+        "serve every model, predict a sample with each, write their overlays side by side, stop",
+    )
     sub.add_argument(
         "--image", type=Path, default=SAMPLE_IMAGE, help="image to predict (default: the sample digit)"
     )

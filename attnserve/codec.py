@@ -19,7 +19,9 @@ from attnserve.errors import InvalidInput
 from attnserve.model_info import ModelInfo
 from attnserve.prediction import (
     AttentionMap,
+    Box,
     ClassScore,
+    Glimpse,
     ImageInfo,
     MapForm,
     Prediction,
@@ -44,6 +46,8 @@ _KIND_TO_PROTO: dict[AttentionKind, Any] = {
     AttentionKind.SPATIAL: pb.ATTENTION_KIND_SPATIAL,
     AttentionKind.CHANNEL: pb.ATTENTION_KIND_CHANNEL,
     AttentionKind.CLASS_ACTIVATION: pb.ATTENTION_KIND_CLASS_ACTIVATION,
+    AttentionKind.BOXES: pb.ATTENTION_KIND_BOXES,
+    AttentionKind.PATH: pb.ATTENTION_KIND_PATH,
 }
 _PROTO_TO_KIND: dict[Any, AttentionKind] = {value: key for key, value in _KIND_TO_PROTO.items()}
 
@@ -185,6 +189,15 @@ def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
             contrast=a.contrast,
             heatmap_png=a.heatmap_png,
             overlay_png=a.overlay_png,
+            block=a.block,
+            boxes=[_box_to_proto(box) for box in a.boxes],
+            path=[
+                pb.Glimpse(
+                    center=pb.Point(x=g.center[0], y=g.center[1]),
+                    patches=[_box_to_proto(box) for box in g.patches],
+                )
+                for g in a.path
+            ],
         )
         if a.raw is not None:
             item.raw.CopyFrom(tensor_to_proto(a.raw))
@@ -215,6 +228,11 @@ def prediction_from_proto(response: pb.PredictResponse) -> Prediction:
             upsampled=tensor_from_proto(a.upsampled) if a.HasField("upsampled") else None,
             heatmap_png=a.heatmap_png,
             overlay_png=a.overlay_png,
+            boxes=[_box_from_proto(box) for box in a.boxes],
+            path=[
+                Glimpse((g.center.x, g.center.y), [_box_from_proto(box) for box in g.patches]) for g in a.path
+            ],
+            block=a.block,
         )
         for a in response.attention
     ]
@@ -228,6 +246,14 @@ def prediction_from_proto(response: pb.PredictResponse) -> Prediction:
         timings=Timings(t.preprocess_ms, t.inference_ms, t.postprocess_ms, t.total_ms),
         request_id=response.request_id,
     )
+
+
+def _box_to_proto(box: Box) -> pb.Box:
+    return pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3])
+
+
+def _box_from_proto(box: pb.Box) -> Box:
+    return (box.x0, box.y0, box.x1, box.y1)
 
 
 # --- models --------------------------------------------------------------------------------
@@ -274,6 +300,7 @@ def model_info_to_proto(model: ModelInfo) -> pb.ModelInfo:
                     method=norm.method, range=list(norm.range or ()), flat_below=norm.flat_below
                 ),
                 quality=attention.quality,
+                block=attention.block,
             )
         )
     return info

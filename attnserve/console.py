@@ -18,7 +18,7 @@ from attnserve._io import atomic_open
 from attnserve.clients import Client
 from attnserve.codec import kind_from_proto
 from attnserve.errors import SetupError
-from attnserve.prediction import MapForm, Prediction
+from attnserve.prediction import AttentionMap, MapForm, Prediction
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,12 @@ class PictureRequest:
     map: str = "primary"
     overlay: Path | None = None
     heatmap: Path | None = None
+    draw: bool = False
+    """Draw the overlay even when it is not written to a file (the caller uses it)."""
 
     @property
     def wanted(self) -> bool:
-        return self.overlay is not None or self.heatmap is not None
+        return self.overlay is not None or self.heatmap is not None or self.draw
 
 
 def predict_to_console(
@@ -43,10 +45,10 @@ def predict_to_console(
     target_class: int | None = None,
     pictures: PictureRequest = PictureRequest(),
     as_json: bool = False,
-) -> None:
+) -> Prediction:
     """Predicts ``image`` with every map raw, writes the asked pictures, prints the result."""
     forms = [MapForm.RAW]
-    if pictures.overlay:
+    if pictures.overlay or pictures.draw:
         forms.append(MapForm.OVERLAY_PNG)
     if pictures.heatmap:
         forms.append(MapForm.HEATMAP_PNG)
@@ -72,7 +74,7 @@ def predict_to_console(
                 "path": str(pictures.overlay) if pictures.overlay else None,
             }
         print(json.dumps(document, indent=2))
-        return
+        return prediction
     primary = client.get_model(prediction.model).primary_attention
     print_prediction(prediction, str(image), primary)
     if rendered is not None:
@@ -84,6 +86,7 @@ def predict_to_console(
         f"  timings: preprocess {t.preprocess_ms:.1f} ms, inference {t.inference_ms:.1f} ms, "
         f"postprocess {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms"
     )
+    return prediction
 
 
 def print_prediction(prediction: Prediction, source: str, primary: str) -> None:
@@ -92,11 +95,40 @@ def print_prediction(prediction: Prediction, source: str, primary: str) -> None:
     print(f"{source}: {size} → model {prediction.model} v{prediction.model_version}")
     print("  " + ", ".join(f"{c.label} {c.score:.3f}" for c in prediction.predictions))
     for a in prediction.attention:
-        where = f"peak at ({a.peak[0]:.1f}, {a.peak[1]:.1f}) px" if a.peak else f"max {a.peak_value:.3f}"
+        where = _where(a)
         tags = [t for t, on in (("primary", a.name == primary), ("flat", a.flat)) if on]
         cls = f" class {a.class_label}" if a.class_label else ""
         suffix = f"  [{', '.join(tags)}]" if tags else ""
         print(f"  {a.name:<16} {a.kind.value:<16} {'×'.join(map(str, a.shape)):<10}{cls} {where}{suffix}")
+
+
+def _where(a: AttentionMap) -> str:
+    if a.boxes:
+        x0, y0, x1, y1 = a.boxes[-1]
+        count = f"{len(a.boxes)} box" if len(a.boxes) == 1 else f"{len(a.boxes)} boxes, last"
+        return f"{count} ({x0:.0f}, {y0:.0f})–({x1:.0f}, {y1:.0f}) px"
+    if a.path:
+        x, y = a.path[-1].center
+        return f"{len(a.path)} glimpses, ending at ({x:.1f}, {y:.1f}) px"
+    if a.peak:
+        return f"peak at ({a.peak[0]:.1f}, {a.peak[1]:.1f}) px"
+    return f"max {a.peak_value:.3f}"
+
+
+def _located(a: AttentionMap) -> dict[str, Any]:
+    """Boxes and paths, present only for the kinds that have them."""
+    located: dict[str, Any] = {}
+    if a.boxes:
+        located["boxes"] = [[round(v, 2) for v in box] for box in a.boxes]
+    if a.path:
+        located["path"] = [
+            {
+                "center": [round(g.center[0], 2), round(g.center[1], 2)],
+                "patches": [[round(v, 2) for v in box] for box in g.patches],
+            }
+            for g in a.path
+        ]
+    return located
 
 
 def summary_json(prediction: Prediction) -> dict[str, Any]:
@@ -122,6 +154,8 @@ def summary_json(prediction: Prediction) -> dict[str, Any]:
                 "flat": a.flat,
                 "contrast": round(a.contrast, 4),
                 "forms": [form.value for form in a.forms],
+                **({"block": a.block} if a.block else {}),
+                **_located(a),
             }
             for a in prediction.attention
         ],
@@ -144,7 +178,9 @@ def models_to_console(client: Client, as_json: bool = False) -> None:
             tag = "  [primary]" if a.name == model.primary_attention else ""
             quality = ", ".join(f"{k} {v:.3f}" for k, v in sorted(a.quality.items()))
             shape = "×".join(map(str, a.shape))
-            line = f"  {a.name:<16} {kind_from_proto(a.kind).value:<16} {shape:<10} {quality}{tag}"
+            block = f"({a.block}) " if a.block else ""
+            kind = kind_from_proto(a.kind).value
+            line = f"  {a.name:<16} {kind:<16} {shape:<10} {block}{quality}{tag}"
             print(line.rstrip())
         if model.primary_reason:
             print(f"  primary: {model.primary_attention} — {model.primary_reason}")

@@ -57,6 +57,20 @@ class ClassScore:
     score: float
 
 
+Box = tuple[float, float, float, float]
+"""(x0, y0, x1, y1) in original image pixels."""
+
+
+@dataclass
+class Glimpse:
+    """One step of a glimpse path."""
+
+    center: tuple[float, float]
+    """(x, y) in original image pixels."""
+    patches: list[Box]
+    """The patches seen there, smallest first."""
+
+
 @dataclass
 class AttentionMap:
     name: str
@@ -75,6 +89,12 @@ class AttentionMap:
     upsampled: NDArray[np.float32] | None = None
     heatmap_png: bytes = b""
     overlay_png: bytes = b""
+    boxes: list[Box] = field(default_factory=list)
+    """BOXES: one per index of the leading axes, in original pixels."""
+    path: list[Glimpse] = field(default_factory=list)
+    """PATH: the glimpses in order, in original pixels."""
+    block: str = ""
+    """The part of the network this attention belongs to."""
 
     @property
     def forms(self) -> list[MapForm]:

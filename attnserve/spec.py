@@ -86,12 +86,22 @@ class AttentionKind(StrEnum):
     """Weights over the channels of a feature map."""
     CLASS_ACTIVATION = "class_activation"
     """Class activation maps (one spatial map per class), computed in the graph."""
+    BOXES = "boxes"
+    """Regions the model attends to (a zoom box per scale): (x0, y0, x1, y1) per box."""
+    PATH = "path"
+    """An ordered path of glimpses, each one or more patches (x0, y0, x1, y1) around a point."""
 
+
+BOX_AXIS = "box"
+"""The last axis of boxes and paths: (x0, y0, x1, y1) as fractions of the input's width and
+height (its field of view, like a spatial map's), so the gateway maps them to original pixels."""
 
 KIND_AXES: dict[AttentionKind, tuple[str, ...]] = {
     AttentionKind.SPATIAL: SPATIAL_AXES,
     AttentionKind.CHANNEL: ("channel",),
     AttentionKind.CLASS_ACTIVATION: SPATIAL_AXES,
+    AttentionKind.BOXES: (BOX_AXIS,),
+    AttentionKind.PATH: ("step", "patch", BOX_AXIS),
 }
 """The axes each kind's values end with; axes before them index a stack (class, scale, word)."""
 
@@ -139,7 +149,8 @@ class AttentionSpec(_Frozen):
     axes: tuple[str, ...] = Field(description="meaning of each non-batch axis")
     description: str
     value_range: str = Field(description="what the raw values are, in words")
-    normalization: Normalization
+    normalization: Normalization = Normalization(method="minmax")
+    block: str = Field("", description="the part of the network this attention belongs to")
     quality: dict[str, float] = Field(
         default_factory=dict,
         description="measured on the test split: pointing game, energy in the digit box, ...",
@@ -148,6 +159,11 @@ class AttentionSpec(_Frozen):
     @property
     def is_spatial(self) -> bool:
         return self.axes[-2:] == SPATIAL_AXES
+
+    @property
+    def is_located(self) -> bool:
+        """Boxes and paths: attention as places in the image rather than a map over it."""
+        return self.axes[-1:] == (BOX_AXIS,)
 
     @property
     def leading_axes(self) -> tuple[str, ...]:
@@ -169,6 +185,14 @@ class AttentionSpec(_Frozen):
         return self
 
 
+class AuxiliaryOutput(_Frozen):
+    """A graph output that is neither the task's nor attention (e.g. RA-CNN's logits per scale):
+    served by Triton to whoever asks for it, described here, not postprocessed."""
+
+    name: str
+    description: str
+
+
 class ModelSpec(_Frozen):
     """Everything the gateway needs to serve a model; written into `config.pbtxt`."""
 
@@ -181,14 +205,16 @@ class ModelSpec(_Frozen):
     preprocess: PreprocessSpec
     labels: tuple[str, ...]
     attention: tuple[AttentionSpec, ...]
+    auxiliary_outputs: tuple[AuxiliaryOutput, ...] = ()
     primary_attention: str | None = Field(None, description="the map an overlay shows by default")
     primary_reason: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         names = [a.name for a in self.attention]
-        if len(set(names)) != len(names):
-            raise ValueError(f"attention output names repeat: {names}")
+        outputs = [*self.task_outputs, *names, *(o.name for o in self.auxiliary_outputs)]
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"output names repeat: {outputs}")
         if self.primary_attention is not None and self.primary_attention not in names:
             raise ValueError(f"primary attention {self.primary_attention!r} is not one of {names}")
         if len(self.labels) < 2:
@@ -202,8 +228,29 @@ class ModelSpec(_Frozen):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        """Graph outputs in order: the task's, then every attention map."""
-        return (*self.task_outputs, *(a.name for a in self.attention))
+        """Graph outputs in order: the task's, every attention output, the auxiliary ones."""
+        return (
+            *self.task_outputs,
+            *(a.name for a in self.attention),
+            *(o.name for o in self.auxiliary_outputs),
+        )
+
+    def check_output_dims(self, dims: dict[str, tuple[int, ...]]) -> None:
+        """Raises ValueError unless every output exists with dims (without the batch axis) that
+        fit its description: one per axis, a class axis as long as the labels, boxes of 4."""
+        missing = [name for name in self.output_names if name not in dims]
+        if missing:
+            raise ValueError(f"the spec names outputs the model lacks: {missing}")
+        if dims[self.logits_name] != (len(self.labels),):
+            raise ValueError(f"{self.logits_name}: {dims[self.logits_name]} is not ({len(self.labels)},)")
+        for attention in self.attention:
+            shape = dims[attention.name]
+            if len(shape) != len(attention.axes):
+                raise ValueError(f"{attention.name}: dims {shape} do not match the axes {attention.axes}")
+            if "class" in attention.axes and shape[attention.axes.index("class")] != len(self.labels):
+                raise ValueError(f"{attention.name}: its class axis is not {len(self.labels)} long")
+            if attention.is_located and shape[-1] != 4:
+                raise ValueError(f"{attention.name}: boxes need 4 values (x0, y0, x1, y1), not {shape[-1]}")
 
     def attention_by_name(self, name: str) -> AttentionSpec:
         for attention in self.attention:

@@ -6,8 +6,10 @@ from attnserve.export.repository import ServingOptions, build_config
 from attnserve.server.gateway.catalog import ModelCatalog, NoSpec, model_info_from_config
 from attnserve.spec import SPEC_PARAMETER
 
+from .conftest import CBAM_OUTPUT_DIMS
+
 SPEC = get_spec("cbam")
-DIMS = {name: (10,) if name == "logits" else (8, 8) for name in SPEC.output_names}
+DIMS = {name: CBAM_OUTPUT_DIMS[name] for name in SPEC.output_names}
 
 
 def test_a_served_model_is_read_from_the_triton_config() -> None:
@@ -29,6 +31,9 @@ def test_configs_without_a_valid_spec_are_not_served() -> None:
     del bare.output[-1]
     with pytest.raises(NoSpec, match="lacks"):
         model_info_from_config(bare, "1")
+    wrong = build_config("digits", SPEC, {**DIMS, "channel_stage1": (8, 8)}, ServingOptions())
+    with pytest.raises(NoSpec, match="do not match the axes"):
+        model_info_from_config(wrong, "1")
 
 
 def test_lookups_say_what_is_served() -> None:

@@ -83,3 +83,19 @@ def test_round_trip_between_input_and_original() -> None:
     back = g.to_original(*g.to_input(xs, ys))
     np.testing.assert_allclose(back[0], xs)
     np.testing.assert_allclose(back[1], ys)
+
+
+@pytest.mark.parametrize("mode", list(ResizeMode))
+@pytest.mark.parametrize("size", [(320, 160), (100, 300)])
+def test_boxes_go_to_original_pixels_and_back(mode: ResizeMode, size: tuple[int, int]) -> None:
+    from attnserve.transform import boxes_to_input, boxes_to_original
+
+    width, height = size
+    g = ResizeGeometry.for_spec(width, height, spec(mode))
+    original = np.array([[0.4 * width, 0.35 * height, 0.6 * width, 0.55 * height]])
+    in_input = boxes_to_input(original, g)
+    as_fraction = in_input / np.array([g.input_width, g.input_height] * 2)
+    np.testing.assert_allclose(boxes_to_original(as_fraction, g), original, rtol=1e-5)
+    # a box reaching past the image (a glimpse at its edge) is clipped to it
+    past = boxes_to_original(np.array([[-5.0, -5.0, 6.0, 6.0]]), g)
+    assert past[0, 0] == past[0, 1] == 0.0 and past[0, 2] == width and past[0, 3] == height

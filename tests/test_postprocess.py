@@ -155,3 +155,57 @@ def test_a_stack_no_task_selects_comes_back_raw_only() -> None:
     selected = build_attention_map(per_scale, values, one_scale)
     assert selected.raw is not None and np.array_equal(selected.raw, values[1])
     assert selected.peak is not None and selected.overlay_png[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch", "center_crop"])
+def test_boxes_and_paths_land_on_the_original_pixels_after_exif_rotation(mode: str) -> None:
+    """A square at a known place in the *viewed* (EXIF-rotated) photo; a box and a glimpse path
+    put on it in the model's input come back on it in original pixels, and are drawn there."""
+    from attnserve.server.gateway.postprocess import MapContext, build_attention_map
+    from attnserve.server.gateway.preprocess import preprocess_image
+    from attnserve.spec import AttentionKind, AttentionSpec, ResizeMode
+    from attnserve.transform import ImageLimits, boxes_to_input
+
+    viewed = np.zeros((120, 200), dtype=np.uint8)
+    viewed[40:60, 130:150] = 255  # x 130–150, y 40–60 as the user sees the photo
+    stored = Image.fromarray(viewed).transpose(Image.Transpose.ROTATE_90)  # the camera's raw pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    preprocess = SPEC.preprocess.model_copy(update={"resize_mode": ResizeMode(mode), "crop_pct": 0.9})
+    prepared = preprocess_image(buffer.getvalue(), preprocess, ImageLimits(10**7, 10**7), keep_image=True)
+    geometry = prepared.geometry
+    assert (geometry.width, geometry.height) == (200, 120)
+
+    square = np.array([130.0, 40.0, 150.0, 60.0])
+    in_input = boxes_to_input(square, geometry)
+    x0, y0, x1, y1 = (int(round(v)) for v in in_input)
+    assert prepared.tensor[0, y0 + 1 : y1 - 1, x0 + 1 : x1 - 1].mean() > 2.0  # the square is there
+    fraction = in_input / np.array([geometry.input_width, geometry.input_height] * 2)
+    centre = np.array([0.5, 0.5, 0.5, 0.5]) + np.array([-0.1, -0.1, 0.1, 0.1])
+    request = AttentionRequest(("zoom", "path"), frozenset({MapForm.RAW, MapForm.OVERLAY_PNG}))
+    context = MapContext(geometry, request, {}, SPEC.labels, prepared.image)
+    zoom = AttentionSpec(
+        name="zoom", kind=AttentionKind.BOXES, axes=("scale", "box"), description="d", value_range="r"
+    )
+    path = AttentionSpec(
+        name="path", kind=AttentionKind.PATH, axes=("step", "patch", "box"), description="d", value_range="r"
+    )
+    boxes = build_attention_map(zoom, fraction[None].astype(np.float32), context)
+    glimpses = build_attention_map(path, np.stack([centre, fraction])[:, None].astype(np.float32), context)
+
+    np.testing.assert_allclose(boxes.boxes[0], square, atol=1e-3)
+    assert boxes.peak == pytest.approx((140.0, 50.0), abs=1e-3)
+    assert [len(g.patches) for g in glimpses.path] == [1, 1]
+    assert (
+        glimpses.path[1].center == pytest.approx((140.0, 50.0), abs=1e-3)
+        and glimpses.peak == glimpses.path[1].center
+    )
+    np.testing.assert_allclose(glimpses.path[1].patches[0], square, atol=1e-3)
+    for drawn in (boxes.overlay_png, glimpses.overlay_png):
+        picture = np.asarray(Image.open(io.BytesIO(drawn)).convert("RGB"), dtype=np.int16)
+        original = np.asarray(prepared.image, dtype=np.int16)  # type: ignore[arg-type]
+        assert picture.shape == (120, 200, 3)
+        changed = np.abs(picture - original).sum(axis=2) > 60
+        assert changed[40:60, 128:133].any() and not changed[100:, :60].any()  # drawn on the square only

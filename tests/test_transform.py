@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnserve.export.data import ClutteredDigits, as_photo
+from attnserve.export.data import ClutteredDigits, DigitSample, as_photo, model_batch
 from attnserve.export.data.cluttered_digits import _camera_round_trip
 from attnserve.export.models import get_spec
 from attnserve.export.scoring import canvases_to_input
@@ -50,12 +50,16 @@ def through_the_gateway(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 def test_training_and_the_gateway_make_identical_tensors(spec: PreprocessSpec) -> None:
     """Canvases at the input size, larger, and of other aspect ratios: bit for bit the same."""
     sample = ClutteredDigits("test", 1, seed=1)[0]
-    photos = [sample.image, np.asarray(as_photo(sample, 2.5, pad=(30, 0, 7, 0))[0], np.float32) / 255]
-    for pixels in photos:
-        trained_on = canvases_to_input(pixels[None], spec).numpy()[0]
-        served = through_the_gateway(pixels, spec)
+    photo, box = as_photo(sample, 2.5, pad=(30, 0, 7, 0))
+    reshaped = DigitSample(
+        np.asarray(photo, np.float32) / 255, sample.label, box, sample.mask, sample.scan_index
+    )  # type: ignore[arg-type]
+    for shown in (sample, reshaped):
+        trained_on = model_batch([shown], spec).inputs().numpy()[0]  # what training feeds the model
+        evaluated = canvases_to_input([shown.image], spec).numpy()[0]  # what scoring and parity feed it
+        served = through_the_gateway(shown.image, spec)
         assert trained_on.shape == served.shape == (spec.channels, *spec.input_size)
-        assert np.array_equal(trained_on, served)
+        assert np.array_equal(trained_on, served) and np.array_equal(evaluated, served)
 
 
 def test_the_training_resample_round_trip_is_the_gateways_resize() -> None:
@@ -65,7 +69,7 @@ def test_the_training_resample_round_trip_is_the_gateways_resize() -> None:
     enlarged = round(64 * np.random.default_rng(7).uniform(1.0, 5.0))
     photo = image_from_pixels(canvas).resize((enlarged, enlarged), Image.Resampling.BILINEAR)
     served = preprocess_image(png(photo), CBAM, LIMITS).tensor
-    assert np.array_equal(canvases_to_input(trained[None], CBAM).numpy()[0], served)
+    assert np.array_equal(canvases_to_input([trained], CBAM).numpy()[0], served)
 
 
 def test_normalisation_of_arrays_and_images_agree() -> None:
@@ -93,3 +97,15 @@ def test_model_input_geometry_refers_to_the_original_size() -> None:
     prepared = to_model_input(image, CBAM, original_size=(100, 200))
     assert (prepared.geometry.width, prepared.geometry.height) == (100, 200)
     assert prepared.geometry.destination_box() == (16, 0, 48, 64)
+
+
+def test_digit_boxes_follow_the_canvas_into_the_model_input() -> None:
+    """Training scores attention against boxes carried through the same geometry."""
+    sample = ClutteredDigits("test", 1, seed=1)[0]
+    photo, box = as_photo(sample, 2.0, pad=(0, 40, 0, 0))  # 128 wide, 168 tall
+    shown = DigitSample(np.asarray(photo, np.float32) / 255, sample.label, box, sample.mask, 0)  # type: ignore[arg-type]
+    batch = model_batch([shown], CBAM)
+    resized = round(128 * 64 / 168)  # letterboxed by its height: 49 px wide, 7 px of padding left
+    sx, sy, offset = resized / 128, 64 / 168, (64 - resized) // 2
+    expected = [box[0] * sx + offset, box[1] * sy, box[2] * sx + offset, box[3] * sy]
+    np.testing.assert_allclose(batch.boxes[0], expected, rtol=1e-5)

@@ -7,15 +7,24 @@ to the original image's pixels. Torch-free.
 """
 
 from .decode import SUPPORTED_FORMATS, DecodedImage, ImageLimits, decode_image, to_color_mode
-from .geometry import ResizeGeometry, interpolation_matrix, map_to_original, peak_in_original
+from .geometry import (
+    ResizeGeometry,
+    boxes_to_input,
+    boxes_to_original,
+    interpolation_matrix,
+    map_to_original,
+    peak_in_original,
+)
 from .model_input import (
     ModelInput,
     denormalize,
     image_from_pixels,
     normalize,
     normalize_pixels,
+    pixels_to_input,
     quantize,
     resize_to_input,
+    to_input_pixels,
     to_model_input,
 )
 
@@ -25,6 +34,8 @@ __all__ = [
     "ImageLimits",
     "ModelInput",
     "ResizeGeometry",
+    "boxes_to_input",
+    "boxes_to_original",
     "decode_image",
     "denormalize",
     "image_from_pixels",
@@ -33,8 +44,10 @@ __all__ = [
     "normalize",
     "normalize_pixels",
     "peak_in_original",
+    "pixels_to_input",
     "quantize",
     "resize_to_input",
     "to_color_mode",
+    "to_input_pixels",
     "to_model_input",
 ]

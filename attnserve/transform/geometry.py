@@ -158,3 +158,25 @@ def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> t
     x = float(np.clip(orig_x[col], 0.0, geometry.width - 1e-3))
     y = float(np.clip(orig_y[row], 0.0, geometry.height - 1e-3))
     return x, y, float(values[row, col])
+
+
+def boxes_to_original(boxes: NDArray[Any], geometry: ResizeGeometry) -> NDArray[np.float32]:
+    """Boxes (…×4: x0, y0, x1, y1) in the model input's field of view, as fractions of its width
+    and height, → original image pixels, clipped to the image."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    x, y = geometry.to_original(
+        boxes[..., 0::2] * geometry.input_width, boxes[..., 1::2] * geometry.input_height
+    )
+    result = np.empty(boxes.shape, dtype=np.float32)
+    result[..., 0::2] = np.clip(x, 0.0, geometry.width)
+    result[..., 1::2] = np.clip(y, 0.0, geometry.height)
+    return result
+
+
+def boxes_to_input(boxes: NDArray[Any], geometry: ResizeGeometry) -> NDArray[np.float32]:
+    """Boxes (…×4) in original pixels → model input pixels (the way training sees them)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    x, y = geometry.to_input(boxes[..., 0::2], boxes[..., 1::2])
+    result = np.empty(boxes.shape, dtype=np.float32)
+    result[..., 0::2], result[..., 1::2] = x, y
+    return result

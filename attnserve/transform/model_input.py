@@ -64,12 +64,19 @@ def normalize_pixels(pixels: NDArray[Any], spec: PreprocessSpec) -> NDArray[np.f
     return np.ascontiguousarray(np.moveaxis(normalised, -1, -3))
 
 
+def pixels_to_input(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.float32]:
+    """8-bit pixels, channels last (…×H×W×C) → ``(pixel / 255 - mean) / std``, channels first."""
+    return normalize_pixels(np.asarray(pixels).astype(np.float32) * np.float32(1.0 / 255.0), spec)
+
+
 def normalize(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32]:
     """8-bit L/RGB image → C×H×W float32, ``(pixel / 255 - mean) / std``."""
-    pixels = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    return normalize_pixels(pixels, spec)
+    return pixels_to_input(_channels_last(image), spec)
+
+
+def _channels_last(image: Image.Image) -> NDArray[np.uint8]:
+    pixels = np.asarray(image)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
 def denormalize(tensor: NDArray[np.float32], spec: PreprocessSpec) -> Image.Image:
@@ -80,10 +87,11 @@ def denormalize(tensor: NDArray[np.float32], spec: PreprocessSpec) -> Image.Imag
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
 
 
-def to_model_input(
+def to_input_pixels(
     image: Image.Image, spec: PreprocessSpec, original_size: tuple[int, int] | None = None
-) -> ModelInput:
-    """Any Pillow image → colour mode → geometry-aware resize (every resize mode) → normalised.
+) -> tuple[NDArray[np.uint8], ResizeGeometry]:
+    """Any Pillow image → colour mode → geometry-aware resize (every resize mode): the model
+    input's 8-bit pixels (H×W×C) and the geometry.
 
     ``original_size`` is the (width, height) the answer's coordinates refer to, when ``image``
     was decoded at reduced scale; by default the image's own size.
@@ -91,7 +99,16 @@ def to_model_input(
     width, height = original_size or image.size
     geometry = ResizeGeometry.for_spec(width, height, spec)
     converted = to_color_mode(image, spec.color_mode, spec.pad_value)
-    return ModelInput(normalize(resize_to_input(converted, geometry, spec.pad_value), spec), geometry)
+    return _channels_last(resize_to_input(converted, geometry, spec.pad_value)), geometry
+
+
+def to_model_input(
+    image: Image.Image, spec: PreprocessSpec, original_size: tuple[int, int] | None = None
+) -> ModelInput:
+    """Any Pillow image → the normalised model input and its geometry (`to_input_pixels`,
+    then `pixels_to_input`)."""
+    pixels, geometry = to_input_pixels(image, spec, original_size)
+    return ModelInput(pixels_to_input(pixels, spec), geometry)
 
 
 def quantize(pixels: NDArray[Any]) -> NDArray[np.uint8]:

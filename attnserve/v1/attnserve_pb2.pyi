@@ -28,6 +28,8 @@ class AttentionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ATTENTION_KIND_SPATIAL: _ClassVar[AttentionKind]
     ATTENTION_KIND_CHANNEL: _ClassVar[AttentionKind]
     ATTENTION_KIND_CLASS_ACTIVATION: _ClassVar[AttentionKind]
+    ATTENTION_KIND_BOXES: _ClassVar[AttentionKind]
+    ATTENTION_KIND_PATH: _ClassVar[AttentionKind]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_UINT8: DataType
@@ -41,6 +43,8 @@ ATTENTION_KIND_UNSPECIFIED: AttentionKind
 ATTENTION_KIND_SPATIAL: AttentionKind
 ATTENTION_KIND_CHANNEL: AttentionKind
 ATTENTION_KIND_CLASS_ACTIVATION: AttentionKind
+ATTENTION_KIND_BOXES: AttentionKind
+ATTENTION_KIND_PATH: AttentionKind
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -102,8 +106,28 @@ class Point(_message.Message):
     y: float
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
+class Box(_message.Message):
+    __slots__ = ("x0", "y0", "x1", "y1")
+    X0_FIELD_NUMBER: _ClassVar[int]
+    Y0_FIELD_NUMBER: _ClassVar[int]
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    def __init__(self, x0: _Optional[float] = ..., y0: _Optional[float] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ...) -> None: ...
+
+class Glimpse(_message.Message):
+    __slots__ = ("center", "patches")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    PATCHES_FIELD_NUMBER: _ClassVar[int]
+    center: Point
+    patches: _containers.RepeatedCompositeFieldContainer[Box]
+    def __init__(self, center: _Optional[_Union[Point, _Mapping]] = ..., patches: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+
 class AttentionMap(_message.Message):
-    __slots__ = ("name", "kind", "axes", "shape", "raw", "upsampled", "heatmap_png", "overlay_png", "peak", "peak_value", "class_index", "class_label", "normalization", "flat", "contrast")
+    __slots__ = ("name", "kind", "axes", "shape", "raw", "upsampled", "heatmap_png", "overlay_png", "peak", "peak_value", "class_index", "class_label", "normalization", "flat", "contrast", "boxes", "path", "block")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     AXES_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +143,9 @@ class AttentionMap(_message.Message):
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     FLAT_FIELD_NUMBER: _ClassVar[int]
     CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: AttentionKind
     axes: _containers.RepeatedScalarFieldContainer[str]
@@ -134,7 +161,10 @@ class AttentionMap(_message.Message):
     normalization: str
     flat: bool
     contrast: float
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., upsampled: _Optional[_Union[Tensor, _Mapping]] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., peak: _Optional[_Union[Point, _Mapping]] = ..., peak_value: _Optional[float] = ..., class_index: _Optional[int] = ..., class_label: _Optional[str] = ..., normalization: _Optional[str] = ..., flat: _Optional[bool] = ..., contrast: _Optional[float] = ...) -> None: ...
+    boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    path: _containers.RepeatedCompositeFieldContainer[Glimpse]
+    block: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., upsampled: _Optional[_Union[Tensor, _Mapping]] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., peak: _Optional[_Union[Point, _Mapping]] = ..., peak_value: _Optional[float] = ..., class_index: _Optional[int] = ..., class_label: _Optional[str] = ..., normalization: _Optional[str] = ..., flat: _Optional[bool] = ..., contrast: _Optional[float] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., path: _Optional[_Iterable[_Union[Glimpse, _Mapping]]] = ..., block: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")
@@ -233,7 +263,7 @@ class Normalization(_message.Message):
     def __init__(self, method: _Optional[str] = ..., range: _Optional[_Iterable[float]] = ..., flat_below: _Optional[float] = ...) -> None: ...
 
 class AttentionInfo(_message.Message):
-    __slots__ = ("name", "kind", "axes", "shape", "description", "value_range", "normalization", "quality")
+    __slots__ = ("name", "kind", "axes", "shape", "description", "value_range", "normalization", "quality", "block")
     class QualityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +279,7 @@ class AttentionInfo(_message.Message):
     VALUE_RANGE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: AttentionKind
     axes: _containers.RepeatedScalarFieldContainer[str]
@@ -257,7 +288,8 @@ class AttentionInfo(_message.Message):
     value_range: str
     normalization: Normalization
     quality: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., description: _Optional[str] = ..., value_range: _Optional[str] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., quality: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    block: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., description: _Optional[str] = ..., value_range: _Optional[str] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., quality: _Optional[_Mapping[str, float]] = ..., block: _Optional[str] = ...) -> None: ...
 
 class PreprocessInfo(_message.Message):
     __slots__ = ("height", "width", "color_mode", "mean", "std", "resize_mode", "pad_value", "crop_pct")

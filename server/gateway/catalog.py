@@ -45,9 +45,10 @@ def model_info_from_config(config: mc.ModelConfig, version: str) -> ModelInfo:
         )
 
     inputs, outputs = shapes(list(config.input)), shapes(list(config.output))
-    missing = [n for n in spec.output_names if n not in {o.name for o in outputs}]
-    if missing:
-        raise NoSpec(f"{config.name}: its spec names outputs the config lacks: {missing}")
+    try:
+        spec.check_output_dims({t.name: tuple(t.dims) for t in config.output})
+    except ValueError as exc:
+        raise NoSpec(f"{config.name}: its config does not fit its spec: {exc}") from None
     return ModelInfo(config.name, version, spec, config.max_batch_size, inputs, outputs)
 
 

@@ -1,4 +1,5 @@
-"""Display values in [0, 1] → colour heatmaps and overlays, encoded as PNG."""
+"""Display values in [0, 1] → colour heatmaps and overlays; boxes and glimpse paths drawn on the
+image; PNG encoding."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import io
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageDraw
+
+from attnserve.prediction import Glimpse
 
 OVERLAY_ALPHA = 0.6
 """Opacity of the heatmap where attention is highest; where it is zero the image shows as is."""
@@ -56,3 +59,60 @@ def encode_png(pixels: NDArray[np.uint8]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
+
+
+def _stroke(image: Image.Image) -> int:
+    return max(1, round(min(image.size) / 160))
+
+
+def draw_boxes(image: Image.Image, boxes: list[tuple[float, float, float, float]]) -> NDArray[np.uint8]:
+    """Boxes as rectangles on the RGB image, coloured along Turbo in order and numbered
+    (1 = the first, e.g. the coarsest scale's zoom)."""
+    canvas = image.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    width = _stroke(canvas)
+    for index, box in enumerate(boxes):
+        colour = _colour(index, len(boxes))
+        draw.rectangle(_inside(box, canvas), outline=colour, width=width)
+        draw.text((box[0] + width + 1, box[1] + width), str(index + 1), fill=colour)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def draw_path(image: Image.Image, path: list[Glimpse]) -> NDArray[np.uint8]:
+    """A glimpse path: each glimpse's sharpest patch as a numbered square, joined in order by a
+    line through the centres; the first glimpse's widest patch is outlined for context."""
+    canvas = image.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    width = _stroke(canvas)
+    centres = [g.center for g in path]
+    if len(centres) > 1:
+        draw.line(centres, fill=(255, 255, 255), width=width)
+    for index, glimpse in enumerate(path):
+        colour = _colour(index, len(path))
+        if glimpse.patches:
+            draw.rectangle(_inside(glimpse.patches[0], canvas), outline=colour, width=width)
+            draw.text(
+                (glimpse.patches[0][0] + width + 1, glimpse.patches[0][1] + width),
+                str(index + 1),
+                fill=colour,
+            )
+        x, y = glimpse.center
+        draw.ellipse((x - 2 * width, y - 2 * width, x + 2 * width, y + 2 * width), fill=colour)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _colour(index: int, count: int) -> tuple[int, int, int]:
+    position = 0.15 + 0.8 * (index / max(1, count - 1))
+    red, green, blue = TURBO[int(position * 255)]
+    return int(red), int(green), int(blue)
+
+
+def _inside(box: tuple[float, float, float, float], image: Image.Image) -> tuple[float, float, float, float]:
+    """A box in pixel-edge coordinates as the rectangle of pixels it covers, within the image."""
+    x0, y0, x1, y1 = box
+    return (
+        min(max(x0, 0.0), image.width - 1),
+        min(max(y0, 0.0), image.height - 1),
+        min(max(x1 - 1, x0), image.width - 1),
+        min(max(y1 - 1, y0), image.height - 1),
+    )

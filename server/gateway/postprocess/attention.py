@@ -18,11 +18,11 @@ from PIL import Image
 
 from attnserve.attention import select_leading
 from attnserve.errors import InvalidInput
-from attnserve.prediction import IMAGE_FORMS, AttentionMap, MapForm
+from attnserve.prediction import IMAGE_FORMS, AttentionMap, Box, Glimpse, MapForm
 from attnserve.spec import AttentionKind, AttentionSpec
-from attnserve.transform import ResizeGeometry, map_to_original, peak_in_original
+from attnserve.transform import ResizeGeometry, boxes_to_original, map_to_original, peak_in_original
 
-from ..render import colorize, encode_png, overlay
+from ..render import colorize, draw_boxes, draw_path, encode_png, overlay
 from .display import DisplayMap, to_display
 
 
@@ -86,6 +86,7 @@ def build_attention_map(
         class_index=class_index,
         class_label=context.labels[class_index] if class_index is not None else "",
         peak_value=float(selected.max()) if selected.size else 0.0,
+        block=attention.block,
     )
     if MapForm.RAW in context.request.forms:
         result.raw = selected.astype(np.float32)
@@ -131,3 +132,60 @@ def channel_weights(
 ) -> AttentionMap:
     """Weights over channels: no position, so raw values, the largest weight and contrast."""
     return _with_display(result, to_display(values, attention.normalization))
+
+
+def _drawn(attention: AttentionSpec, context: MapContext) -> bool:
+    """Boxes and paths have one image form: drawn on the overlay."""
+    request = context.request
+    if MapForm.OVERLAY_PNG not in request.forms or not request.renders(attention.name):
+        return False
+    if context.image is None:
+        raise ValueError("an overlay needs the original image (preprocess with keep_image=True)")
+    return True
+
+
+def _centre(box: Box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+
+
+@register_attention_kind(AttentionKind.BOXES)
+def attended_boxes(
+    attention: AttentionSpec, values: NDArray[np.float32], result: AttentionMap, context: MapContext
+) -> AttentionMap:
+    """Boxes (…×4, fractions of the input's field of view) → original pixels, in order; the
+    peak is the last box's centre (where a zooming cascade ends up)."""
+    boxes = boxes_to_original(values.reshape(-1, 4), context.geometry)
+    result.boxes = [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in boxes]
+    result.peak_value = 0.0
+    if result.boxes:
+        result.peak = _centre(result.boxes[-1])
+    if _drawn(attention, context):
+        assert context.image is not None
+        result.overlay_png = encode_png(draw_boxes(context.image, result.boxes))
+    return result
+
+
+@register_attention_kind(AttentionKind.PATH)
+def glimpse_path(
+    attention: AttentionSpec, values: NDArray[np.float32], result: AttentionMap, context: MapContext
+) -> AttentionMap:
+    """A path (steps × patches × 4) → the glimpses in original pixels, in order; each centre is
+    its patches' common centre (clipped to the image), the peak is where the path ends."""
+    geometry = context.geometry
+    steps = values.reshape(values.shape[0], -1, 4)
+    unclipped_centres = (steps[:, 0, :2] + steps[:, 0, 2:]) / 2.0  # fractions of the input
+    points = boxes_to_original(np.concatenate([unclipped_centres, unclipped_centres], axis=1), geometry)
+    result.path = [
+        Glimpse(
+            (float(point[0]), float(point[1])),
+            [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in boxes_to_original(step, geometry)],
+        )
+        for point, step in zip(points, steps, strict=True)
+    ]
+    result.peak_value = 0.0
+    if result.path:
+        result.peak = result.path[-1].center
+    if _drawn(attention, context):
+        assert context.image is not None
+        result.overlay_png = encode_png(draw_path(context.image, result.path))
+    return result
