@@ -45,6 +45,10 @@ def export_model(
     if not parity.passed:
         raise ParityError("\n".join(["export refused, onnxruntime differs from PyTorch:", *parity.lines()]))
     output_dims = _output_dims(graph)
+    try:
+        graph.spec.check_output_dims(output_dims)
+    except ValueError as exc:
+        raise InvalidInput(f"{architecture}: the model's outputs do not fit its spec: {exc}") from None
     name = name or architecture
     config = build_config(name, graph.spec, output_dims, options or ServingOptions())
     model_dir = write_model(repository, name, version, model_bytes, config, graph.spec.labels)

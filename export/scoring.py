@@ -1,10 +1,11 @@
-"""Accuracy and attention-map quality of a model on cluttered digits.
+"""Accuracy and attention quality of a model on cluttered digits, in the model input's pixels.
 
-Every map the model serves is scored as the gateway would show it: spatial maps directly,
-class-conditioned maps for the predicted class (the same slicing as the gateway's,
-`attnserve.attention.select_leading`). Inputs are made by the gateway's own transform
-(`attnserve.transform`). Used at the end of training, by ``attnserve evaluate`` and by export
-(the primary map).
+Every attention output the model serves is scored as the gateway would show it: spatial maps
+directly, class-conditioned maps for the predicted class (the same slicing as the gateway's,
+`attnserve.attention.select_leading`), boxes by the last (finest) one, paths by their final
+glimpse. Inputs and the digits' boxes go through the gateway's own transform
+(`attnserve.export.data.model_batch`). Used at the end of training, by ``attnserve evaluate``
+and by export (the primary map).
 """
 
 from __future__ import annotations
@@ -17,33 +18,34 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from attnserve.attention import select_leading
-from attnserve.spec import AttentionSpec, ModelSpec, PreprocessSpec
+from attnserve.spec import AttentionKind, AttentionSpec, ModelSpec, PreprocessSpec
 from attnserve.transform import image_from_pixels, to_model_input
 
-from .attention_quality import chance_energy, map_quality
-from .data import DigitBatch
+from .attention_quality import box_quality, chance_energy, map_quality, path_quality
+from .data import ModelBatch
 from .models import ServingGraph
 
 
-def canvases_to_input(images: NDArray[np.float32], preprocess: PreprocessSpec) -> Tensor:
+def canvases_to_input(
+    images: NDArray[np.float32] | list[NDArray[np.float32]], preprocess: PreprocessSpec
+) -> Tensor:
     """N canvases (H×W, values in [0, 1], any size) → the N×C×H×W tensor the model sees.
 
     Each canvas goes the way an image file goes through the gateway: stored as 8 bits, then
     the one transform (colour mode, resize per the spec, normalisation).
     """
-    inputs = np.empty((len(images), preprocess.channels, *preprocess.input_size), dtype=np.float32)
-    for index, canvas in enumerate(images):
-        inputs[index] = to_model_input(image_from_pixels(canvas), preprocess).tensor
-    return torch.from_numpy(inputs)
+    return torch.from_numpy(
+        np.stack([to_model_input(image_from_pixels(c), preprocess).tensor for c in images])
+    )
 
 
 @torch.no_grad()
-def run_graph(graph: ServingGraph, images: NDArray[np.float32], batch_size: int = 250) -> dict[str, Tensor]:
-    """Every named output of the serving graph for N canvases, concatenated over batches."""
+def run_graph(graph: ServingGraph, batch: ModelBatch, batch_size: int = 250) -> dict[str, Tensor]:
+    """Every named output of the serving graph for a batch, concatenated over chunks."""
     graph.eval()
     chunks: dict[str, list[Tensor]] = {}
-    for start in range(0, len(images), batch_size):
-        inputs = canvases_to_input(images[start : start + batch_size], graph.spec.preprocess)
+    for start in range(0, len(batch), batch_size):
+        inputs = batch.inputs(slice(start, start + batch_size))
         for name, value in graph.named_outputs(inputs).items():
             chunks.setdefault(name, []).append(value)
     return {name: torch.cat(values) for name, values in chunks.items()}
@@ -62,60 +64,97 @@ def displayed_map(attention: AttentionSpec, value: Tensor, predicted: Tensor) ->
     return torch.stack(shown)
 
 
-def score(outputs: dict[str, Tensor], data: DigitBatch, spec: ModelSpec) -> dict[str, Any]:
-    """Accuracy, and pointing/energy for every spatial map the model serves."""
-    logits = outputs[spec.logits_name]
-    predicted = logits.argmax(dim=1)
-    size = data.images.shape[1:]
-    canvas = (int(size[0]), int(size[1]))
+def attention_quality(
+    attention: AttentionSpec, value: Tensor, predicted: Tensor, batch: ModelBatch
+) -> dict[str, float] | None:
+    """The quality figures of one attention output on a batch (None: nothing to score)."""
+    height, width = batch.input_size
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    if attention.kind is AttentionKind.BOXES:
+        last = value.reshape(len(value), -1, 4)[:, -1].double().numpy() * scale
+        return box_quality(last, batch.boxes)
+    if attention.kind is AttentionKind.PATH:
+        boxes = value.reshape(len(value), value.shape[1], -1, 4)[:, :, 0].double().numpy()
+        centres = (boxes[..., :2] + boxes[..., 2:]) / 2.0 * scale[:2]
+        return path_quality(centres, batch.boxes)
+    shown = displayed_map(attention, value, predicted)
+    return None if shown is None else map_quality(shown, batch.boxes, (height, width)).as_dict()
+
+
+def score(outputs: dict[str, Tensor], batch: ModelBatch, spec: ModelSpec) -> dict[str, Any]:
+    """Accuracy (and that of auxiliary logits, e.g. each RA-CNN scale's), and the quality of
+    every attention output the model serves."""
+    predicted = outputs[spec.logits_name].argmax(dim=1)
     attention_scores: dict[str, dict[str, float]] = {}
     for attention in spec.attention:
-        shown = displayed_map(attention, outputs[attention.name], predicted)
-        if shown is not None:
-            attention_scores[attention.name] = map_quality(shown, data.boxes, canvas).as_dict()
-    accuracy = float((predicted.numpy() == data.labels).mean())
-    return {
-        "samples": len(data.labels),
-        "accuracy": round(accuracy, 4),
+        quality = attention_quality(attention, outputs[attention.name], predicted, batch)
+        if quality is not None:
+            attention_scores[attention.name] = quality
+    result: dict[str, Any] = {
+        "samples": len(batch),
+        "accuracy": round(float((predicted.numpy() == batch.labels).mean()), 4),
         "attention": attention_scores,
-        "chance_energy": round(chance_energy(data.boxes, canvas), 4),
+        "chance_energy": round(chance_energy(batch.boxes, batch.input_size), 4),
     }
+    auxiliary = {
+        o.name: round(float((outputs[o.name].argmax(dim=1).numpy() == batch.labels).mean()), 4)
+        for o in spec.auxiliary_outputs
+        if outputs[o.name].shape[1:] == (len(spec.labels),)
+    }
+    if auxiliary:
+        result["auxiliary_accuracy"] = auxiliary
+    return result
 
 
 def with_measured_quality(spec: ModelSpec, metrics: dict[str, Any]) -> ModelSpec:
-    """The spec with each map's measured quality and the primary map chosen from it.
+    """The spec with each attention output's measured quality and the primary one chosen.
 
-    The primary map is chosen on the *validation* split (the test split selects nothing): the
-    one that concentrates best (highest energy in the box) among the maps that point at the
-    object at least as often as the best pointer minus 5 points, so that a map which points
-    but spreads its mass (a saturated gate) does not win. The quality attached to each map is
-    the test split's.
+    The primary output is chosen on the *validation* split of the selection variant (the test
+    splits select nothing): among the outputs that point at the digit at least as often as the
+    best pointer minus 5 points, the map that concentrates best (energy in the box) — so that a
+    map which points but spreads its mass (a saturated gate) does not win — or, for boxes and
+    paths, the best pointer. The quality attached to each output is the test splits': the
+    selection variant's under plain names, every other variant's prefixed by its name.
     """
-    test: dict[str, Any] = metrics.get("test", {})
-    val: dict[str, Any] = metrics.get("val", {})
-    reported: dict[str, dict[str, float]] = test.get("attention", {})
+    selection_variant = metrics.get("selection", "standard")
+    tests: dict[str, Any] = metrics.get("test", {})
     attention = tuple(
-        a.model_copy(update={"quality": reported[a.name]}) if a.name in reported else a
-        for a in spec.attention
+        a.model_copy(update={"quality": _quality(a.name, tests, selection_variant)}) for a in spec.attention
     )
-    selection: dict[str, dict[str, float]] = val.get("attention", {})
-    if not selection:
+    val: dict[str, Any] = metrics.get("val", {}).get(selection_variant, {})
+    measured: dict[str, dict[str, float]] = val.get("attention", {})
+    if not measured:
         return spec.model_copy(update={"attention": attention})
-    best_pointing = max(s["pointing"] for s in selection.values())
-    candidates = {n: s for n, s in selection.items() if s["pointing"] >= best_pointing - 0.05}
-    ranked = sorted(candidates, key=lambda n: candidates[n]["energy"], reverse=True)
-    primary = ranked[0]
-    reason = (
-        f"concentrates best on the validation split ({val.get('samples', '?')} images): energy in the "
-        f"digit box {selection[primary]['energy']:.3f} (chance {val.get('chance_energy', 0):.3f})"
+    best_pointing = max(s["pointing"] for s in measured.values())
+    candidates = {n: s for n, s in measured.items() if s["pointing"] >= best_pointing - 0.05}
+    ranked = sorted(
+        candidates, key=lambda n: (candidates[n].get("energy", -1.0), candidates[n]["pointing"]), reverse=True
     )
-    if len(ranked) > 1:
-        reason += f", next {ranked[1]} {selection[ranked[1]]['energy']:.3f}"
-    if primary in reported:
-        reason += (
-            f"; on the test split: energy {reported[primary]['energy']:.3f}, "
-            f"pointing game {reported[primary]['pointing']:.1%}"
+    primary = ranked[0]
+    chosen = measured[primary]
+    where = f"the validation split of the {selection_variant} data ({val.get('samples', '?')} images)"
+    if "energy" in chosen:
+        reason = (
+            f"concentrates best on {where}: energy in the digit box {chosen['energy']:.3f} "
+            f"(chance {val.get('chance_energy', 0):.3f})"
         )
+        if len(ranked) > 1 and "energy" in measured[ranked[1]]:
+            reason += f", next {ranked[1]} {measured[ranked[1]]['energy']:.3f}"
+    else:
+        reason = f"points at the digit best on {where}: {chosen['pointing']:.1%}"
+    test = tests.get(selection_variant, {}).get("attention", {}).get(primary)
+    if test is not None:
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in test.items())
+        reason += f"; on the test split: {figures}"
     return spec.model_copy(
         update={"attention": attention, "primary_attention": primary, "primary_reason": reason}
     )
+
+
+def _quality(name: str, tests: dict[str, Any], selection_variant: str) -> dict[str, float]:
+    quality: dict[str, float] = {}
+    for variant, result in tests.items():
+        figures = result.get("attention", {}).get(name, {})
+        prefix = "" if variant == selection_variant else f"{variant}_"
+        quality.update({f"{prefix}{key}": value for key, value in figures.items()})
+    return quality

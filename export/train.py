@@ -1,13 +1,21 @@
 """Training on cluttered digits, on the CPU, within a wall-clock budget.
 
+Each architecture trains by its registered `TrainingRecipe`: which data variants (standard,
+small digits, mixed sizes and aspect ratios), how many samples, how long. Every canvas reaches
+the model through the gateway's own transform (`attnserve.export.data.model_batch`). A model
+that defines ``training_loss`` (RAM's REINFORCE, RA-CNN's alternation) trains by it; the others
+on cross-entropy over their logits.
+
 The learning rate follows a one-cycle schedule over *progress*, the larger of the step share
 and the time share: with a generous budget the run is deterministic (a fixed number of steps);
-on a slower machine it compresses the schedule instead of overrunning. Model selection uses the
-validation split only; the test split (scans 1497–1796) is scored once, at the end.
+on a slower machine it compresses the schedule instead of overrunning. Selection (last or
+averaged weights, the primary attention output) uses validation splits only; the test splits
+(scans 1497–1796) are scored once, at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -18,36 +26,40 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from attnserve._io import atomic_write_text
 
 from .checkpoint import Checkpoint, save_checkpoint
-from .data import ClutteredDigits
-from .models import ServingGraph, create_model, get_spec, serving_spec
-from .scoring import canvases_to_input, run_graph, score
+from .data import ModelBatch, Split, concatenate, make_dataset, model_batch
+from .models import (
+    ServingGraph,
+    TrainingRecipe,
+    TrainingStep,
+    TrainsItself,
+    create_model,
+    get_entry,
+    serving_spec,
+)
+from .scoring import run_graph, score
+
+EVALUATION_VARIANTS = ("standard", "small", "mixed")
+_CHUNK = 2_000
 
 
 @dataclass
 class TrainConfig:
     architecture: str = "cbam"
     out_dir: Path = Path("runs/cbam")
-    train_samples: int = 48_000
-    val_samples: int = 2_000
-    test_samples: int = 1_000
-    max_steps: int = 1_250
-    max_seconds: float = 225.0
-    batch_size: int = 128
-    max_lr: float = 3e-3
-    weight_decay: float = 5e-4
-    warmup_share: float = 0.25
-    label_smoothing: float = 0.1
-    distort: bool = True
-    resample_share: float = 0.5
-    ema_decay: float = 0.99
     seed: int = 0
     threads: int = 2
+    val_samples: int = 1_000
+    test_samples: int = 1_000
+    evaluate_on: tuple[str, ...] = EVALUATION_VARIANTS
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the architecture's recipe (train_samples, max_seconds, max_steps, ...)."""
 
 
 @dataclass
@@ -67,86 +79,124 @@ def one_cycle_lr(progress: float, max_lr: float, warmup_share: float) -> float:
     return end + (max_lr - end) * (1 + math.cos(math.pi * phase)) / 2
 
 
+def build_batch(
+    variant: str, split: Split, samples: int, preprocess: Any, seed: int, augment: bool = False
+) -> ModelBatch:
+    """``samples`` canvases of a variant, through the gateway's transform, built in chunks."""
+    dataset = make_dataset(variant, split, samples, seed=seed, augment=augment)
+    chunks = [
+        model_batch([dataset[i] for i in range(start, min(start + _CHUNK, samples))], preprocess)
+        for start in range(0, samples, _CHUNK)
+    ]
+    return concatenate(chunks)
+
+
+def training_step(
+    model: nn.Module, images: Tensor, labels: Tensor, progress: float, step: int, label_smoothing: float
+) -> TrainingStep:
+    if isinstance(model, TrainsItself):
+        return model.training_loss(images, labels, progress, step)
+    logits = model(images)["logits"]
+    return TrainingStep(F.cross_entropy(logits, labels, label_smoothing=label_smoothing))
+
+
 def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    spec = get_spec(config.architecture)
+    entry = get_entry(config.architecture)
+    recipe = dataclasses.replace(entry.recipe, **config.recipe)
+    spec = entry.spec
     model = create_model(config.architecture, **config.model_kwargs)
     started = time.monotonic()
 
-    train_set = ClutteredDigits(
-        "train",
-        config.train_samples,
-        seed=config.seed,
-        distort=config.distort,
-        resample_share=config.resample_share,
+    preprocess = spec.preprocess
+    shares = sum(share for _, share in recipe.data)
+    train_data = concatenate(
+        [
+            build_batch(
+                variant, "train", round(recipe.train_samples * share / shares), preprocess, config.seed, True
+            )
+            for variant, share in recipe.data
+        ]
     )
-    val_set = ClutteredDigits("val", config.val_samples, seed=config.seed)
-    loader_rng = np.random.default_rng(config.seed)
-    train_data = train_set.batch()
-    images = canvases_to_input(train_data.images, spec.preprocess)
+    variants = tuple(dict.fromkeys((recipe.selection, *config.evaluate_on)))
+    val_data = {v: build_batch(v, "val", config.val_samples, preprocess, config.seed) for v in variants}
     labels = torch.from_numpy(train_data.labels)
     data_seconds = time.monotonic() - started
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
     # An exponential moving average of the weights (and BatchNorm statistics); the validation
     # split decides whether it or the last weights are kept.
     ema = torch.optim.swa_utils.AveragedModel(
         model,
-        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay),
         use_buffers=True,
     )
     model.train()
+    loader_rng = np.random.default_rng(config.seed)
     step, epoch, train_started = 0, 0, time.monotonic()
-    bar = tqdm(total=config.max_steps, desc=f"train {config.architecture}", disable=not progress_bar)
+    bar = tqdm(total=recipe.max_steps, desc=f"train {config.architecture}", disable=not progress_bar)
     progress = 0.0
     while progress < 1.0:
-        order = torch.from_numpy(loader_rng.permutation(len(labels)))
-        for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
-            progress = max(step / config.max_steps, (time.monotonic() - train_started) / config.max_seconds)
+        order = loader_rng.permutation(len(labels))
+        for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
+            progress = max(step / recipe.max_steps, (time.monotonic() - train_started) / recipe.max_seconds)
             if progress >= 1.0:
                 break
-            lr = one_cycle_lr(progress, config.max_lr, config.warmup_share)
+            lr = one_cycle_lr(progress, recipe.max_lr, 0.25)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            index = order[start : start + config.batch_size]
-            logits = model(images[index])["logits"]
-            loss = F.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
+            index = order[start : start + recipe.batch_size]
+            result = training_step(
+                model, train_data.inputs(index), labels[index], progress, step, recipe.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            result.loss.backward()
+            if result.update is not None:  # this step may change only these parameters
+                allowed = {id(p) for p in result.update}
+                for parameter in model.parameters():
+                    if id(parameter) not in allowed:
+                        parameter.grad = None
             optimizer.step()
             ema.update_parameters(model)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", epoch=epoch)
+            bar.set_postfix(
+                loss=f"{result.loss.item():.3f}",
+                lr=f"{lr:.1e}",
+                epoch=epoch,
+                **{k: f"{v:.3f}" for k, v in result.logs.items()},
+            )
         epoch += 1
     bar.close()
     train_seconds = time.monotonic() - train_started
 
-    val_data = val_set.batch()
+    selection = val_data[recipe.selection]
     model.eval()
-    last_val = score(run_graph(ServingGraph(model, spec), val_data.images), val_data, spec)
+    last_val = score(run_graph(ServingGraph(model, spec), selection), selection, spec)
     averaged = ema.module.eval()
-    ema_val = score(run_graph(ServingGraph(averaged, spec), val_data.images), val_data, spec)
+    ema_val = score(run_graph(ServingGraph(averaged, spec), selection), selection, spec)
     kept = "ema" if ema_val["accuracy"] >= last_val["accuracy"] else "last"
     if kept == "ema":
         model.load_state_dict(averaged.state_dict())
     model.eval()
     graph = ServingGraph(model, spec)
-    test_data = ClutteredDigits("test", config.test_samples, seed=config.seed).batch()
+    test_data = {v: build_batch(v, "test", config.test_samples, preprocess, config.seed) for v in variants}
     metrics: dict[str, Any] = {
         "architecture": config.architecture,
+        "selection": recipe.selection,
         "weights": {
             "kept": kept,
             "val_accuracy_last": last_val["accuracy"],
             "val_accuracy_ema": ema_val["accuracy"],
         },
-        "val": score(run_graph(graph, val_data.images), val_data, graph.spec),
-        "test": score(run_graph(graph, test_data.images), test_data, graph.spec),
+        "val": {v: score(run_graph(graph, data), data, graph.spec) for v, data in val_data.items()},
+        "test": {v: score(run_graph(graph, data), data, graph.spec) for v, data in test_data.items()},
         "train": {
             "steps": step,
-            "epochs": round(step * config.batch_size / len(labels), 2),
-            "samples_per_second": round(step * config.batch_size / train_seconds, 1),
+            "samples": len(labels),
+            "epochs": round(step * recipe.batch_size / len(labels), 2),
+            "samples_per_second": round(step * recipe.batch_size / train_seconds, 1),
             "data_seconds": round(data_seconds, 1),
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.monotonic() - started, 1),
@@ -154,6 +204,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
         "splits": {"train": "scans 0-1296", "val": "scans 1297-1496", "test": "scans 1497-1796"},
     }
     config_json = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    config_json["recipe"] = asdict(recipe)
     metrics["config"] = config_json
 
     checkpoint_path = config.out_dir / "checkpoint.pt"
@@ -171,3 +222,6 @@ def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     return TrainResult(checkpoint_path, metrics_path, metrics)
+
+
+__all__ = ["EVALUATION_VARIANTS", "TrainConfig", "TrainResult", "TrainingRecipe", "one_cycle_lr", "train"]

@@ -156,15 +156,16 @@ MakeCheckpoint = Callable[..., Any]
 
 @pytest.fixture()
 def make_checkpoint() -> MakeCheckpoint:
-    """Writes a randomly initialised cbam checkpoint (with the given metrics) to a path."""
+    """Writes a randomly initialised checkpoint (cbam unless told, with the given metrics)."""
     import torch
 
     from attnserve.export.checkpoint import Checkpoint, save_checkpoint
     from attnserve.export.models import create_model, get_spec
 
-    def make(path: Path, **metrics: object) -> Checkpoint:
+    def make(path: Path, architecture: str = "cbam", **metrics: object) -> Checkpoint:
         torch.manual_seed(0)
-        checkpoint = Checkpoint("cbam", create_model("cbam").eval(), get_spec("cbam"), metrics=dict(metrics))
+        model = create_model(architecture).eval()
+        checkpoint = Checkpoint(architecture, model, get_spec(architecture), metrics=dict(metrics))
         save_checkpoint(path, checkpoint)
         return checkpoint
 

@@ -95,3 +95,51 @@ def test_camera_round_trip_resamples_some_canvases_and_keeps_their_ground_truth(
         )
         assert a.label == b.label and a.box == b.box and np.array_equal(a.mask, b.mask)
         assert np.abs(a.image - b.image).mean() < 0.1  # the same picture, resampled
+
+
+@pytest.mark.parametrize("variant", ["small", "mixed"])
+def test_variants_are_deterministic_and_split_by_source_scan(variant: str) -> None:
+    from attnserve.export.data import make_dataset
+
+    for split in ("train", "val", "test"):
+        first = make_dataset(variant, split, 30, seed=4)  # type: ignore[arg-type]
+        again = make_dataset(variant, split, 30, seed=4)  # type: ignore[arg-type]
+        other = make_dataset(variant, split, 30, seed=5)  # type: ignore[arg-type]
+        for i in range(len(first)):
+            sample = first[i]
+            assert np.array_equal(sample.image, again[i].image) and sample.box == again[i].box
+            assert sample.scan_index in SPLITS[split]
+            assert all(s in SPLITS[split] for s in sample.clutter_scans)
+        assert any(not np.array_equal(first[i].image, other[i].image) for i in range(len(first)))
+
+
+def test_small_digits_are_small_in_a_larger_picture() -> None:
+    from attnserve.export.data import make_dataset
+
+    dataset = make_dataset("small", "test", 200, seed=0)
+    sides, shares = [], []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        height, width = sample.image.shape
+        assert height == width and 96 <= width <= 128
+        x0, y0, x1, y1 = sample.box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        sides.append(max(x1 - x0, y1 - y0))
+        shares.append((x1 - x0) * (y1 - y0) / (width * height))
+    assert 6 <= min(sides) and max(sides) <= 20  # the ink of a 10–20 px digit
+    assert np.mean(shares) < 0.02  # ~1 % of the picture: a model must find it first
+
+
+def test_mixed_canvases_have_other_sizes_and_aspect_ratios() -> None:
+    from attnserve.export.data import make_dataset
+
+    dataset = make_dataset("mixed", "test", 100, seed=0)
+    ratios = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        height, width = sample.image.shape
+        ratios.append(width / height)
+        ys, xs = np.nonzero(sample.mask)
+        assert sample.box == (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    assert min(ratios) < 0.7 and max(ratios) > 1.4
+    assert min(min(dataset[i].image.shape) for i in range(len(dataset))) >= 64

@@ -35,8 +35,12 @@ def test_measured_quality_picks_the_primary_map(tmp_path: Path, make_checkpoint:
     test = {"spatial_stage3": {"pointing": 0.97, "energy": 0.85}, "cam": {"pointing": 0.99, "energy": 0.99}}
     make_checkpoint(
         tmp_path / "c.pt",
-        val={"samples": 200, "chance_energy": 0.2, "attention": val},
-        test={"samples": 100, "chance_energy": 0.2, "attention": test},
+        selection="standard",
+        val={"standard": {"samples": 200, "chance_energy": 0.2, "attention": val}},
+        test={
+            "standard": {"samples": 100, "chance_energy": 0.2, "attention": test},
+            "small": {"attention": {"cam": {"pointing": 0.5, "energy": 0.25}}},
+        },
     )
     result = export_model("cbam", tmp_path / "c.pt", tmp_path / "repo", name="digits")
     from attnserve.spec import SPEC_PARAMETER, ModelSpec
@@ -47,8 +51,13 @@ def test_measured_quality_picks_the_primary_map(tmp_path: Path, make_checkpoint:
     # the test split (where cam looks better) selects nothing, it is only reported
     assert spec.primary_attention == "spatial_stage3"
     assert "validation split" in spec.primary_reason and "0.900" in spec.primary_reason
-    assert "test split: energy 0.850" in spec.primary_reason
-    assert spec.attention_by_name("cam").quality == {"pointing": 0.99, "energy": 0.99}
+    assert "test split: pointing 0.970, energy 0.850" in spec.primary_reason
+    assert spec.attention_by_name("cam").quality == {
+        "pointing": 0.99,
+        "energy": 0.99,
+        "small_pointing": 0.5,
+        "small_energy": 0.25,
+    }
 
 
 @pytest.mark.parametrize(

@@ -21,17 +21,62 @@ def test_train_command_writes_a_loadable_checkpoint_and_metrics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    code = main(["train", "cbam", "--out", str(out), "--steps", "3", "--samples", "256", "--quiet"])
+    code = main(
+        [
+            "train",
+            "cbam",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--samples",
+            "256",
+            "--eval-samples",
+            "100",
+            "--quiet",
+        ]
+    )
     assert code == 0
-    assert "test accuracy" in capsys.readouterr().out
+    assert "standard test split: accuracy" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train"]["steps"] == 3
-    assert metrics["test"]["samples"] == 1000 and metrics["splits"]["test"] == "scans 1497-1796"
+    assert metrics["train"]["steps"] == 3 and metrics["train"]["samples"] == 256
+    assert metrics["selection"] == "standard" and metrics["splits"]["test"] == "scans 1497-1796"
+    assert set(metrics["test"]) == {"standard", "small", "mixed"}
+    assert metrics["test"]["standard"]["samples"] == 100
     for split in ("val", "test"):
-        assert {"spatial_stage3", "spatial_product", "cam"} <= set(metrics[split]["attention"])
-        assert 0 < metrics[split]["chance_energy"] < 1
+        for variant in ("standard", "small", "mixed"):
+            scores = metrics[split][variant]
+            assert {"spatial_stage3", "spatial_product", "cam"} <= set(scores["attention"])
+            assert 0 < scores["chance_energy"] < 1
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert checkpoint.architecture == "cbam" and checkpoint.metrics["train"]["steps"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["racnn", "ram"])
+def test_models_that_train_themselves_train_through_the_command(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / name
+    argv = [
+        "train",
+        name,
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--samples",
+        "128",
+        "--eval-samples",
+        "50",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selection"] == "small" and metrics["train"]["steps"] == 4
+    located = metrics["test"]["small"]["attention"]
+    assert set(located) == ({"zoom_boxes"} if name == "racnn" else {"glimpses"})
+    assert 0 <= next(iter(located.values()))["pointing"] <= 1
 
 
 def test_unknown_architecture_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from attnserve.spec import ResizeMode
+from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
 from attnserve.transform import ResizeGeometry, image_from_pixels, resize_to_input
 
 Split = Literal["train", "val", "test"]
@@ -132,6 +132,7 @@ class ClutteredDigits:
         num_samples: int,
         *,
         canvas_size: int = 64,
+        canvas_size_range: tuple[int, int] | None = None,
         seed: int = 0,
         scale_range: tuple[float, float] = (3.0, 5.0),
         clutter_range: tuple[int, int] = (4, 8),
@@ -142,11 +143,13 @@ class ClutteredDigits:
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
-        if canvas_size < 8 * scale_range[1]:
-            raise ValueError(f"a {canvas_size}px canvas cannot hold a digit upscaled ×{scale_range[1]}")
+        smallest = canvas_size if canvas_size_range is None else canvas_size_range[0]
+        if smallest < 8 * scale_range[1]:
+            raise ValueError(f"a {smallest}px canvas cannot hold a digit upscaled ×{scale_range[1]}")
         self.split = split
         self.num_samples = num_samples
         self.canvas_size = canvas_size
+        self.canvas_size_range = canvas_size_range
         self.seed = seed
         self.scale_range = scale_range
         self.clutter_range = clutter_range
@@ -165,6 +168,8 @@ class ClutteredDigits:
         rng = np.random.default_rng((self.seed, _SPLIT_CODES[self.split], index))
         images, targets = _scans()
         size = self.canvas_size
+        if self.canvas_size_range is not None:
+            size = int(rng.integers(self.canvas_size_range[0], self.canvas_size_range[1] + 1))
         canvas = np.zeros((size, size), dtype=np.float32)
 
         scan = int(rng.choice(self.scan_indices))
@@ -186,7 +191,7 @@ class ClutteredDigits:
             f0y, f0x = int(cy * scale), int(cx * scale)
             extent = max(2, int(round(crop * scale)))
             fragment = fragment[f0y : f0y + extent, f0x : f0x + extent]
-            fy, fx = self._place_fragment(rng, fragment.shape, (top, left, digit_px))
+            fy, fx = self._place_fragment(rng, fragment.shape, (top, left, digit_px), size)
             region = canvas[fy : fy + fragment.shape[0], fx : fx + fragment.shape[1]]
             np.maximum(region, fragment, out=region)
 
@@ -204,8 +209,9 @@ class ClutteredDigits:
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         return DigitSample(canvas, int(targets[scan]), box, mask, scan, tuple(clutter_scans))
 
+    @staticmethod
     def _place_fragment(
-        self, rng: np.random.Generator, shape: tuple[int, ...], digit: tuple[int, int, int]
+        rng: np.random.Generator, shape: tuple[int, ...], digit: tuple[int, int, int], size: int
     ) -> tuple[int, int]:
         """A position for a clutter fragment that covers at most a third of it with the digit.
 
@@ -215,8 +221,8 @@ class ClutteredDigits:
         top, left, digit_px = digit
         height, width = shape
         for _ in range(10):
-            fy = int(rng.integers(0, self.canvas_size - height + 1))
-            fx = int(rng.integers(0, self.canvas_size - width + 1))
+            fy = int(rng.integers(0, size - height + 1))
+            fx = int(rng.integers(0, size - width + 1))
             overlap_y = max(0, min(fy + height, top + digit_px) - max(fy, top))
             overlap_x = max(0, min(fx + width, left + digit_px) - max(fx, left))
             if overlap_y * overlap_x * 3 <= height * width:
@@ -224,7 +230,7 @@ class ClutteredDigits:
         return fy, fx
 
     def batch(self, start: int = 0, stop: int | None = None) -> DigitBatch:
-        """Samples ``start..stop`` stacked into arrays."""
+        """Samples ``start..stop`` stacked into arrays (canvases of one size only)."""
         stop = self.num_samples if stop is None else min(stop, self.num_samples)
         samples = [self[i] for i in range(start, stop)]
         return DigitBatch(
@@ -238,6 +244,18 @@ class ClutteredDigits:
 
 def digit_labels() -> tuple[str, ...]:
     return tuple(str(d) for d in range(10))
+
+
+def digit_preprocess(input_size: tuple[int, int]) -> PreprocessSpec:
+    """How every digit model reads an image: gray, letterboxed on black, the canvases' statistics."""
+    return PreprocessSpec(
+        input_size=input_size,
+        color_mode=ColorMode.GRAY,
+        mean=(0.2,),
+        std=(0.3,),
+        resize_mode=ResizeMode.LETTERBOX,
+        pad_value=0.0,
+    )
 
 
 def as_photo(

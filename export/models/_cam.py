@@ -35,6 +35,7 @@ CAM_SPEC = AttentionSpec(
     ),
     value_range="unbounded; its sum over positions plus the class bias is the class logit",
     normalization=Normalization(method="relu_minmax"),
+    block="classifier head (the pooled feature map)",
 )
 
 

@@ -16,6 +16,8 @@ from torch import nn
 from attnserve.errors import ModelNotFound
 from attnserve.spec import ModelSpec
 
+from ._training import TrainingRecipe
+
 Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)
 
@@ -25,13 +27,15 @@ class ModelEntry:
     name: str
     builder: Builder
     spec: ModelSpec
+    recipe: TrainingRecipe
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(spec: ModelSpec) -> Callable[[B], B]:
-    """Register ``builder`` under its function name, with the spec it is served with."""
+def register_model(spec: ModelSpec, recipe: TrainingRecipe | None = None) -> Callable[[B], B]:
+    """Register ``builder`` under its function name, with the spec it is served with and the
+    recipe it trains with."""
 
     def decorate(builder: B) -> B:
         name = builder.__name__
@@ -39,7 +43,7 @@ def register_model(spec: ModelSpec) -> Callable[[B], B]:
             raise ValueError(f"an architecture named {name!r} is registered already")
         if spec.architecture != name:
             raise ValueError(f"spec.architecture {spec.architecture!r} must equal {name!r}")
-        _REGISTRY[name] = ModelEntry(name, builder, spec)
+        _REGISTRY[name] = ModelEntry(name, builder, spec, recipe or TrainingRecipe())
         return builder
 
     return decorate
