@@ -74,22 +74,60 @@ def test_predictions_are_right_and_attention_peaks_land_on_the_digit(client: Cli
     assert stage3_on_digit / len(dataset) >= 0.9
 
 
-def test_raw_maps_equal_onnxruntime_for_a_tensor_input(client: Client) -> None:
-    sample = ClutteredDigits("test", 1, seed=3)[0]
-    tensor = ((sample.image - 0.2) / 0.3).astype(np.float32)[None]
-    session = ort.InferenceSession(str(DEFAULT_MODEL_REPOSITORY / "cbam" / "1" / "model.onnx"))
+SERVED = sorted(d.name for d in DEFAULT_MODEL_REPOSITORY.iterdir() if (d / "config.pbtxt").is_file())
+"""Every model of the committed repository: one per registered family."""
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_raw_outputs_equal_onnxruntime_for_a_tensor_input(client: Client, model: str) -> None:
+    info = client.get_model(model)
+    channels, height, width = (int(d) for d in info.inputs[0].shape[1:])
+    tensor = np.random.default_rng(3).normal(size=(channels, height, width)).astype(np.float32)
+    session = ort.InferenceSession(str(DEFAULT_MODEL_REPOSITORY / model / "1" / "model.onnx"))
     names = [o.name for o in session.get_outputs()]
     expected = dict(zip(names, session.run(names, {"image": tensor[None]}), strict=True))
-    prediction = client.predict(tensor, top_k=10)
-    assert prediction.image.format == "TENSOR"
-    probabilities = np.exp(expected["logits"][0]) / np.exp(expected["logits"][0]).sum()
+    prediction = client.predict(tensor, model=model, top_k=10)
+    assert prediction.image.format == "TENSOR" and prediction.model == model
+    logits = expected["logits"][0].astype(np.float64)
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     for score in prediction.predictions:
         assert score.score == pytest.approx(probabilities[score.index], abs=1e-5)
+    assert {a.name for a in prediction.attention} == {a.name for a in info.attention}
     for attention in prediction.attention:
         want = expected[attention.name][0]
         if attention.class_index is not None:
             want = want[attention.class_index]
         np.testing.assert_allclose(attention.raw, want, atol=1e-5, err_msg=attention.name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_every_model_answers_with_its_own_attention_in_original_pixels(client: Client, model: str) -> None:
+    """A non-square photo: every kind of attention comes back inside it, and drawn on it."""
+    photo, box = as_photo(ClutteredDigits("test", 1, seed=8)[0], scale=3, pad=(50, 0, 10, 0))
+    width, height = photo.size
+    prediction = client.predict(png(photo), model=model, forms=["raw", "overlay_png"])
+    info = client.get_model(model)
+    assert info.primary_attention in {a.name for a in prediction.attention}
+    kinds = set()
+    for attention in prediction.attention:
+        kinds.add(attention.kind.value)
+        if attention.kind.value == "channel":
+            assert attention.raw is not None and attention.peak is None and not attention.overlay_png
+            assert attention.block, "channel weights say which block they belong to"
+            continue
+        assert (
+            attention.peak is not None
+            and 0 <= attention.peak[0] <= width
+            and 0 <= attention.peak[1] <= height
+        )
+        assert Image.open(io.BytesIO(attention.overlay_png)).size == (width, height), attention.name
+        for x0, y0, x1, y1 in [*attention.boxes, *(p for g in attention.path for p in g.patches)]:
+            assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+        if attention.kind.value == "path":
+            assert len(attention.path) == attention.shape[0] and attention.peak == attention.path[-1].center
+        if attention.kind.value == "boxes":
+            assert len(attention.boxes) == attention.shape[0] and not attention.path
+    assert kinds, f"{model} returned no attention"
 
 
 def test_class_activation_map_of_a_requested_class(client: Client) -> None:
@@ -120,7 +158,8 @@ def test_image_forms_come_at_the_original_size(client: Client) -> None:
 
 def test_models_are_discovered_from_triton(client: Client) -> None:
     listing = client.list_models()
-    assert listing.default_model == "cbam" and [m.name for m in listing.models] == ["cbam"]
+    assert listing.default_model == "cbam" and [m.name for m in listing.models] == SERVED
+    assert {"cbam", "racnn", "ram", "ran", "se"} <= set(SERVED)
     info = client.get_model("cbam")
     assert info.ready and info.version == "1" and list(info.labels) == [str(d) for d in range(10)]
     assert info.preprocess.height == 64 and info.preprocess.resize_mode == "letterbox"
@@ -306,3 +345,32 @@ async def _wait_for(condition: object, timeout_s: float) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+@pytest.mark.parametrize(("model", "accuracy", "on_digit"), [("racnn", 0.8, 0.75), ("ram", 0.65, 0.6)])
+def test_zooming_models_find_a_small_digit_in_a_larger_photo(
+    client: Client, model: str, accuracy: float, on_digit: float
+) -> None:
+    """Small-digit test canvases enlarged ×2 as photos: the answer, and where the zoom box (its
+    centre region) or the final glimpse ends up, in the photo's pixels."""
+    from attnserve.export.data import make_dataset
+    from attnserve.transform import image_from_pixels
+
+    dataset = make_dataset("small", "test", 40, seed=13)
+    correct = found = 0
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        canvas = image_from_pixels(sample.image)
+        photo = canvas.resize((canvas.width * 2, canvas.height * 2), Image.Resampling.BILINEAR)
+        x0, y0, x1, y1 = (2 * v for v in sample.box)
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        prediction = client.predict(png(photo), model=model, maps=["primary"])
+        correct += prediction.predictions[0].index == sample.label
+        (primary,) = prediction.attention
+        if primary.boxes:  # the digit's centre is inside the last zoom box
+            bx0, by0, bx1, by1 = primary.boxes[-1]
+            found += bx0 <= centre[0] < bx1 and by0 <= centre[1] < by1
+        else:  # the final glimpse lands on the digit
+            found += inside(primary.peak, (x0, y0, x1, y1))
+    assert correct / len(dataset) >= accuracy
+    assert found / len(dataset) >= on_digit

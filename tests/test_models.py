@@ -49,6 +49,7 @@ def test_outputs_match_the_spec(name: str) -> None:
         outputs = graph.named_outputs(images)
     assert set(outputs) == set(spec.output_names)
     assert outputs[spec.logits_name].shape == (3, len(spec.labels))
+    spec.check_output_dims({name: tuple(value.shape[1:]) for name, value in outputs.items()})
     for attention in spec.attention:
         value = outputs[attention.name]
         assert value.shape[0] == 3 and value.dim() == 1 + len(attention.axes), attention.name
@@ -107,3 +108,51 @@ def test_grad_cam_at_a_layer_correlates_with_cam_on_the_same_layer() -> None:
     assert torch.allclose(via_hook, direct, atol=1e-5)
     at_last_conv = grad_cam(model, model.last_conv, images)  # type: ignore[arg-type]
     assert at_last_conv.shape == (4, 8, 8) and (at_last_conv >= 0).all()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_one_training_step_gives_a_finite_loss_and_gradients(name: str) -> None:
+    from attnserve.export.train import training_step
+
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    prep = get_spec(name).preprocess
+    images, labels = torch.randn(4, prep.channels, *prep.input_size), torch.arange(4)
+    for progress, step in ((0.05, 0), (0.3, 1), (0.6, 2), (0.6, 3)):
+        result = training_step(model, images, labels, progress, step, 0.1)
+        assert torch.isfinite(result.loss)
+        model.zero_grad()
+        result.loss.backward()
+        allowed = list(model.parameters()) if result.update is None else list(result.update)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in allowed), (name, progress, step)
+
+
+def test_racnn_alternates_classification_and_ranking_and_composes_boxes() -> None:
+    from attnserve.export.models.racnn import RACNN, proposal_to_box
+
+    torch.manual_seed(0)
+    model = create_model("racnn").train()
+    assert isinstance(model, RACNN)
+    images, labels = torch.randn(4, 1, 128, 128), torch.arange(4)
+    proposals = {id(p) for p in model.proposal_parameters()}
+    classify = model.training_loss(images, labels, 0.6, 3)
+    rank = model.training_loss(images, labels, 0.6, 2)
+    assert classify.update is not None and not proposals & {id(p) for p in classify.update}
+    assert rank.update is not None and {id(p) for p in rank.update} == proposals and "rank" in rank.logs
+    # a box inside a box: (0.5, 0.5, half 0.25) of the parent (0.2, 0.2)-(0.6, 0.6) is (0.3, 0.3)-(0.5, 0.5)
+    box = proposal_to_box(torch.tensor([[0.5, 0.5, 0.25]]), torch.tensor([[0.2, 0.2, 0.6, 0.6]]))
+    assert torch.allclose(box, torch.tensor([[0.3, 0.3, 0.5, 0.5]]))
+
+
+def test_ram_glimpses_are_ordered_squares_of_growing_size_starting_at_the_centre() -> None:
+    torch.manual_seed(0)
+    model = create_model("ram").eval()
+    with torch.no_grad():
+        path = model(torch.randn(2, 1, 128, 128))["glimpses"]  # B×steps×patches×4
+    assert path.shape == (2, 6, 4, 4)
+    sides = path[..., 2] - path[..., 0]
+    assert torch.allclose(sides, path[..., 3] - path[..., 1])  # square
+    assert torch.allclose(sides[0, 0], torch.tensor([0.125, 0.25, 0.5, 1.0]))
+    centres = (path[..., :2] + path[..., 2:]) / 2
+    assert torch.allclose(centres[:, 0], torch.full((2, 4, 2), 0.5))  # the first glimpse is central
+    assert torch.allclose(centres[..., :1, :], centres)  # a glimpse's patches share their centre

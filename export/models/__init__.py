@@ -1,14 +1,18 @@
 """Registered attention architectures. Importing this package registers every family."""
 
-from . import cbam  # noqa: F401  (registers its architectures)
+from . import cbam, racnn, ram, ran, se  # noqa: F401  (registers their architectures)
 from ._cam import CAM_OUTPUT, has_gap_linear_head
 from ._registry import ModelEntry, create_model, get_entry, get_spec, list_models, register_model
 from ._serving import ServingGraph, serving_spec
+from ._training import TrainingRecipe, TrainingStep, TrainsItself
 
 __all__ = [
     "CAM_OUTPUT",
     "ModelEntry",
     "ServingGraph",
+    "TrainingRecipe",
+    "TrainingStep",
+    "TrainsItself",
     "create_model",
     "get_entry",
     "get_spec",

@@ -22,15 +22,14 @@ from torch import Tensor, nn
 from attnserve.spec import (
     AttentionKind,
     AttentionSpec,
-    ColorMode,
     ModelSpec,
     Normalization,
-    PreprocessSpec,
-    ResizeMode,
 )
 
-from ..data import digit_labels
+from ..data import digit_labels, digit_preprocess
+from ._layers import conv_bn
 from ._registry import register_model
+from ._training import TrainingRecipe
 
 
 class ChannelAttention(nn.Module):
@@ -75,13 +74,6 @@ class SpatialAttention(nn.Module):
         return features * (attention * (height * width)), attention[:, 0]
 
 
-def _conv_bn(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
-
-
 class CBAMStage(nn.Module):
     """A residual block with CBAM.
 
@@ -98,8 +90,8 @@ class CBAMStage(nn.Module):
         reduction: int,
     ) -> None:
         super().__init__()
-        self.conv1 = _conv_bn(in_channels, out_channels, stride)
-        self.conv2 = _conv_bn(out_channels, out_channels, 1)
+        self.conv1 = conv_bn(in_channels, out_channels, stride)
+        self.conv2 = conv_bn(out_channels, out_channels, 1)
         self.channel_attention = ChannelAttention(out_channels, reduction)
         self.spatial_attention = SpatialAttention(spatial)
         self.shortcut: nn.Module = nn.Identity()
@@ -203,6 +195,7 @@ def _stage_specs(widths: tuple[int, int, int]) -> tuple[AttentionSpec, ...]:
                 description=f"CBAM spatial gate of stage {stage} ({resolution[stage]} positions)",
                 value_range="(0, 1), sigmoid gate per position",
                 normalization=sigmoid,
+                block=f"stage{stage}",
             )
         )
     specs.append(
@@ -216,6 +209,7 @@ def _stage_specs(widths: tuple[int, int, int]) -> tuple[AttentionSpec, ...]:
             ),
             value_range="[0, 1], sums to 1 over positions",
             normalization=Normalization(method="minmax"),
+            block="stage3",
         )
     )
     specs.append(
@@ -226,6 +220,7 @@ def _stage_specs(widths: tuple[int, int, int]) -> tuple[AttentionSpec, ...]:
             description="Product of the three stages' spatial maps, upsampled to 32×32",
             value_range="[0, 1], scale depends on the map sizes",
             normalization=Normalization(method="minmax"),
+            block="stages 1-3",
         )
     )
     for stage, width in enumerate(widths, start=1):
@@ -237,19 +232,13 @@ def _stage_specs(widths: tuple[int, int, int]) -> tuple[AttentionSpec, ...]:
                 description=f"CBAM channel weights of stage {stage} ({width} channels)",
                 value_range="(0, 1), sigmoid gate per channel",
                 normalization=sigmoid,
+                block=f"stage{stage}",
             )
         )
     return tuple(specs)
 
 
-_DIGITS_PREPROCESS = PreprocessSpec(
-    input_size=(64, 64),
-    color_mode=ColorMode.GRAY,
-    mean=(0.2,),
-    std=(0.3,),
-    resize_mode=ResizeMode.LETTERBOX,
-    pad_value=0.0,
-)
+_DIGITS_PREPROCESS = digit_preprocess((64, 64))
 
 
 @register_model(
@@ -265,7 +254,8 @@ _DIGITS_PREPROCESS = PreprocessSpec(
         attention=_stage_specs((32, 64, 128)),
         primary_attention="spatial_stage3",
         primary_reason="default before evaluation: the map the classifier pools through",
-    )
+    ),
+    TrainingRecipe(data=(("standard", 0.6), ("mixed", 0.4)), max_seconds=480.0, max_steps=2_400),
 )
 def cbam(**kwargs: object) -> CBAMNet:
     return CBAMNet(**kwargs)  # type: ignore[arg-type]
