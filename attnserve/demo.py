@@ -1,13 +1,15 @@
 """`attnserve demo`: the quick start's main job, end to end on real parts.
 
 Starts ``attnserve serve`` (the local Triton from the PyPI wheel and the gateway) on free
-ports, waits until the gateway's health is SERVING, predicts a sample image writing an
-attention overlay (exactly what ``attnserve predict --overlay`` prints), and stops the server.
+ports, waits until the gateway's health is SERVING, predicts a sample image with every served
+model (printing exactly what ``attnserve predict`` prints), writes one picture of every model's
+primary attention side by side, and stops the server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from attnserve._net import free_port
 from attnserve.errors import SetupError
+from attnserve.prediction import Prediction
 from attnserve.settings import Settings
 
 
@@ -66,8 +69,10 @@ def serving(settings: Settings) -> Iterator[str]:
 
 
 def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
+    """Predicts ``image`` with every served model (the default first) and writes one picture of
+    each model's primary attention, side by side, to ``overlay``."""
     from attnserve.clients import Client
-    from attnserve.console import PictureRequest, predict_to_console
+    from attnserve.console import PictureRequest, predict_to_console, write_file
 
     if image is None:
         raise SetupError("no sample image outside a source checkout: pass --image PATH")
@@ -75,6 +80,44 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
         raise SetupError(f"sample image {image} does not exist: pass --image PATH")
     shown = Path(os.path.relpath(image)) if image.is_absolute() and Path.cwd() in image.parents else image
     with serving(settings) as address, Client(address) as client:
-        predict_to_console(client, shown, pictures=PictureRequest(overlay=overlay))
-    print(f"\nopen {overlay} to see where the model looked.")
+        listing = client.list_models()
+        names = sorted((m.name for m in listing.models), key=lambda n: n != listing.default_model)
+        tiles = []
+        for index, name in enumerate(names):
+            if index:
+                print()
+            prediction = predict_to_console(client, shown, model=name, pictures=PictureRequest(draw=True))
+            tiles.extend(overlay_tiles(prediction))
+    write_file(overlay, encode_figure(tiles))
+    print(f"\nwrote {overlay}: the primary attention of {len(names)} models, side by side")
+    print(f"open {overlay} to see where each model looked.")
     return 0
+
+
+def overlay_tiles(prediction: Prediction) -> list[tuple[str, bytes]]:
+    """The prediction's drawn attention, captioned with the model, its answer and the map."""
+    best = prediction.predictions[0]
+    return [
+        (f"{prediction.model}: {best.label} ({best.score:.2f}) · {a.name}", a.overlay_png)
+        for a in prediction.attention
+        if a.overlay_png
+    ]
+
+
+def encode_figure(tiles: list[tuple[str, bytes]], caption: int = 22) -> bytes:
+    """Captioned PNG tiles in one row, as one PNG."""
+    from PIL import Image, ImageDraw
+
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for _, data in tiles]
+    width = sum(i.width for i in images) + 4 * (len(images) - 1)
+    height = max(i.height for i in images) + caption
+    figure = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(figure)
+    left = 0
+    for (label, _), tile in zip(tiles, images, strict=True):
+        figure.paste(tile, (left, caption))
+        draw.text((left + 4, 5), label, fill="black")
+        left += tile.width + 4
+    buffer = io.BytesIO()
+    figure.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
