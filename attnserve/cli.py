@@ -147,10 +147,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from attnserve.clients import Client
+    from attnserve.clients import connect
     from attnserve.console import PictureRequest, predict_to_console
 
-    with Client(args.server, timeout_s=args.timeout) as client:
+    with connect(args.server, timeout_s=args.timeout) as client:
         predict_to_console(
             client,
             args.image,
@@ -164,10 +164,10 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from attnserve.clients import Client
+    from attnserve.clients import connect
     from attnserve.console import models_to_console
 
-    with Client(args.server, timeout_s=args.timeout) as client:
+    with connect(args.server, timeout_s=args.timeout) as client:
         models_to_console(client, as_json=args.json)
     return 0
 
@@ -194,6 +194,12 @@ def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host", help="gateway address to bind (default 127.0.0.1)")
     group.add_argument("--port", type=int, help="gateway gRPC port (default 8500)")
     group.add_argument(
+        "--gateway-http-port", type=int, help="gateway HTTP/JSON API and web page port (default 8501)"
+    )
+    group.add_argument(
+        "--no-http", dest="http", action="store_false", default=None, help="no HTTP API and web page"
+    )
+    group.add_argument(
         "--gateway-metrics-port", type=int, help="gateway Prometheus port (default 8502; 0: off)"
     )
     group.add_argument("--default-model", help="model used when a request names none")
@@ -203,7 +209,7 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=DEFAULT_GATEWAY_ADDRESS,
-        help=f"gateway address (default {DEFAULT_GATEWAY_ADDRESS})",
+        help=f"gateway: HOST:PORT for gRPC (default {DEFAULT_GATEWAY_ADDRESS}) or http://HOST:PORT",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -317,6 +323,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "gateway",
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        http_port=getattr(args, "gateway_http_port", None),
+        http=getattr(args, "http", None),
         metrics_port=getattr(args, "gateway_metrics_port", None),
         default_model=getattr(args, "default_model", None),
     )

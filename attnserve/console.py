@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from attnserve._io import atomic_open
-from attnserve.clients import Client
+from attnserve.clients import AnyClient
 from attnserve.codec import kind_from_proto
 from attnserve.errors import SetupError
 from attnserve.prediction import AttentionMap, MapForm, Prediction
@@ -37,7 +37,7 @@ class PictureRequest:
 
 
 def predict_to_console(
-    client: Client,
+    client: AnyClient,
     image: Path,
     *,
     model: str | None = None,
@@ -164,7 +164,7 @@ def summary_json(prediction: Prediction) -> dict[str, Any]:
     }
 
 
-def models_to_console(client: Client, as_json: bool = False) -> None:
+def models_to_console(client: AnyClient, as_json: bool = False) -> None:
     listing = client.list_models()
     if as_json:
         print(json.dumps(MessageToDict(listing, preserving_proto_field_name=True), indent=2))

@@ -30,15 +30,19 @@ def serving(settings: Settings) -> Iterator[str]:
     """Runs ``attnserve serve`` on free ports until the block ends; yields the gateway address."""
     from attnserve.clients import Client
 
-    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway", "page")}
     command = [
         sys.executable, "-m", "attnserve", "serve",
         f"--repository={settings.triton.model_repository}",
         f"--http-port={ports['http']}", f"--grpc-port={ports['grpc']}", f"--metrics-port={ports['metrics']}",
-        f"--port={ports['gateway']}", "--gateway-metrics-port=0",
+        f"--port={ports['gateway']}", f"--gateway-http-port={ports['page']}", "--gateway-metrics-port=0",
     ]  # fmt: skip
     address = f"127.0.0.1:{ports['gateway']}"
-    print(f"starting Triton (gRPC :{ports['grpc']}) and the gateway ({address}) ...", flush=True)
+    print(
+        f"starting Triton (gRPC :{ports['grpc']}) and the gateway (gRPC {address}, "
+        f"HTTP and web page http://127.0.0.1:{ports['page']}/) ...",
+        flush=True,
+    )
     with tempfile.TemporaryFile() as server_log:
         started = time.monotonic()
         server = subprocess.Popen(
@@ -91,6 +95,10 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
     write_file(overlay, encode_figure(tiles))
     print(f"\nwrote {overlay}: the primary attention of {len(names)} models, side by side")
     print(f"open {overlay} to see where each model looked.")
+    print(
+        f"to try your own images in a browser: {Path(sys.executable).parent / 'attnserve'} serve, "
+        f"then open http://127.0.0.1:{settings.gateway.http_port}/"
+    )
     return 0
 
 

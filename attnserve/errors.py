@@ -1,7 +1,9 @@
 """Domain errors, raised anywhere and mapped to status codes in one place per protocol.
 
-The gRPC mapping lives in `attnserve.server.grpc.interceptors`; the CLI turns any of
-these into one line on stderr and a non-zero exit code.
+The gRPC mapping lives in `attnserve.server.grpc.interceptors`, the HTTP one in
+`attnserve.server.http.errors`; the CLI turns any of these into one line on stderr and a
+non-zero exit code. Subclasses refine a type for protocols that can say more (HTTP's 413 and
+415 are gRPC's INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -13,6 +15,14 @@ class AttnserveError(Exception):
 
 class InvalidInput(AttnserveError):
     """The request or the file given is malformed, unsupported or out of limits."""
+
+
+class TooLarge(InvalidInput):
+    """The request, an image in it, or the answer it asks for exceeds a size limit."""
+
+
+class UnsupportedMedia(InvalidInput):
+    """The body or the image is of a type the gateway does not read."""
 
 
 class ModelNotFound(AttnserveError):
@@ -51,6 +61,8 @@ __all__ = [
     "ModelNotReady",
     "Overloaded",
     "SetupError",
+    "TooLarge",
     "Unavailable",
+    "UnsupportedMedia",
     "UpstreamError",
 ]

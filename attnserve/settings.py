@@ -22,10 +22,10 @@ def _source_checkout() -> Path | None:
 SOURCE_CHECKOUT = _source_checkout()
 DEFAULT_MODEL_REPOSITORY = (SOURCE_CHECKOUT or Path()) / "model_repository"
 """The checkout's committed repository; installed from a wheel, ./model_repository."""
-SAMPLE_IMAGE: Path | None = (
-    None if SOURCE_CHECKOUT is None else SOURCE_CHECKOUT / "docs" / "samples" / "digit.png"
-)
-"""The quick start's sample image (a source checkout's; a wheel ships no images)."""
+SAMPLES_DIR: Path | None = None if SOURCE_CHECKOUT is None else SOURCE_CHECKOUT / "docs" / "samples"
+"""Sample images offered by the web page (a source checkout's; a wheel ships no images)."""
+SAMPLE_IMAGE: Path | None = None if SAMPLES_DIR is None else SAMPLES_DIR / "digit.png"
+"""The quick start's sample image."""
 
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:8500"
 
@@ -62,6 +62,11 @@ class TritonSettings(BaseModel):
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8500, ge=0, le=65535)
+    http_port: int = Field(8501, ge=0, le=65535, description="HTTP/JSON API and web page; 0: a free port")
+    http: bool = Field(True, description="serve the HTTP/JSON API and the web page")
+    max_http_body_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="largest HTTP request body (a base64 JSON image included)"
+    )
     metrics_port: int = Field(8502, ge=0, le=65535, description="Prometheus /metrics; 0 disables")
     default_model: str | None = Field(
         None, description="model used when a request names none; default: the only/first model"

@@ -6,6 +6,8 @@
         print(prediction.predictions[0].label, prediction.attention[0].peak)
 
 `AsyncClient` has the same methods as coroutines. Results are `attnserve.prediction.Prediction`.
+`HttpClient` / `AsyncHttpClient` are the same over the HTTP/JSON API; `connect(address)` picks
+the transport from the address ("http://HOST:PORT" or "HOST:PORT" for gRPC).
 """
 
 from attnserve.errors import AttnserveError, InvalidInput, ModelNotFound, Overloaded, Unavailable
@@ -13,13 +15,28 @@ from attnserve.prediction import AttentionMap, ClassScore, MapForm, Prediction
 
 from ._common import ImageLike, PredictOptions
 from .grpc import AsyncClient, Client
+from .http import AsyncHttpClient, HttpClient
+
+AnyClient = Client | HttpClient
+"""A blocking client of either transport."""
+
+
+def connect(address: str, timeout_s: float | None = 30.0) -> AnyClient:
+    """A blocking client for ``address``: HTTP for http(s):// URLs, gRPC for HOST:PORT."""
+    if address.startswith(("http://", "https://")):
+        return HttpClient(address, timeout_s)
+    return Client(address, timeout_s)
+
 
 __all__ = [
+    "AnyClient",
     "AsyncClient",
+    "AsyncHttpClient",
     "AttentionMap",
     "AttnserveError",
     "ClassScore",
     "Client",
+    "HttpClient",
     "ImageLike",
     "InvalidInput",
     "MapForm",
@@ -28,4 +45,5 @@ __all__ = [
     "PredictOptions",
     "Prediction",
     "Unavailable",
+    "connect",
 ]

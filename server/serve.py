@@ -50,7 +50,10 @@ async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> No
     failure: SetupError | None = None
     try:
         await gateway.start()
-        print(f"attnserve gateway listening on {settings.gateway.host}:{gateway.port}", flush=True)
+        host = settings.gateway.host
+        print(f"attnserve gateway listening on {host}:{gateway.port} (gRPC)", flush=True)
+        if gateway.http_port is not None:
+            print(f"HTTP API and web page: http://{host}:{gateway.http_port}/", flush=True)
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)

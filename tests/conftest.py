@@ -140,6 +140,10 @@ class GatewayThread:
     def address(self) -> str:
         return f"127.0.0.1:{self.gateway.port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.http_port}"
+
     def stop(self) -> None:
         self.call(self.gateway.stop(grace_s=1.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -147,7 +151,8 @@ class GatewayThread:
 
 
 def gateway_settings(triton: TritonSettings, **overrides: object) -> Settings:
-    gateway = GatewaySettings(port=free_port(), metrics_port=free_port(), health_interval_s=0.2, **overrides)  # type: ignore[arg-type]
+    values: dict[str, Any] = {"port": free_port(), "http_port": 0, "metrics_port": free_port()}
+    gateway = GatewaySettings(**{**values, "health_interval_s": 0.2, **overrides})
     return Settings(triton=triton, gateway=gateway)
 
 

@@ -300,8 +300,8 @@ def test_health_reflection_and_metrics(gateway: GatewayThread, client: Client) -
     def count(text: str, line_start: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
 
-    ok = 'attnserve_requests_total{code="OK",method="Predict",model="cbam"}'
-    bad = 'attnserve_requests_total{code="INVALID_ARGUMENT",method="Predict",model="cbam"}'
+    ok = 'attnserve_requests_total{code="OK",method="Predict",model="cbam",transport="grpc"}'
+    bad = 'attnserve_requests_total{code="INVALID_ARGUMENT",method="Predict",model="cbam",transport="grpc"}'
     before = scrape()
     client.predict(png(Image.new("L", (64, 64))))
     with pytest.raises(InvalidInput):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from attnserve.errors import InvalidInput
+from attnserve.errors import InvalidInput, TooLarge, UnsupportedMedia
 from attnserve.spec import ColorMode, PreprocessSpec
 
 from .geometry import ResizeGeometry
@@ -52,23 +52,24 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
     if not data:
         raise InvalidInput("the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise InvalidInput(f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
+        raise TooLarge(f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
     try:
         image: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise InvalidInput(
+        raise UnsupportedMedia(
             f"the bytes are not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
         ) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
     image_format = image.format or "UNKNOWN"
     if image_format not in SUPPORTED_FORMATS:
-        raise InvalidInput(f"{image_format} images are not supported; send {', '.join(SUPPORTED_FORMATS)}")
+        supported = ", ".join(SUPPORTED_FORMATS)
+        raise UnsupportedMedia(f"{image_format} images are not supported; send {supported}")
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidInput(f"the image has no pixels ({width}×{height})")
     if width * height > limits.max_pixels:
-        raise InvalidInput(
+        raise TooLarge(
             f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}"
         )
     try:

@@ -1,8 +1,9 @@
 """Every Prometheus metric of the gateway, defined in one place.
 
 Each gateway owns a `CollectorRegistry` (several gateways can live in one test process).
-Errors are ``attnserve_requests_total`` with ``code != "OK"``, e.g.
-``sum by (code) (rate(attnserve_requests_total{code!="OK"}[5m]))``.
+Requests are counted by transport: gRPC codes are status names (``OK``, ``INVALID_ARGUMENT``),
+HTTP codes are statuses (``200``, ``400``). Errors are
+``sum by (transport, code) (rate(attnserve_requests_total{code!~"OK|200"}[5m]))``.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "attnserve_requests",
-            "RPCs handled, by method, model and gRPC status code",
-            ["method", "model", "code"],
+            "Requests handled, by transport (grpc, http), method, model and status code",
+            ["transport", "method", "model", "code"],
             registry=self.registry,
         )
         self.request_seconds = Histogram(
             "attnserve_request_seconds",
-            "RPC latency, by method and model",
-            ["method", "model"],
+            "Request latency, by transport, method and model",
+            ["transport", "method", "model"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -43,7 +44,9 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "attnserve_in_flight_requests", "RPCs being handled now", registry=self.registry
+            "attnserve_in_flight_requests",
+            "Requests being handled now (every transport)",
+            registry=self.registry,
         )
         self.triton_ready = Gauge(
             "attnserve_triton_ready", "1 when Triton answers ready, else 0", registry=self.registry

@@ -12,7 +12,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from attnserve.errors import DeadlineExceeded, InvalidInput, Overloaded
+from attnserve.errors import DeadlineExceeded, InvalidInput, Overloaded, TooLarge
 from attnserve.model_info import ModelInfo
 from attnserve.prediction import ImageInfo, MapForm, Prediction, PredictionRequest, Timings
 from attnserve.settings import GatewaySettings
@@ -92,7 +92,7 @@ def check_response_size(
     rendered = [n for n in attention.maps if attention.renders(n) and spec.attention_by_name(n).is_spatial]
     size = len(rendered) * geometry.width * geometry.height * 4
     if size > limit:
-        raise InvalidInput(
+        raise TooLarge(
             f"{len(rendered)} UPSAMPLED maps of a {geometry.width}×{geometry.height} image need "
             f"{size / 2**20:.0f} MiB, above the {limit / 2**20:.0f} MiB message limit: name fewer maps in "
             "`render`, or ask for RAW maps and upsample them yourself"

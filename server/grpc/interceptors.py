@@ -108,8 +108,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(code, describe(exc))
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(method, model, code.name).inc()
-            self.metrics.request_seconds.labels(method, model).observe(time.perf_counter() - started)
+            self.metrics.requests.labels("grpc", method, model, code.name).inc()
+            self.metrics.request_seconds.labels("grpc", method, model).observe(time.perf_counter() - started)
 
     def _wrap_unary(
         self, behavior: Callable[..., Awaitable[Any]], method: str

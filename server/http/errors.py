@@ -1,0 +1,65 @@
+"""Domain errors → HTTP status codes, in one table, and the error body ``{code, message}``.
+
+The twin of `attnserve.server.grpc.interceptors`' table. Subclasses of `InvalidInput` that HTTP
+can name more precisely (413, 415) come first in the lookup by the exception's MRO.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnserve.errors import (
+    AttnserveError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    SetupError,
+    TooLarge,
+    Unavailable,
+    UnsupportedMedia,
+    UpstreamError,
+)
+
+_STATUS: dict[type[AttnserveError], int] = {
+    InvalidInput: 400,
+    TooLarge: 413,
+    UnsupportedMedia: 415,
+    ModelNotFound: 404,
+    ModelNotReady: 503,
+    Unavailable: 503,
+    Overloaded: 429,
+    DeadlineExceeded: 504,
+    UpstreamError: 502,
+    SetupError: 500,
+}
+
+# What each status means here, for the OpenAPI document.
+STATUS_MEANING: dict[int, str] = {
+    400: "the request is malformed (a bad option, an unreadable image, an unknown map)",
+    404: "no model of that name is served",
+    413: "the body, the image or the answer asked for exceeds a limit",
+    415: "the body or the image is of a type the gateway does not read",
+    429: "too many requests in flight; retry shortly",
+    503: "the model or Triton cannot serve now",
+    504: "the deadline (X-Request-Timeout) passed before the answer was ready",
+}
+
+
+def status_for(error: BaseException) -> int:
+    """The HTTP status of any exception: domain errors by type, anything else 500."""
+    for error_type in type(error).__mro__:
+        if error_type in _STATUS:
+            return _STATUS[error_type]
+    return 500
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, AttnserveError):
+        return str(error)
+    return f"internal error ({type(error).__name__}); the gateway log has the details"
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {"code": status, "message": message}
