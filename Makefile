@@ -7,7 +7,7 @@ OVERLAY ?= overlay.png
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.attnserve-installed
 
-.PHONY: run test setup lint typecheck proto clean
+.PHONY: run test setup lint typecheck chromium proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/attnserve demo --overlay $(OVERLAY)
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck chromium
 	$(BIN)/python -m pytest
+
+# The web page's tests drive Debian's chromium (headless, through Playwright); install it once.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests ..."; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	} || echo "warning: chromium could not be installed: the browser tests will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

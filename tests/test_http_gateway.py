@@ -1,0 +1,182 @@
+"""The HTTP front against the real Triton: every served model answers over HTTP exactly as over
+gRPC; schemathesis fuzzes every endpoint of /openapi.json (no 5xx, every answer in the schema);
+the web page works in a real headless Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from PIL import Image
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from attnserve.clients import Client, HttpClient
+from attnserve.codec import prediction_to_json
+from attnserve.server.http.openapi import openapi_document
+from attnserve.settings import SAMPLES_DIR
+
+from .conftest import GatewayThread
+
+pytestmark = pytest.mark.triton
+
+SERVED = sorted(p.parent.name for p in Path("model_repository").glob("*/config.pbtxt"))
+SAMPLE = (SAMPLES_DIR or Path("docs/samples")) / "digit.png"
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_every_model_answers_over_http_as_over_grpc(gateway: GatewayThread, model: str) -> None:
+    image = SAMPLE.read_bytes()
+    options = {
+        "model": model,
+        "top_k": 3,
+        "forms": ["raw", "heatmap_png", "overlay_png"],
+        "maps": ["primary"],
+    }
+    with Client(gateway.address) as grpc_client, HttpClient(gateway.http_url) as http_client:
+        over_grpc = prediction_to_json(grpc_client.predict(image, **options))  # type: ignore[arg-type]
+        over_http = prediction_to_json(http_client.predict(image, **options))  # type: ignore[arg-type]
+    over_grpc.pop("timings"), over_http.pop("timings")
+    assert over_http == over_grpc
+    assert over_http["predictions"][0]["label"] == "6" or model == "ram"  # RAM misreads this sample
+    (primary,) = over_http["attention"]
+    overlay = Image.open(io.BytesIO(base64.b64decode(primary["overlay_png"])))
+    assert overlay.size == (320, 256)
+
+
+# --- schemathesis: the document is generated from the code, the server is the real one ------
+
+schema = schemathesis.openapi.from_dict(openapi_document())
+
+
+@schema.parametrize()
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_api_matches_its_openapi_document(case: schemathesis.Case, gateway: GatewayThread) -> None:
+    checks = [no_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    case.call_and_validate(base_url=gateway.http_url, checks=checks)
+
+
+def no_server_error(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """No 5xx — but a deadline of 1e-300 s rightly ends in 504 (test_http_front tests it)."""
+    headers = {k.lower(): v for k, v in (case.headers or {}).items()}
+    try:
+        deadline = float(headers.get("x-request-timeout", "inf"))
+    except ValueError:
+        deadline = float("inf")
+    if response.status_code == 504 and deadline < 1.0:
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+# --- the page in a real browser ---------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    return (
+        os.environ.get("ATTNSERVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no chromium on PATH (`make test` installs Debian's chromium; or set ATTNSERVE_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def _status(page: object, prefix: str) -> None:
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "p => document.getElementById('status').textContent.startsWith(p)", arg=prefix, timeout=30_000
+    )
+
+
+@pytest.mark.browser
+def test_page_predicts_draws_and_switches_maps(
+    gateway: GatewayThread, browser: object, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(gateway.http_url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == SERVED
+    assert page.input_value("#model") == "cbam"
+
+    # upload a photo unlike the bundled sample: another size and aspect ratio
+    photo = tmp_path / "wide.png"
+    Image.open(SAMPLE).convert("L").resize((480, 256)).save(photo)
+    page.set_input_files("#file", str(photo))
+    _status(page, "cbam: 6")
+    assert page.inner_text("#predictions li:first-child .label") == "6"
+    assert page.eval_on_selector("#overlay", "c => [c.width, c.height]") == [480, 256]
+    maps = page.eval_on_selector_all("#map option", "os => os.map(o => o.value)")
+    assert page.input_value("#map") == "cam" and "spatial_stage1" in maps and "channel_stage2" in maps
+    before = page.eval_on_selector("#overlay", "c => c.toDataURL()")
+    page.select_option("#map", "spatial_stage1")
+    assert page.eval_on_selector("#overlay", "c => c.toDataURL()") != before
+    assert "spatial_stage1 on a 480×256 image" in page.inner_text("#caption")
+    page.select_option("#map", "channel_stage2")
+    assert page.is_visible("#bars")
+    page.fill("#opacity", "20")
+    page.dispatch_event("#opacity", "input")
+    assert page.inner_text("#opacity-value") == "20%"
+
+    # a zooming model: its box is drawn from coordinates; keyboard only
+    page.focus("#model")
+    page.select_option("#model", "racnn")
+    _status(page, "racnn: 6")
+    assert page.input_value("#map") == "zoom_boxes"
+    page.wait_for_function("document.getElementById('download').href.startsWith('blob:')")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+    # a sample button, and accessibility basics
+    page.click("#samples button >> nth=1")
+    _status(page, "racnn: ")
+    assert all(page.eval_on_selector_all("img", "is => is.map(i => i.alt.length > 0)"))
+    assert page.get_attribute("#overlay", "aria-label").startswith("The image with zoom_boxes")
+    assert errors == []
+
+
+@pytest.mark.browser
+def test_page_shows_errors_and_fits_a_phone(gateway: GatewayThread, browser: object, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
+    page.goto(gateway.http_url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    page.set_input_files("#file", str(junk))
+    _status(page, "415")
+    assert "not an image" in page.inner_text("#status")
+    page.set_input_files("#file", str(SAMPLE))
+    _status(page, "cbam: 6")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways at phone width ({width}px)"
+    assert httpx.get(gateway.http_url + "/ready").status_code == 200
