@@ -1,5 +1,6 @@
 """The README's promises, executed: two quick-start commands, and the client example."""
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_the_run_command_predicts_and_writes_an_overlay(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "→ model cbam v1" in result.stdout and f"wrote {overlay}" in result.stdout
+    assert "HTTP and web page http://127.0.0.1:" in result.stdout
     assert overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -53,3 +55,15 @@ def test_the_python_client_example_runs(
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "primary_overlay.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.triton
+def test_the_curl_example_runs(gateway: GatewayThread) -> None:
+    example = next(b for b in re.findall(r"```sh\n(.*?)```", README, re.S) if "curl" in b)
+    command = example.replace("http://127.0.0.1:8501", gateway.http_url)
+    result = subprocess.run(["sh", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["predictions"][0]["label"] == "6" and len(answer["predictions"]) == 3
+    (cam,) = answer["attention"]
+    assert cam["name"] == "cam" and cam["heatmap_png"] and cam["raw"]["dtype"] == "DATA_TYPE_FLOAT32"

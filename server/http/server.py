@@ -46,7 +46,9 @@ class HttpFront:
         """Binds ``host:http_port`` (0: a free port), starts serving; returns the port."""
         host, port = self.settings.host, self.settings.http_port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (with proto 0 it
+        # does not, and every keep-alive answer waits ~40 ms for the client's delayed ACK)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
