@@ -94,7 +94,8 @@ def tensor_from_proto(tensor: pb.Tensor) -> NDArray[Any]:
     """Raises ValueError when dtype, shape and byte count do not agree."""
     dtype = _PROTO_DTYPES.get(tensor.dtype)
     if dtype is None:
-        raise ValueError(f"unsupported tensor dtype {tensor.dtype}")
+        name = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else str(tensor.dtype)
+        raise ValueError(f"unsupported tensor dtype {name}; send DATA_TYPE_FLOAT32")
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
         raise ValueError(f"negative dimension in shape {shape}")

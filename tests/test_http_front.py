@@ -191,6 +191,14 @@ def raw(content: bytes, content_type: str | None = "image/png", **headers: str) 
     return {"content": content, "headers": headers}
 
 
+def tensor_json(array: np.ndarray, data: bytes | None = None) -> dict[str, object]:
+    """Keyword arguments of a JSON POST of a tensor (``data`` replaces its bytes)."""
+    tensor = codec.tensor_to_proto(array)
+    if data is not None:
+        tensor.data = data
+    return {"json": {"tensor": codec.message_to_json(tensor)}}
+
+
 PNG = png()
 BAD_REQUESTS = [
     ("empty body", predict_url(), raw(b""), 400, "empty"),
@@ -216,6 +224,26 @@ BAD_REQUESTS = [
     ("body over the limit", predict_url(), raw(bytes(400_000)), 413, "limit"),
     ("too many pixels", predict_url(), raw(png(8000, 6000)), 413, "pixels"),
     ("bad deadline", predict_url(), raw(PNG, **{"X-Request-Timeout": "-1"}), 400, "X-Request-Timeout"),
+    ("GIF header only", predict_url(), raw(b"GIF89a not really"), 415, "not an image"),
+    ("truncated JPEG", predict_url(), raw(b"\xff\xd8\xff\xe0\x00\x10JFIF", "image/jpeg"), 400, "corrupt"),
+    ("top_k above classes", predict_url(top_k="11"), raw(PNG), 400, "10 classes"),
+    ("format unspecified", predict_url(formats="MAP_FORMAT_UNSPECIFIED"), raw(PNG), 400, "format"),
+    ("tensor of 3 channels", predict_url(), tensor_json(np.zeros((3, 64, 64), np.float32)), 400, "shape"),
+    ("tensor of uint8", predict_url(), tensor_json(np.zeros((1, 64, 64), np.uint8)), 400, "float32"),
+    (
+        "tensor unset dtype",
+        predict_url(),
+        {"json": {"tensor": {"shape": [1, 8, 8]}}},
+        400,
+        "DATA_TYPE_FLOAT32",
+    ),
+    (
+        "tensor short of bytes",
+        predict_url(),
+        tensor_json(np.zeros((1, 8, 8), np.float32), b"1"),
+        400,
+        "bytes",
+    ),
     ("wrong method", "/v1/models/cbam", raw(b""), 405, "Method Not Allowed"),
     ("no such endpoint", "/v2/anything", raw(b""), 404, "/openapi.json"),
 ]
