@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from attnserve._net import free_port
 from attnserve.errors import SetupError
@@ -25,9 +26,16 @@ from attnserve.prediction import Prediction
 from attnserve.settings import Settings
 
 
+class Served(NamedTuple):
+    address: str
+    """The gateway's gRPC address, HOST:PORT."""
+    http_url: str
+    """Its HTTP API and web page, http://HOST:PORT."""
+
+
 @contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """Runs ``attnserve serve`` on free ports until the block ends; yields the gateway address."""
+def serving(settings: Settings) -> Iterator[Served]:
+    """Runs ``attnserve serve`` on free ports until the block ends."""
     from attnserve.clients import Client
 
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway", "page")}
@@ -37,10 +45,10 @@ def serving(settings: Settings) -> Iterator[str]:
         f"--http-port={ports['http']}", f"--grpc-port={ports['grpc']}", f"--metrics-port={ports['metrics']}",
         f"--port={ports['gateway']}", f"--gateway-http-port={ports['page']}", "--gateway-metrics-port=0",
     ]  # fmt: skip
-    address = f"127.0.0.1:{ports['gateway']}"
+    served = Served(f"127.0.0.1:{ports['gateway']}", f"http://127.0.0.1:{ports['page']}")
     print(
-        f"starting Triton (gRPC :{ports['grpc']}) and the gateway (gRPC {address}, "
-        f"HTTP and web page http://127.0.0.1:{ports['page']}/) ...",
+        f"starting Triton (gRPC :{ports['grpc']}) and the gateway (gRPC {served.address}, "
+        f"HTTP and web page {served.http_url}/) ...",
         flush=True,
     )
     with tempfile.TemporaryFile() as server_log:
@@ -52,7 +60,7 @@ def serving(settings: Settings) -> Iterator[str]:
             env={**os.environ, "ATTNSERVE_LOG_LEVEL": "WARNING"},
         )
         try:
-            with Client(address) as client:
+            with Client(served.address) as client:
                 while client.health() != "SERVING":
                     if server.poll() is not None:
                         server_log.seek(0)
@@ -62,7 +70,7 @@ def serving(settings: Settings) -> Iterator[str]:
                         raise SetupError("the gateway did not become SERVING in time")
                     time.sleep(0.2)
             print(f"serving after {time.monotonic() - started:.1f} s\n", flush=True)
-            yield address
+            yield served
         finally:
             server.send_signal(signal.SIGINT)
             try:
@@ -83,7 +91,7 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
     if not image.is_file():
         raise SetupError(f"sample image {image} does not exist: pass --image PATH")
     shown = Path(os.path.relpath(image)) if image.is_absolute() and Path.cwd() in image.parents else image
-    with serving(settings) as address, Client(address) as client:
+    with serving(settings) as served, Client(served.address) as client:
         listing = client.list_models()
         names = sorted((m.name for m in listing.models), key=lambda n: n != listing.default_model)
         tiles = []

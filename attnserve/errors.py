@@ -8,6 +8,8 @@ non-zero exit code. Subclasses refine a type for protocols that can say more (HT
 
 from __future__ import annotations
 
+import logging
+
 
 class AttnserveError(Exception):
     """Base of every error a user can act on; the message says what to do."""
@@ -53,6 +55,21 @@ class SetupError(AttnserveError):
     """The local environment cannot do what was asked (missing binary, port in use, ...)."""
 
 
+def describe(error: BaseException) -> str:
+    """What a client is told of any failure: a domain error's message, else no internals."""
+    if isinstance(error, AttnserveError):
+        return str(error)
+    return f"internal error ({type(error).__name__}); the gateway log has the details"
+
+
+def log_failure(log: logging.Logger, where: str, error: BaseException) -> None:
+    """A domain error is one info line; anything else is a bug, logged with its traceback."""
+    if isinstance(error, AttnserveError):
+        log.info("%s: %s: %s", where, type(error).__name__, error)
+    else:
+        log.error("%s failed unexpectedly", where, exc_info=error)
+
+
 __all__ = [
     "AttnserveError",
     "DeadlineExceeded",
@@ -65,4 +82,6 @@ __all__ = [
     "Unavailable",
     "UnsupportedMedia",
     "UpstreamError",
+    "describe",
+    "log_failure",
 ]

@@ -2,19 +2,17 @@
 
     .venv/bin/python tools/bench_transports.py [--requests 300] [--concurrency 1 4]
 
-Starts `attnserve serve` on free ports, then sends the same prediction (the sample digit, the
-default model, its primary map RAW) over gRPC (`Client`), over HTTP with the raw image as the
-body and options in the query, and over HTTP with the JSON body (`HttpClient`: the image
-base64). Rounds alternate between transports (the machine is shared and noisy); the table gives
-medians over rounds and ratios to gRPC measured in the same run.
+Starts `attnserve serve` on free ports (as `make run` does), then sends the same prediction
+(the sample digit, the default model, its primary map RAW) over gRPC (`Client`), over HTTP
+with the raw image as the body and options in the query, and over HTTP with the JSON body
+(`HttpClient`: the image base64). Rounds alternate between transports (the machine is shared
+and noisy); the table gives medians over rounds and ratios to gRPC measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,25 +20,12 @@ from pathlib import Path
 
 import httpx
 
-from attnserve._net import free_port
 from attnserve.clients import Client, HttpClient
+from attnserve.demo import serving
+from attnserve.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "docs" / "samples" / "digit.png").read_bytes()
-
-
-def serve() -> tuple[subprocess.Popen[bytes], str, str]:
-    ports = [free_port() for _ in range(5)]
-    command = [
-        sys.executable, "-m", "attnserve", "serve", f"--http-port={ports[0]}", f"--grpc-port={ports[1]}",
-        f"--metrics-port={ports[2]}", f"--port={ports[3]}", f"--gateway-http-port={ports[4]}",
-        "--gateway-metrics-port=0",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    grpc_address, http_url = f"127.0.0.1:{ports[3]}", f"http://127.0.0.1:{ports[4]}"
-    with HttpClient(http_url) as client:
-        client.wait_until_serving(180)
-    return process, grpc_address, http_url
 
 
 def run_round(call: Callable[[], object], requests: int, concurrency: int) -> tuple[float, float]:
@@ -66,11 +51,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
-    process, grpc_address, http_url = serve()
-    try:
-        grpc_client = Client(grpc_address)
-        json_client = HttpClient(http_url)
-        raw_http = httpx.Client(base_url=http_url, timeout=30)
+    with serving(Settings()) as served:
+        grpc_client = Client(served.address)
+        json_client = HttpClient(served.http_url)
+        raw_http = httpx.Client(base_url=served.http_url, timeout=30)
         calls: dict[str, Callable[[], object]] = {
             "gRPC (Client)": lambda: grpc_client.predict(SAMPLE, maps=["primary"]),
             "HTTP raw body": lambda: raw_http.post(
@@ -93,9 +77,6 @@ def main() -> None:
                 rate = statistics.median(r[0] for r in rounds)
                 p50 = statistics.median(r[1] for r in rounds)
                 print(f"{name:<24} {concurrency:>2} {rate:>8.0f} {p50:>8.2f} {rate / base:>7.2f}×")
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 if __name__ == "__main__":

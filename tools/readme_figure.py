@@ -43,7 +43,7 @@ def grid(rows: list[list[tuple[str, Image.Image]]], height: int) -> Image.Image:
 
 
 def main() -> int:
-    with serving(Settings()) as address, Client(address) as client:
+    with serving(Settings()) as served, Client(served.address) as client:
         default = client.get_model()
         prediction = client.predict(SAMPLES[0], maps=MAPS, forms=["overlay_png"])
         first = [

@@ -26,6 +26,8 @@ from attnserve.errors import (
     SetupError,
     Unavailable,
     UpstreamError,
+    describe,
+    log_failure,
 )
 
 from ..gateway.metrics import GatewayMetrics
@@ -50,12 +52,6 @@ def status_for(error: BaseException) -> grpc.StatusCode:
         if error_type in _STATUS:
             return _STATUS[error_type]
     return grpc.StatusCode.INTERNAL
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, AttnserveError):
-        return str(error)
-    return f"internal error ({type(error).__name__}); the gateway log has the details"
 
 
 ModelOf = Callable[[Any], str]
@@ -104,7 +100,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             raise
         except Exception as exc:
             code = status_for(exc)
-            self._log(method, exc)
+            log_failure(log, method, exc)
             await context.abort(code, describe(exc))
         finally:
             self.metrics.in_flight.dec()
@@ -129,10 +125,3 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     yield response
 
         return stream
-
-    @staticmethod
-    def _log(method: str, exc: Exception) -> None:
-        if isinstance(exc, AttnserveError):
-            log.info("%s: %s: %s", method, type(exc).__name__, exc)
-        else:
-            log.exception("%s failed unexpectedly", method)

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from attnserve import codec
-from attnserve.errors import AttnserveError
+from attnserve.errors import AttnserveError, describe
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ..gateway.core import GatewayCore
-from .interceptors import describe, status_for
+from .interceptors import status_for
 
 
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:

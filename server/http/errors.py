@@ -55,11 +55,5 @@ def status_for(error: BaseException) -> int:
     return 500
 
 
-def describe(error: BaseException) -> str:
-    if isinstance(error, AttnserveError):
-        return str(error)
-    return f"internal error ({type(error).__name__}); the gateway log has the details"
-
-
 def error_body(status: int, message: str) -> dict[str, Any]:
     return {"code": status, "message": message}

@@ -22,11 +22,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from attnserve import codec
-from attnserve.errors import AttnserveError, DeadlineExceeded, InvalidInput
+from attnserve.errors import DeadlineExceeded, InvalidInput, describe, log_failure
 from attnserve.settings import GatewaySettings
 
 from ..gateway.core import GatewayCore
-from .errors import describe, error_body, status_for
+from .errors import error_body, status_for
 from .openapi import openapi_document
 from .requests import predict_request
 
@@ -162,7 +162,7 @@ class HttpApi:
                 response = await endpoint(request)
             except Exception as exc:
                 response = self._error(status_for(exc), describe(exc))
-                self._log(method, exc)
+                log_failure(log, f"http {method}", exc)
             finally:
                 metrics.in_flight.dec()
             model = self._model_label(request)
@@ -171,10 +171,3 @@ class HttpApi:
             return response
 
         return observed
-
-    @staticmethod
-    def _log(method: str, exc: Exception) -> None:
-        if isinstance(exc, AttnserveError):
-            log.info("http %s: %s: %s", method, type(exc).__name__, exc)
-        else:
-            log.exception("http %s failed unexpectedly", method)
