@@ -7,7 +7,7 @@ OVERLAY ?= overlay.png
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.attnserve-installed
 
-.PHONY: run test setup lint typecheck chromium proto clean
+.PHONY: run test setup lint typecheck system-tools proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +23,21 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/attnserve demo --overlay $(OVERLAY)
 
-test: $(STAMP) lint typecheck chromium
+test: $(STAMP) lint typecheck system-tools
 	$(BIN)/python -m pytest
 
-# The web page's tests drive Debian's chromium (headless, through Playwright); install it once.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser tests ..."; \
+# Debian packages some tests drive: chromium (the web page, headless through Playwright) and
+# promtool (the Prometheus config in deploy/). Installed once; without them those tests skip.
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	[ -z "$$missing" ] || { \
+	  echo "installing Debian's$$missing for the tests ..."; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
-	} || echo "warning: chromium could not be installed: the browser tests will be skipped"
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	} || echo "warning:$$missing could not be installed: the tests that need them will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -69,10 +70,29 @@ def check_repository(repository: Path) -> None:
 class TritonProcess:
     """``with TritonProcess(settings) as triton:`` starts Triton and waits until it is ready."""
 
-    def __init__(self, settings: TritonSettings, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: TritonSettings,
+        log_path: Path | None = None,
+        server_args: Sequence[str] | None = None,
+    ) -> None:
+        """``server_args``: Triton's flags as a deployment gives them (the compose file's, say)
+        instead of attnserve's own; the local backend directory, addresses and ports follow."""
         self.settings = settings
         self.log_path = log_path or settings.runtime_dir / "logs" / f"tritonserver-{settings.grpc_port}.log"
+        self.server_args = list(server_args) if server_args is not None else self.default_server_args()
         self.process: subprocess.Popen[bytes] | None = None
+
+    def default_server_args(self) -> list[str]:
+        s = self.settings
+        return [
+            f"--model-repository={s.model_repository.resolve()}",
+            "--model-control-mode=none",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=5",
+            f"--log-verbose={s.log_verbose}",
+        ]
 
     @property
     def ready_url(self) -> str:
@@ -82,19 +102,14 @@ class TritonProcess:
         s = self.settings
         return [
             str(runtime.tritonserver),
-            f"--model-repository={s.model_repository.resolve()}",
+            *self.server_args,
             f"--backend-directory={runtime.backends_dir}",
-            "--model-control-mode=none",
             f"--http-address={s.host}",
             f"--http-port={s.http_port}",
             f"--grpc-address={s.host}",
             f"--grpc-port={s.grpc_port}",
             f"--metrics-address={s.host}",
             f"--metrics-port={s.metrics_port}",
-            "--allow-gpu-metrics=false",
-            "--strict-readiness=true",
-            "--exit-timeout-secs=5",
-            f"--log-verbose={s.log_verbose}",
         ]
 
     def start(self) -> None:
