@@ -55,6 +55,11 @@ class SetupError(AttnserveError):
     """The local environment cannot do what was asked (missing binary, port in use, ...)."""
 
 
+def shorten(value: str, limit: int = 64) -> str:
+    """A client-given name for a message: quoted, cut to ``limit`` characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value):,} characters)"
+
+
 def describe(error: BaseException) -> str:
     """What a client is told of any failure: a domain error's message, else no internals."""
     if isinstance(error, AttnserveError):
@@ -84,4 +89,5 @@ __all__ = [
     "UpstreamError",
     "describe",
     "log_failure",
+    "shorten",
 ]

@@ -196,6 +196,13 @@ def test_models_are_discovered_from_triton(client: Client) -> None:
             "bytes",
         ),
         ({"model": "resnet"}, grpc.StatusCode.NOT_FOUND, "unknown model 'resnet'"),
+        ({"model": "x" * 10_000}, grpc.StatusCode.NOT_FOUND, "… (10,000 characters)"),
+        ({"model_version": "999"}, grpc.StatusCode.NOT_FOUND, "no version '999'"),
+        (
+            {"tensor": tensor_to_proto(np.full((1, 64, 64), 3e38, np.float32))},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not finite",
+        ),
         ({"top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
         ({"top_k": 11}, grpc.StatusCode.INVALID_ARGUMENT, "10 classes"),
         (

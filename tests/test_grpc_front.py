@@ -141,3 +141,42 @@ def test_tensor_inputs_reach_the_backend_unchanged(fake: tuple[GatewayThread, Fa
         prediction = client.predict(tensor, omit_attention=True)
     assert prediction.image.format == "TENSOR" and prediction.attention == []
     assert backend.calls[-1][2] == ["logits"]
+
+
+def test_an_unexpected_failure_of_one_stream_item_is_that_items_error(
+    fake: tuple[GatewayThread, FakeBackend],
+) -> None:
+    thread, backend = fake
+    backend.fail_with = KeyError("a secret detail")
+    try:
+        with Client(thread.address) as client:
+            results = list(client.predict_stream([png(), png()]))
+    finally:
+        backend.fail_with = None
+    assert [type(r).__name__ for r in results] == ["UpstreamError", "UpstreamError"]
+    assert all("secret" not in str(r) and "INTERNAL" in str(r) for r in results)
+
+
+def test_metric_labels_name_only_served_models(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    thread, _ = fake
+    with Client(thread.address) as client:
+        for index in range(20):
+            with pytest.raises(ModelNotFound):
+                client.predict(png(), model=f"made-up-{index}")
+        client.predict(png(), model="other")
+    metrics = thread.call(_scrape(thread))
+    assert "made-up" not in metrics  # type: ignore[operator]
+    assert 'code="NOT_FOUND",method="Predict",model="unknown",transport="grpc"} 20.0' in metrics  # type: ignore[operator]
+    assert 'model="other",transport="grpc"' in metrics  # type: ignore[operator]
+
+
+async def _scrape(thread: GatewayThread) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(thread.gateway.core.metrics.registry).decode()
+
+
+def test_unknown_model_versions_are_not_found(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    thread, _ = fake
+    with Client(thread.address) as client, pytest.raises(ModelNotFound, match="no version '999'; served: 1"):
+        client.predict(png(), model_version="999")

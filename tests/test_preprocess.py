@@ -125,6 +125,21 @@ def _png_declaring(width: int, height: int) -> bytes:
     )
 
 
+def _frames(fmt: str) -> bytes:
+    """A 3-frame file: a multi-page TIFF or an animated PNG."""
+    frames = [Image.new("L", (20, 16), v) for v in (0, 128, 255)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def test_float_images_with_nan_decode_without_warnings() -> None:
+    pixels = np.full((16, 20), np.nan, np.float32)
+    pixels[4:8, 4:8] = 1.0
+    prepared = preprocess_image(encode(Image.fromarray(pixels, "F"), "TIFF"), GRAY, LIMITS)
+    assert np.isfinite(prepared.tensor).all()
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -134,8 +149,21 @@ def _png_declaring(width: int, height: int) -> bytes:
         (b"\x00" * 5_000_001, "limit"),
         (_png_declaring(30_000, 30_000), "900,000,000 pixels"),
         (encode(spot_image(8, 8, 2, 2), "GIF"), "GIF images are not supported"),
+        (_frames("TIFF"), "3 frames"),
+        (_frames("PNG"), "3 frames"),
+        (encode(Image.new("LAB", (20, 16), (50, 0, 0)), "TIFF"), "LAB images cannot be read"),
     ],
-    ids=["empty", "text", "truncated-jpeg", "too-many-bytes", "decompression-bomb", "gif"],
+    ids=[
+        "empty",
+        "text",
+        "truncated-jpeg",
+        "too-many-bytes",
+        "decompression-bomb",
+        "gif",
+        "multi-page-tiff",
+        "apng",
+        "lab-tiff",
+    ],
 )
 def test_bad_images_are_invalid_input_with_an_actionable_message(data: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):

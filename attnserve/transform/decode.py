@@ -65,6 +65,11 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
     if image_format not in SUPPORTED_FORMATS:
         supported = ", ".join(SUPPORTED_FORMATS)
         raise UnsupportedMedia(f"{image_format} images are not supported; send {supported}")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise InvalidInput(
+            f"the {image_format} holds {frames} frames (an animation or a multi-page file); send one image"
+        )
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidInput(f"the image has no pixels ({width}×{height})")
@@ -100,7 +105,7 @@ def to_color_mode(image: Image.Image, color_mode: ColorMode, background: float) 
         full_scale = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
         image = Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
@@ -110,4 +115,9 @@ def to_color_mode(image: Image.Image, color_mode: ColorMode, background: float) 
         grey = int(round(background * 255))
         canvas = Image.new("RGBA", rgba.size, (grey, grey, grey, 255))
         image = Image.alpha_composite(canvas, rgba)
-    return image.convert(color_mode.value)
+    try:
+        return image.convert(color_mode.value)
+    except ValueError:  # LAB, HSV, ...: modes Pillow cannot convert
+        raise UnsupportedMedia(
+            f"{image.mode} images cannot be read as {color_mode.value}; send RGB, grayscale or CMYK"
+        ) from None

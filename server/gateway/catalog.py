@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from attnserve.errors import ModelNotFound, ModelNotReady
+from attnserve.errors import ModelNotFound, ModelNotReady, shorten
 from attnserve.model_info import ModelInfo, TensorInfo
 from attnserve.spec import SPEC_PARAMETER, ModelSpec
 
@@ -102,7 +102,7 @@ class ModelCatalog:
         if resolved in self.known_not_ready:
             raise ModelNotReady(f"model {resolved!r} is not ready: {self.known_not_ready[resolved]}")
         served = ", ".join(sorted(self.models)) or "none"
-        raise ModelNotFound(f"unknown model {resolved!r}; served models: {served}")
+        raise ModelNotFound(f"unknown model {shorten(resolved)}; served models: {served}")
 
     def is_ready(self) -> bool:
         default = self.default_model

@@ -107,6 +107,11 @@ class GatewayCore:
         """``None``: the default model."""
         return self.catalog.get(name)
 
+    def metric_label(self, name: str | None) -> str:
+        """A requested model as a metric label: the served name, or "unknown" for any other."""
+        resolved = name or self.catalog.default_model or ""
+        return resolved if resolved in self.catalog.models else "unknown"
+
     @property
     def default_model(self) -> str | None:
         return self.catalog.default_model

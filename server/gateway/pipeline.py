@@ -12,7 +12,9 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from attnserve.errors import DeadlineExceeded, InvalidInput, Overloaded, TooLarge
+import numpy as np
+
+from attnserve.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded, TooLarge, shorten
 from attnserve.model_info import ModelInfo
 from attnserve.prediction import ImageInfo, MapForm, Prediction, PredictionRequest, Timings
 from attnserve.settings import GatewaySettings
@@ -143,6 +145,11 @@ class Pipeline:
     ) -> Prediction:
         started = time.perf_counter()
         model = self.catalog.get(request.model)
+        if request.model_version and request.model_version != model.version:
+            raise ModelNotFound(
+                f"model {model.name!r} has no version {shorten(request.model_version)}; "
+                f"served: {model.version} (or leave model_version empty)"
+            )
         spec = model.spec
         options = resolve_task_options(request, spec, self.settings.max_top_k)
         attention = resolve_attention(request, spec)
@@ -171,6 +178,11 @@ class Pipeline:
         inferred = time.perf_counter()
 
         first = {name: value[0] for name, value in outputs.items()}
+        if not all(np.isfinite(first[name]).all() for name in spec.task_outputs):
+            raise InvalidInput(
+                "the model's scores are not finite for this input: a tensor's values must be "
+                "normalised pixels (see the model's preprocessing mean and std)"
+            )
         answer = await loop.run_in_executor(
             self.executor,
             postprocess,

@@ -36,11 +36,15 @@ class GrpcFront:
         self.port: int | None = None
 
     def _model_of(self, request: Any) -> str:
+        """The model label of a request's metrics: a served model's name, else "unknown" (labels
+        must not grow with what clients send)."""
         if isinstance(request, pb.PredictRequest):
-            return request.model or self.core.default_model or ""
-        if isinstance(request, pb.GetModelRequest):
-            return request.name or self.core.default_model or ""
-        return ""
+            name = request.model
+        elif isinstance(request, pb.GetModelRequest):
+            name = request.name
+        else:
+            return ""
+        return self.core.metric_label(name)
 
     async def start(self) -> int:
         """Binds ``host:port`` (0: a free port), starts serving; returns the port."""

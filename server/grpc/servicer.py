@@ -6,17 +6,20 @@ The gRPC message limit is this front's, so it is passed to the pipeline as the a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 
 from attnserve import codec
-from attnserve.errors import AttnserveError, describe
+from attnserve.errors import describe, log_failure
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ..gateway.core import GatewayCore
 from .interceptors import status_for
+
+log = logging.getLogger(__name__)
 
 
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:
@@ -45,7 +48,8 @@ class AttentionService(pb_grpc.AttentionServiceServicer):
                 prediction = await self.core.predict(
                     codec.request_from_proto(request), _remaining(context), self.max_message_bytes
                 )
-            except AttnserveError as exc:
+            except Exception as exc:  # one item's failure, declared or not, is that item's error
+                log_failure(log, "PredictStream item", exc)
                 error = pb.Error(code=status_for(exc).value[0], message=describe(exc))
                 yield pb.PredictStreamResponse(request_id=request.request_id, error=error)
                 continue

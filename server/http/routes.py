@@ -147,11 +147,6 @@ class HttpApi:
         body = error_body(exc.status_code, message)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    def _model_label(self, request: Request) -> str:
-        """The model, for metrics: only names the catalog knows (labels must not grow unbounded)."""
-        name = request.path_params.get("model") or self.core.default_model or ""
-        return name if name in self.core.catalog.models else ""
-
     def _observed(self, method: str, endpoint: Endpoint) -> Endpoint:
         metrics = self.core.metrics
 
@@ -165,7 +160,7 @@ class HttpApi:
                 log_failure(log, f"http {method}", exc)
             finally:
                 metrics.in_flight.dec()
-            model = self._model_label(request)
+            model = self.core.metric_label(request.path_params.get("model"))
             metrics.requests.labels("http", method, model, str(response.status_code)).inc()
             metrics.request_seconds.labels("http", method, model).observe(time.perf_counter() - started)
             return response
