@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attnserve.errors import AttnserveError, SetupError
 from attnserve.settings import DEFAULT_GATEWAY_ADDRESS, SAMPLE_IMAGE, Settings
+
+if TYPE_CHECKING:
+    from attnserve.clients import Credentials
 
 
 def _override(settings: Settings, section: str, **values: Any) -> Settings:
@@ -146,11 +150,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _credentials(args: argparse.Namespace) -> Credentials:
+    from attnserve.clients import Credentials
+
+    return Credentials(args.api_key, args.tls_ca, args.tls_cert, args.tls_key)
+
+
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.clients import connect
     from attnserve.console import PictureRequest, predict_to_console
 
-    with connect(args.server, timeout_s=args.timeout) as client:
+    with connect(args.server, args.timeout, _credentials(args)) as client:
         predict_to_console(
             client,
             args.image,
@@ -167,7 +177,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.clients import connect
     from attnserve.console import models_to_console
 
-    with connect(args.server, timeout_s=args.timeout) as client:
+    with connect(args.server, args.timeout, _credentials(args)) as client:
         models_to_console(client, as_json=args.json)
     return 0
 
@@ -203,6 +213,12 @@ def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
         "--gateway-metrics-port", type=int, help="gateway Prometheus port (default 8502; 0: off)"
     )
     group.add_argument("--default-model", help="model used when a request names none")
+    group.add_argument(
+        "--tls-cert-file", type=Path, help="PEM certificate chain: serve gRPC and HTTP over TLS"
+    )
+    group.add_argument("--tls-key-file", type=Path, help="PEM private key of --tls-cert-file")
+    group.add_argument("--tls-client-ca-file", type=Path, help="PEM CA: require client certificates (mTLS)")
+    group.add_argument("--api-keys-file", type=Path, help="file of API keys, one per line: require one")
 
 
 def _add_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +228,12 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
         help=f"gateway: HOST:PORT for gRPC (default {DEFAULT_GATEWAY_ADDRESS}) or http://HOST:PORT",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("ATTNSERVE_API_KEY"), help="API key (default: $ATTNSERVE_API_KEY)"
+    )
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA of the gateway's certificate (gRPC: use TLS)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="the client certificate's private key (PEM)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -327,6 +349,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         http=getattr(args, "http", None),
         metrics_port=getattr(args, "gateway_metrics_port", None),
         default_model=getattr(args, "default_model", None),
+        tls_cert_file=getattr(args, "tls_cert_file", None),
+        tls_key_file=getattr(args, "tls_key_file", None),
+        tls_client_ca_file=getattr(args, "tls_client_ca_file", None),
+        api_keys_file=getattr(args, "api_keys_file", None),
     )
 
 

@@ -27,6 +27,10 @@ class UnsupportedMedia(InvalidInput):
     """The body or the image is of a type the gateway does not read."""
 
 
+class Unauthenticated(AttnserveError):
+    """The request carries no API key, or one the gateway does not accept."""
+
+
 class ModelNotFound(AttnserveError):
     """No model of that name is served (or registered, for the export side)."""
 
@@ -84,6 +88,7 @@ __all__ = [
     "Overloaded",
     "SetupError",
     "TooLarge",
+    "Unauthenticated",
     "Unavailable",
     "UnsupportedMedia",
     "UpstreamError",

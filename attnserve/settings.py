@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,6 +80,24 @@ class GatewaySettings(BaseModel):
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
     grace_s: float = Field(5.0, ge=0, description="graceful-stop window for in-flight requests")
     worker_threads: int = Field(2, gt=0, description="threads for image decoding and rendering")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: gRPC and HTTP over TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: clients must present a certificate it signed (mutual TLS)"
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="one API key per line: every request but health checks must carry one "
+        "(`authorization: Bearer KEY` or `x-api-key: KEY`)",
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
 
 
 class Settings(BaseSettings):

@@ -13,7 +13,7 @@ the transport from the address ("http://HOST:PORT" or "HOST:PORT" for gRPC).
 from attnserve.errors import AttnserveError, InvalidInput, ModelNotFound, Overloaded, Unavailable
 from attnserve.prediction import AttentionMap, ClassScore, MapForm, Prediction
 
-from ._common import ImageLike, PredictOptions
+from ._common import Credentials, ImageLike, PredictOptions
 from .grpc import AsyncClient, Client
 from .http import AsyncHttpClient, HttpClient
 
@@ -21,11 +21,14 @@ AnyClient = Client | HttpClient
 """A blocking client of either transport."""
 
 
-def connect(address: str, timeout_s: float | None = 30.0) -> AnyClient:
+def connect(
+    address: str, timeout_s: float | None = 30.0, credentials: Credentials | None = None
+) -> AnyClient:
     """A blocking client for ``address``: HTTP for http(s):// URLs, gRPC for HOST:PORT."""
+    credentials = credentials or Credentials()
     if address.startswith(("http://", "https://")):
-        return HttpClient(address, timeout_s)
-    return Client(address, timeout_s)
+        return HttpClient(address, timeout_s, credentials)
+    return Client(address, timeout_s, credentials)
 
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "AttentionMap",
     "AttnserveError",
     "ClassScore",
+    "Credentials",
     "Client",
     "HttpClient",
     "ImageLike",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
 
@@ -17,6 +18,7 @@ from attnserve.errors import (
     InvalidInput,
     ModelNotFound,
     Overloaded,
+    Unauthenticated,
     Unavailable,
     UpstreamError,
 )
@@ -50,12 +52,48 @@ class PredictOptions(TypedDict, total=False):
     """Echoed back (predict_stream numbers the requests itself)."""
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How a client proves itself to the gateway and checks the gateway's certificate."""
+
+    api_key: str | None = None
+    """Sent as ``authorization: Bearer KEY``."""
+    tls_ca: Path | None = None
+    """PEM CA that signed the gateway's certificate; given (or with a client certificate), gRPC
+    uses TLS. Over HTTP, TLS follows the URL (https://) and this CA verifies it."""
+    tls_cert: Path | None = None
+    """Mutual TLS: the client's PEM certificate chain ..."""
+    tls_key: Path | None = None
+    """... and its private key."""
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return None if self.api_key is None else (("authorization", f"Bearer {self.api_key}"),)
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+
+        return grpc.ssl_channel_credentials(read(self.tls_ca), read(self.tls_key), read(self.tls_cert))
+
+
+NO_CREDENTIALS = Credentials()
+
 _ERRORS: dict[grpc.StatusCode, type[AttnserveError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.NOT_FOUND: ModelNotFound,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
 CHANNEL_OPTIONS = [

@@ -25,6 +25,8 @@ from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ._common import (
     CHANNEL_OPTIONS,
+    NO_CREDENTIALS,
+    Credentials,
     ImageLike,
     PredictOptions,
     build_request,
@@ -39,10 +41,21 @@ _STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.i
 class Client:
     """Blocking client. ``with Client("127.0.0.1:8500") as client: client.predict("digit.png")``."""
 
-    def __init__(self, address: str = DEFAULT_GATEWAY_ADDRESS, timeout_s: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_GATEWAY_ADDRESS,
+        timeout_s: float | None = 30.0,
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._metadata = credentials.metadata()
+        if credentials.uses_tls:
+            self._channel = grpc.secure_channel(
+                address, credentials.grpc_credentials(), options=CHANNEL_OPTIONS
+            )
+        else:
+            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -50,7 +63,9 @@ class Client:
         """One image (bytes, a path or a float32 tensor) → classes and attention (see `PredictOptions`)."""
         request = build_request(image, **options)
         try:
-            return prediction_from_proto(self._stub.Predict(request, timeout=self.timeout_s))
+            return prediction_from_proto(
+                self._stub.Predict(request, timeout=self.timeout_s, metadata=self._metadata)
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
@@ -59,7 +74,9 @@ class Client:
     ) -> Iterator[Prediction | AttnserveError]:
         """One result per image, in order, on one connection; a failed image yields its error."""
         try:
-            for item in self._stub.PredictStream(stream_requests(images, **options), timeout=None):
+            for item in self._stub.PredictStream(
+                stream_requests(images, **options), timeout=None, metadata=self._metadata
+            ):
                 if item.HasField("error"):
                     yield error_from_status(item.error.code, item.error.message)
                 else:
@@ -70,7 +87,7 @@ class Client:
     def list_models(self) -> pb.ListModelsResponse:
         try:
             response: pb.ListModelsResponse = self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self.timeout_s
+                pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata
             )
             return response
         except grpc.RpcError as exc:
@@ -78,7 +95,9 @@ class Client:
 
     def get_model(self, name: str = "") -> pb.ModelInfo:
         try:
-            info: pb.ModelInfo = self._stub.GetModel(pb.GetModelRequest(name=name), timeout=self.timeout_s)
+            info: pb.ModelInfo = self._stub.GetModel(
+                pb.GetModelRequest(name=name), timeout=self.timeout_s, metadata=self._metadata
+            )
             return info
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
@@ -120,17 +139,30 @@ class Client:
 class AsyncClient:
     """asyncio client with the same methods as `Client`, as coroutines / async iterators."""
 
-    def __init__(self, address: str = DEFAULT_GATEWAY_ADDRESS, timeout_s: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_GATEWAY_ADDRESS,
+        timeout_s: float | None = 30.0,
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._metadata = credentials.metadata()
+        if credentials.uses_tls:
+            self._channel = grpc.aio.secure_channel(
+                address, credentials.grpc_credentials(), options=CHANNEL_OPTIONS
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         request = build_request(image, **options)
         try:
-            return prediction_from_proto(await self._stub.Predict(request, timeout=self.timeout_s))
+            return prediction_from_proto(
+                await self._stub.Predict(request, timeout=self.timeout_s, metadata=self._metadata)
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
@@ -138,7 +170,9 @@ class AsyncClient:
         self, images: Iterable[ImageLike], **options: Unpack[PredictOptions]
     ) -> AsyncIterator[Prediction | AttnserveError]:
         try:
-            async for item in self._stub.PredictStream(stream_requests(images, **options)):
+            async for item in self._stub.PredictStream(
+                stream_requests(images, **options), metadata=self._metadata
+            ):
                 if item.HasField("error"):
                     yield error_from_status(item.error.code, item.error.message)
                 else:
@@ -149,7 +183,7 @@ class AsyncClient:
     async def list_models(self) -> pb.ListModelsResponse:
         try:
             response: pb.ListModelsResponse = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self.timeout_s
+                pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata
             )
             return response
         except grpc.RpcError as exc:
@@ -158,7 +192,7 @@ class AsyncClient:
     async def get_model(self, name: str = "") -> pb.ModelInfo:
         try:
             info: pb.ModelInfo = await self._stub.GetModel(
-                pb.GetModelRequest(name=name), timeout=self.timeout_s
+                pb.GetModelRequest(name=name), timeout=self.timeout_s, metadata=self._metadata
             )
             return info
         except grpc.RpcError as exc:

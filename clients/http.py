@@ -8,6 +8,7 @@ the proto messages' JSON mapping (the image base64), so tensors go over HTTP too
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
@@ -23,6 +24,7 @@ from attnserve.errors import (
     ModelNotFound,
     Overloaded,
     TooLarge,
+    Unauthenticated,
     Unavailable,
     UnsupportedMedia,
     UpstreamError,
@@ -30,13 +32,14 @@ from attnserve.errors import (
 from attnserve.prediction import Prediction
 from attnserve.v1 import attnserve_pb2 as pb
 
-from ._common import ImageLike, PredictOptions, build_request, stream_requests
+from ._common import NO_CREDENTIALS, Credentials, ImageLike, PredictOptions, build_request, stream_requests
 
 _ERRORS: dict[int, type[AttnserveError]] = {
     400: InvalidInput,
     404: ModelNotFound,
     413: TooLarge,
     415: UnsupportedMedia,
+    401: Unauthenticated,
     429: Overloaded,
     503: Unavailable,
     504: DeadlineExceeded,
@@ -57,6 +60,23 @@ def _unreachable(base_url: str, exc: httpx.HTTPError) -> AttnserveError:
     return Unavailable(f"cannot reach the attnserve gateway at {base_url} (is `attnserve serve` running?)")
 
 
+def _transport_options(credentials: Credentials) -> dict[str, Any]:
+    """httpx options: the key as a header, the CA to verify https:// with, a client certificate."""
+    options: dict[str, Any] = {}
+    if credentials.api_key is not None:
+        options["headers"] = {"authorization": f"Bearer {credentials.api_key}"}
+    if credentials.uses_tls:
+        context = ssl.create_default_context(
+            cafile=None if credentials.tls_ca is None else str(credentials.tls_ca)
+        )
+        if credentials.tls_cert is not None:
+            context.load_cert_chain(
+                str(credentials.tls_cert), None if credentials.tls_key is None else str(credentials.tls_key)
+            )
+        options["verify"] = context
+    return options
+
+
 def _not_serving(address: str, timeout_s: float, status: str) -> Unavailable:
     return Unavailable(f"the gateway at {address} is not SERVING after {timeout_s:.0f} s ({status})")
 
@@ -74,10 +94,12 @@ def _json(response: httpx.Response) -> Any:
 class HttpClient:
     """Blocking client. ``with HttpClient("http://127.0.0.1:8501") as client: client.predict(...)``."""
 
-    def __init__(self, base_url: str, timeout_s: float | None = 30.0) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float | None = 30.0, credentials: Credentials = NO_CREDENTIALS
+    ) -> None:
         self.address = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self._http = httpx.Client(base_url=self.address, timeout=timeout_s)
+        self._http = httpx.Client(base_url=self.address, timeout=timeout_s, **_transport_options(credentials))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -145,10 +167,14 @@ class HttpClient:
 class AsyncHttpClient:
     """The asyncio twin of `HttpClient`."""
 
-    def __init__(self, base_url: str, timeout_s: float | None = 30.0) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float | None = 30.0, credentials: Credentials = NO_CREDENTIALS
+    ) -> None:
         self.address = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self._http = httpx.AsyncClient(base_url=self.address, timeout=timeout_s)
+        self._http = httpx.AsyncClient(
+            base_url=self.address, timeout=timeout_s, **_transport_options(credentials)
+        )
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -24,6 +24,7 @@ from attnserve.errors import (
     ModelNotReady,
     Overloaded,
     SetupError,
+    Unauthenticated,
     Unavailable,
     UpstreamError,
     describe,
@@ -31,6 +32,7 @@ from attnserve.errors import (
 )
 
 from ..gateway.metrics import GatewayMetrics
+from ..gateway.security import ApiKeys
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ _STATUS: dict[type[AttnserveError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     UpstreamError: grpc.StatusCode.INTERNAL,
     SetupError: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
@@ -125,3 +128,53 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     yield response
 
         return stream
+
+
+def _ignore_request(data: bytes) -> None:
+    """The deserializer of a refused call: the request's bytes are never parsed."""
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid API key before their request is decoded; health is open.
+
+    Installed inside `ErrorInterceptor`, so a refusal is counted and answered UNAUTHENTICATED.
+    """
+
+    OPEN = ("/grpc.health.v1.Health/",)
+
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self.OPEN):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        try:
+            self.keys.check(lambda name: metadata.get(name))
+        except Unauthenticated as refusal:
+            return _refusing(handler, refusal)
+        return handler
+
+
+def _refusing(handler: grpc.RpcMethodHandler, refusal: Unauthenticated) -> grpc.RpcMethodHandler:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise refusal
+
+    async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        raise refusal
+        yield  # an async generator, as the stream handler it replaces
+
+    serializer = handler.response_serializer
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            stream, request_deserializer=_ignore_request, response_serializer=serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        unary, request_deserializer=_ignore_request, response_serializer=serializer
+    )

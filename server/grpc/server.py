@@ -1,5 +1,8 @@
 """The gRPC front: `attnserve.v1.AttentionService`, health and reflection on one `grpc.aio` server.
 
+With `tls_cert_file` it listens with TLS only (mutual TLS with `tls_client_ca_file`); with
+`api_keys_file` every call but health checks needs a key (`AuthInterceptor`).
+
 Health (``grpc.health.v1``) starts NOT_SERVING and follows the core's readiness. The message
 size limit is this front's own (`GatewaySettings.max_message_bytes`).
 """
@@ -19,7 +22,8 @@ from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ..gateway.core import GatewayCore
-from .interceptors import ErrorInterceptor
+from ..gateway.security import api_keys, tls_material
+from .interceptors import AuthInterceptor, ErrorInterceptor
 from .servicer import AttentionService
 
 log = logging.getLogger(__name__)
@@ -49,8 +53,12 @@ class GrpcFront:
     async def start(self) -> int:
         """Binds ``host:port`` (0: a free port), starts serving; returns the port."""
         limit = self.settings.max_message_bytes
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.core.metrics, self._model_of)]
+        keys = api_keys(self.settings)
+        if keys is not None:
+            interceptors.append(AuthInterceptor(keys))
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(self.core.metrics, self._model_of)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -70,8 +78,17 @@ class GrpcFront:
         self.core.add_listener(self.set_serving)
         await self.set_serving(self.core.serving)
         address = f"{self.settings.host}:{self.settings.port}"
+        tls = tls_material(self.settings)
         try:
-            port = server.add_insecure_port(address)
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.certificate_chain)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise SetupError(f"the gateway cannot listen on {address}: {exc}") from None
         if port == 0:

@@ -17,6 +17,7 @@ from attnserve.errors import (
     Overloaded,
     SetupError,
     TooLarge,
+    Unauthenticated,
     Unavailable,
     UnsupportedMedia,
     UpstreamError,
@@ -33,11 +34,13 @@ _STATUS: dict[type[AttnserveError], int] = {
     DeadlineExceeded: 504,
     UpstreamError: 502,
     SetupError: 500,
+    Unauthenticated: 401,
 }
 
 # What each status means here, for the OpenAPI document.
 STATUS_MEANING: dict[int, str] = {
     400: "the request is malformed (a bad option, an unreadable image, an unknown map)",
+    401: "an API key is needed (authorization: Bearer KEY), or the one sent is not valid",
     404: "no model of that name is served",
     413: "the body, the image or the answer asked for exceeds a limit",
     415: "the body or the image is of a type the gateway does not read",

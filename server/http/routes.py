@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -26,6 +27,8 @@ from attnserve.errors import DeadlineExceeded, InvalidInput, describe, log_failu
 from attnserve.settings import GatewaySettings
 
 from ..gateway.core import GatewayCore
+from ..gateway.security import api_keys
+from .auth import ApiKeyMiddleware
 from .errors import error_body, status_for
 from .openapi import openapi_document
 from .requests import predict_request
@@ -55,6 +58,7 @@ class HttpApi:
     def __init__(self, core: GatewayCore, settings: GatewaySettings, samples_dir: Path | None) -> None:
         self.core = core
         self.settings = settings
+        self.keys = api_keys(settings)
         self.samples_dir = samples_dir
         self._openapi = openapi_document()
 
@@ -73,7 +77,12 @@ class HttpApi:
             Route("/", self.index),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
-        return Starlette(routes=routes, exception_handlers={HTTPException: self._http_exception})
+        middleware = []
+        if self.keys is not None:
+            middleware.append(Middleware(ApiKeyMiddleware, keys=self.keys, metrics=self.core.metrics))
+        return Starlette(
+            routes=routes, middleware=middleware, exception_handlers={HTTPException: self._http_exception}
+        )
 
     # --- the API ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from attnserve.errors import SetupError
 from attnserve.settings import GatewaySettings
 
 from ..gateway.core import GatewayCore
+from ..gateway.security import tls_material
 from .routes import HttpApi
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class HttpFront:
         except OSError as exc:
             sock.close()
             raise SetupError(f"the HTTP API cannot listen on {host}:{port}: {exc.strerror}") from None
+        tls = tls_material(self.settings)
         config = uvicorn.Config(
             self.api.app(),
             lifespan="off",
@@ -62,6 +65,10 @@ class HttpFront:
             log_level="warning",
             timeout_graceful_shutdown=max(math.ceil(grace_s), 1),
             server_header=False,
+            ssl_certfile=None if tls is None else tls.cert_file,
+            ssl_keyfile=None if tls is None else tls.key_file,
+            ssl_ca_certs=None if tls is None or tls.client_ca_file is None else str(tls.client_ca_file),
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls is not None and tls.client_ca_file else ssl.CERT_NONE,
         )
         server = _EmbeddedServer(config)
         self._task = asyncio.create_task(server.serve(sockets=[sock]), name="http-front")

@@ -13,9 +13,15 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
-async function getJson(url, options) {
-  const response = await fetch(url, options);
+async function getJson(url, options = {}) {
+  const key = sessionStorage.getItem("attnserve-api-key");
+  const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+  const response = await fetch(url, { ...options, headers });
   const body = await response.json().catch(() => ({ message: response.statusText }));
+  if (response.status === 401) {
+    $("key-box").hidden = false;
+    $("api-key").focus();
+  }
   if (!response.ok) throw new Error(`${response.status}: ${body.message || response.statusText}`);
   return body;
 }
@@ -244,6 +250,10 @@ function drawChannels(map) {
 }
 
 function wire() {
+  $("api-key").addEventListener("change", (event) => {
+    sessionStorage.setItem("attnserve-api-key", event.target.value.trim());
+    loadModels().then(() => setStatus("")).catch((error) => setStatus(error.message, true));
+  });
   $("model").addEventListener("change", () => {
     describeModel();
     if (state.blob) predictBlob(state.blob);
