@@ -73,6 +73,10 @@ class GatewaySettings(BaseModel):
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+    max_image_side: int = Field(16_384, gt=0, description="each side of an image, in pixels")
+    max_decoded_image_bytes: int = Field(
+        256 * 2**20, gt=0, description="an image's decoded raster (16-bit and float images cost more)"
+    )
     max_in_flight: int = Field(64, gt=0, description="requests beyond this get RESOURCE_EXHAUSTED")
     max_top_k: int = Field(100, gt=0)
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC request or response")

@@ -149,6 +149,7 @@ def test_float_images_with_nan_decode_without_warnings() -> None:
         (b"\x00" * 5_000_001, "limit"),
         (_png_declaring(30_000, 30_000), "900,000,000 pixels"),
         (encode(spot_image(8, 8, 2, 2), "GIF"), "GIF images are not supported"),
+        (_png_declaring(40_000, 1), "at most 16,384 pixels"),
         (_frames("TIFF"), "3 frames"),
         (_frames("PNG"), "3 frames"),
         (encode(Image.new("LAB", (20, 16), (50, 0, 0)), "TIFF"), "LAB images cannot be read"),
@@ -160,6 +161,7 @@ def test_float_images_with_nan_decode_without_warnings() -> None:
         "too-many-bytes",
         "decompression-bomb",
         "gif",
+        "one-long-side",
         "multi-page-tiff",
         "apng",
         "lab-tiff",
@@ -190,3 +192,11 @@ def test_rgb_models_get_three_normalised_channels() -> None:
     np.testing.assert_allclose(
         prepared.tensor[:, 10, 10], [(1 - 0.5) / 0.25, -0.5 / 0.25, (128 / 255 - 0.5) / 0.25], atol=1e-5
     )
+
+
+def test_decoded_size_is_bounded_from_the_header() -> None:
+    limits = ImageLimits(max_bytes=50_000_000, max_pixels=40_000_000, max_decoded_bytes=1_000_000)
+    wide = encode(Image.new("I;16", (1000, 600)), "PNG")
+    with pytest.raises(InvalidInput, match="decodes to 1 MiB"):
+        preprocess_image(wide, GRAY, limits)
+    assert preprocess_image(encode(Image.new("L", (1000, 600)), "PNG"), GRAY, limits).tensor.shape[0] == 1

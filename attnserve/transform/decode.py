@@ -31,6 +31,16 @@ Image.MAX_IMAGE_PIXELS = None
 class ImageLimits:
     max_bytes: int
     max_pixels: int
+    max_side: int = 16_384
+    """Each side: memory for maps and overlays grows with a side, not only with the area."""
+    max_decoded_bytes: int = 256 * 2**20
+    """The decoded raster (area × bands × bytes per band: 16-bit and float images cost more)."""
+
+
+# Decoded bytes per pixel of Pillow's modes; others count as 4.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3,
+                    "HSV": 3, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "RGBA": 4, "RGBa": 4,
+                    "CMYK": 4, "RGBX": 4, "I": 4, "F": 4}  # fmt: skip
 
 
 @dataclass
@@ -40,6 +50,30 @@ class DecodedImage:
     format: str
     size: tuple[int, int]
     """(width, height) of the full-resolution, oriented image: the coordinates answers use."""
+
+
+def check_header(image: Image.Image, image_format: str, limits: ImageLimits) -> None:
+    """What the header alone says is refused: several frames, no pixels, too large."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise InvalidInput(
+            f"the {image_format} holds {frames} frames (an animation or a multi-page file); send one image"
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInput(f"the image has no pixels ({width}×{height})")
+    if width * height > limits.max_pixels:
+        raise TooLarge(
+            f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}"
+        )
+    if max(width, height) > limits.max_side:
+        raise TooLarge(f"the image is {width}×{height}; each side may be at most {limits.max_side:,} pixels")
+    decoded = width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
+    if decoded > limits.max_decoded_bytes:
+        raise TooLarge(
+            f"the {width}×{height} {image.mode} image decodes to {decoded / 2**20:.0f} MiB; the limit is "
+            f"{limits.max_decoded_bytes / 2**20:.0f} MiB (send 8-bit pixels or a smaller image)"
+        )
 
 
 def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | None = None) -> DecodedImage:
@@ -65,18 +99,8 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
     if image_format not in SUPPORTED_FORMATS:
         supported = ", ".join(SUPPORTED_FORMATS)
         raise UnsupportedMedia(f"{image_format} images are not supported; send {supported}")
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        raise InvalidInput(
-            f"the {image_format} holds {frames} frames (an animation or a multi-page file); send one image"
-        )
+    check_header(image, image_format, limits)
     width, height = image.size
-    if width < 1 or height < 1:
-        raise InvalidInput(f"the image has no pixels ({width}×{height})")
-    if width * height > limits.max_pixels:
-        raise TooLarge(
-            f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}"
-        )
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, ValueError, SyntaxError):
@@ -101,11 +125,11 @@ def to_color_mode(image: Image.Image, color_mode: ColorMode, background: float) 
     ``background`` (the model's padding grey level), not dropped to black-or-garbage.
     """
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image, dtype=np.float32)
         full_scale = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     elif image.mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
         image = Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:

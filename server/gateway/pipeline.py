@@ -113,7 +113,12 @@ class Pipeline:
         self.catalog = catalog
         self.backend = backend
         self.metrics = metrics
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.limits = ImageLimits(
+            settings.max_image_bytes,
+            settings.max_image_pixels,
+            settings.max_image_side,
+            settings.max_decoded_image_bytes,
+        )
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="attnserve-cpu")
         self._in_flight = 0
 
