@@ -180,3 +180,15 @@ def test_unknown_model_versions_are_not_found(fake: tuple[GatewayThread, FakeBac
     thread, _ = fake
     with Client(thread.address) as client, pytest.raises(ModelNotFound, match="no version '999'; served: 1"):
         client.predict(png(), model_version="999")
+
+
+def test_too_little_time_left_is_refused_before_decoding(fake: tuple[GatewayThread, FakeBackend]) -> None:
+    from attnserve.errors import DeadlineExceeded
+    from attnserve.prediction import PredictionRequest
+
+    thread, backend = fake
+    calls = len(backend.calls)
+    request = PredictionRequest(image=png())
+    with pytest.raises(DeadlineExceeded, match="nothing was decoded"):
+        thread.call(thread.gateway.core.predict(request, deadline_s=0.0005))
+    assert len(backend.calls) == calls

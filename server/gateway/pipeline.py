@@ -101,6 +101,10 @@ def check_response_size(
         )
 
 
+MIN_DEADLINE_S = 0.002
+"""A call with less time left is refused at once: no decoding, nothing sent to Triton."""
+
+
 class Pipeline:
     def __init__(
         self,
@@ -136,6 +140,11 @@ class Pipeline:
         ``deadline_s`` is the caller's remaining time; ``response_limit_bytes`` the largest
         answer the calling front can send.
         """
+        if deadline_s is not None and deadline_s < MIN_DEADLINE_S:
+            raise DeadlineExceeded(
+                f"the deadline leaves {max(deadline_s, 0) * 1e3:.1f} ms, too little to predict; "
+                "nothing was decoded"
+            )
         if self._in_flight >= self.settings.max_in_flight:
             limit = self.settings.max_in_flight
             raise Overloaded(f"{self._in_flight} predictions are in flight (limit {limit}); retry shortly")
