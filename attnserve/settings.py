@@ -52,6 +52,11 @@ class TritonSettings(BaseModel):
         description="the Python backend stub's environment; its numpy must be < 2",
     )
     startup_timeout_s: float = Field(120.0, gt=0)
+    restart_backoff_s: tuple[float, ...] = Field(
+        (1.0, 2.0, 4.0, 8.0, 16.0),
+        description="`attnserve serve` restarts a Triton that died after these waits, one per "
+        "attempt in a row; when they are used up it exits non-zero (a supervisor takes over)",
+    )
     log_verbose: int = Field(0, ge=0)
 
     @property

@@ -2,15 +2,19 @@
 
 SIGINT and SIGTERM stop them cleanly: the gateway drains (health NOT_SERVING, in-flight
 requests get their grace period), then Triton and its stubs stop. If Triton dies while
-serving, ``serve`` stops too and exits non-zero, so a supervisor can restart the pair.
+serving, ``serve`` restarts it with backoff (the gateway stays up, NOT_SERVING meanwhile) and
+removes the shared memory it left; when the restarts in a row are used up it exits non-zero,
+so a supervisor can take over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
+import time
 
 from attnserve.errors import SetupError
 from attnserve.settings import Settings
@@ -54,20 +58,73 @@ async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> No
         print(f"attnserve gateway listening on {host}:{gateway.port} (gRPC)", flush=True)
         if gateway.http_port is not None:
             print(f"HTTP API and web page: http://{host}:{gateway.http_port}/", flush=True)
+        supervisor = None if triton is None else TritonSupervisor(triton, settings, gateway)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
-            if triton is not None and (triton.process is None or triton.process.poll() is not None):
-                failure = SetupError("tritonserver exited unexpectedly:\n" + triton.log_tail())
-                break
+            if supervisor is not None and not stop.is_set():
+                failure = await supervisor.check(stop)
+                if failure is not None:
+                    break
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await gateway.stop()
     if failure is not None:
         raise failure
+
+
+class TritonSupervisor:
+    """Restarts the local Triton when it dies, with backoff; the gateway stays up meanwhile
+    (health NOT_SERVING, calls UNAVAILABLE at once) and serves again once Triton is ready."""
+
+    STABLE_S = 60.0
+    """Up this long, a Triton's earlier crashes are forgiven."""
+
+    def __init__(self, triton: TritonProcess, settings: Settings, gateway: Gateway) -> None:
+        self.triton = triton
+        self.backoff_s = settings.triton.restart_backoff_s
+        self.metrics = gateway.core.metrics
+        self.failures = 0
+        self.up_since = time.monotonic()
+
+    async def check(self, stop: asyncio.Event) -> SetupError | None:
+        """One look at Triton; restarts it if it died. A `SetupError` when restarts are used up."""
+        process = self.triton.process
+        if process is not None and process.poll() is None:
+            if self.failures and time.monotonic() - self.up_since > self.STABLE_S:
+                self.failures = 0
+            return None
+        code = None if process is None else process.returncode
+        tail = self.triton.log_tail()
+        self.triton.stop()  # whatever is left of it, and its shared memory
+        if self.failures >= len(self.backoff_s):
+            return SetupError(
+                f"tritonserver exited unexpectedly (code {code}) after {self.failures} restarts in a row; "
+                f"giving up:\n{tail}"
+            )
+        delay = self.backoff_s[self.failures]
+        self.failures += 1
+        log.error(
+            "tritonserver exited unexpectedly (code %s); restarting it in %.1f s (attempt %d of %d)\n%s",
+            code, delay, self.failures, len(self.backoff_s), tail,
+        )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        if stop.is_set():
+            return None
+        self.metrics.triton_restarts.inc()
+        try:
+            await asyncio.to_thread(self.triton.start)
+        except SetupError as exc:
+            log.error("restarting tritonserver failed: %s", exc)
+            return None
+        self.up_since = time.monotonic()
+        log.warning(
+            "tritonserver restarted (pid %s)",
+            None if self.triton.process is None else self.triton.process.pid,
+        )
+        return None
 
 
 def run_gateway(settings: Settings) -> None:

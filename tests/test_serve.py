@@ -1,6 +1,7 @@
 """`attnserve serve` and `attnserve triton` as a user runs them: foreground, stopped by signals."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from attnserve._net import free_port
 from attnserve.clients import Client
+from attnserve.errors import ModelNotReady, Unavailable
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -66,15 +68,65 @@ def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_sig
     assert "Traceback" not in log.read_text()
 
 
-def test_serve_exits_non_zero_when_triton_dies(tmp_path: Path) -> None:
-    process, grpc_port, _, log = start_serving(tmp_path)
-    (triton_pid,) = subprocess.run(
+def triton_pid(grpc_port: int) -> int:
+    found = subprocess.run(
         ["pgrep", "-f", f"tritonserver.*grpc-port={grpc_port}"], capture_output=True, text=True
-    ).stdout.split()
-    os.kill(int(triton_pid), signal.SIGKILL)
+    )
+    (pid,) = found.stdout.split()
+    return int(pid)
+
+
+def shared_memory_of(grpc_port: int) -> list[str]:
+    return [p.name for p in Path("/dev/shm").glob(f"attnserve_triton_{grpc_port}_*")]
+
+
+def test_serve_restarts_triton_when_it_dies_and_keeps_the_gateway_up(tmp_path: Path) -> None:
+    process, grpc_port, address, log = start_serving(tmp_path)
+    sample = Path("docs/samples/digit.png").resolve()
+    assert shared_memory_of(grpc_port), "the Python backend's regions carry this Triton's prefix"
+    first = triton_pid(grpc_port)
+    os.kill(first, signal.SIGKILL)
+    with Client(address, timeout_s=10) as client:
+        wait_for(lambda: client.health() == "NOT_SERVING", process, log, timeout_s=5)
+        outage: list[float] = []
+        for _ in range(5):
+            started = time.perf_counter()
+            with pytest.raises((Unavailable, ModelNotReady)) as refused:
+                client.predict(sample)
+            outage.append(time.perf_counter() - started)
+            assert "127.0.0.1" not in str(refused.value), "outage errors do not reveal Triton's address"
+        wait_for(lambda: client.health() == "SERVING", process, log, timeout_s=120)
+        assert client.predict(sample).predictions[0].label == "6"
+    assert triton_pid(grpc_port) != first
+    text = log.read_text()
+    assert "restarting it in" in text and "tritonserver restarted" in text
+    assert "removed" in text and "shared-memory regions" in text
+    print(f"calls during the outage answered in {max(outage) * 1e3:.0f} ms at most")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, text
+    assert processes_mentioning(f"grpc-port={grpc_port}") == []
+    assert shared_memory_of(grpc_port) == []
+
+
+def test_serve_gives_up_when_triton_keeps_dying(tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(Path("model_repository/cbam"), repository / "cbam")
+    grpc_port, gateway_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    args = ["serve", f"--repository={repository}", f"--http-port={free_port()}",
+            f"--grpc-port={grpc_port}", f"--metrics-port={free_port()}", "--gateway-metrics-port=0",
+            f"--port={gateway_port}"]  # fmt: skip
+    with open(log, "wb") as out:
+        env = {**os.environ, "ATTNSERVE_TRITON__RESTART_BACKOFF_S": "[0.2, 0.2]"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "attnserve", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    with Client(f"127.0.0.1:{gateway_port}") as client:
+        wait_for(lambda: client.health() == "SERVING", process, log)
+    shutil.rmtree(repository)  # every restart now fails
+    os.kill(triton_pid(grpc_port), signal.SIGKILL)
     assert process.wait(timeout=60) == 1
-    assert "tritonserver exited unexpectedly" in log.read_text()
-    time.sleep(1)
+    assert "after 2 restarts in a row; giving up" in log.read_text()
     assert processes_mentioning(f"grpc-port={grpc_port}") == []
 
 

@@ -51,6 +51,11 @@ class GatewayMetrics:
         self.triton_ready = Gauge(
             "attnserve_triton_ready", "1 when Triton answers ready, else 0", registry=self.registry
         )
+        self.triton_restarts = Counter(
+            "attnserve_triton_restarts",
+            "Times `attnserve serve` restarted its local Triton after it died",
+            registry=self.registry,
+        )
         self.models_ready = Gauge(
             "attnserve_models_ready", "Models the gateway can serve now", registry=self.registry
         )

@@ -40,7 +40,9 @@ def error_from_triton(exc: InferenceServerException, what: str) -> AttnserveErro
     status = (exc.status() or "").removeprefix("StatusCode.")
     message = f"{what}: {exc.message()}"
     if status == "UNAVAILABLE":
-        return Unavailable(f"Triton is unavailable ({message}); retry when the gateway is SERVING")
+        # the details name Triton's internal address: they go to the log, not to the caller
+        log.info("Triton is unavailable: %s", message)
+        return Unavailable("Triton is unavailable; retry when the gateway is SERVING")
     if status == "DEADLINE_EXCEEDED":
         return DeadlineExceeded(f"Triton did not answer in time ({message})")
     if status == "RESOURCE_EXHAUSTED":

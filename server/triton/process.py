@@ -80,6 +80,7 @@ class TritonProcess:
         instead of attnserve's own; the local backend directory, addresses and ports follow."""
         self.settings = settings
         self.log_path = log_path or settings.runtime_dir / "logs" / f"tritonserver-{settings.grpc_port}.log"
+        self.shm_prefix = f"attnserve_triton_{settings.grpc_port}_"
         self.server_args = list(server_args) if server_args is not None else self.default_server_args()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,6 +89,9 @@ class TritonProcess:
         return [
             f"--model-repository={s.model_repository.resolve()}",
             "--model-control-mode=none",
+            # our own prefix for the Python backend's shared-memory regions, so that what a
+            # crashed Triton leaves in /dev/shm can be found and removed (`stop`)
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
             "--exit-timeout-secs=5",
@@ -198,6 +202,18 @@ class TritonProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        self.remove_shared_memory()
+
+    def remove_shared_memory(self, folder: Path = Path("/dev/shm")) -> int:
+        """Removes the shared-memory regions this Triton left (after a crash); returns how many."""
+        removed = 0
+        for region in folder.glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
+                removed += 1
+        if removed:
+            log.warning("removed %d shared-memory regions tritonserver left in %s", removed, folder)
+        return removed
 
     def __enter__(self) -> TritonProcess:
         self.start()
