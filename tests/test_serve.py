@@ -178,3 +178,59 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
         "stop what uses it or choose another port"
     )
     assert output[-1] == expected
+
+
+def test_sigterm_under_load_drains_in_flight_work_and_refuses_the_rest(tmp_path: Path) -> None:
+    import threading
+
+    from attnserve.clients import HttpClient
+    from attnserve.errors import AttnserveError
+
+    http_port = free_port()
+    grpc_port, gateway_port = free_port(), free_port()
+    args = ["serve", f"--http-port={free_port()}", f"--grpc-port={grpc_port}",
+            f"--metrics-port={free_port()}", "--gateway-metrics-port=0", f"--port={gateway_port}",
+            f"--gateway-http-port={http_port}"]  # fmt: skip
+    log = tmp_path / "serve.log"
+    process = start(args, log)
+    address = f"127.0.0.1:{gateway_port}"
+    with Client(address) as client:
+        wait_for(lambda: client.health() == "SERVING", process, log)
+    sample = Path("docs/samples/digit.png").read_bytes()
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def load(make_client: object) -> None:
+        with make_client() as client:  # type: ignore[operator]
+            while not stop.is_set():
+                try:
+                    client.predict(sample, maps=["primary"], forms=["overlay_png"])
+                    outcomes.append("ok")
+                except AttnserveError as exc:
+                    outcomes.append(type(exc).__name__)
+                    time.sleep(0.05)
+
+    workers = [threading.Thread(target=load, args=(lambda: Client(address, timeout_s=10),)) for _ in range(3)]
+    workers.append(threading.Thread(target=load, args=(lambda: HttpClient(f"http://127.0.0.1:{http_port}"),)))
+    for worker in workers:
+        worker.start()
+    time.sleep(2.0)
+    served_before = outcomes.count("ok")
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    exited_after = time.monotonic() - signalled
+    time.sleep(0.5)
+    stop.set()
+    for worker in workers:
+        worker.join(30)
+    text = log.read_text()
+    assert code == 0, text
+    assert served_before > 0
+    failures = {o for o in outcomes if o != "ok"}
+    assert failures <= {"Unavailable"}, f"only refusals after SIGTERM, never INTERNAL: {failures}"
+    assert "Traceback" not in text
+    assert processes_mentioning(f"grpc-port={grpc_port}") == []
+    assert shared_memory_of(grpc_port) == []
+    print(f"{served_before} answers before SIGTERM; exit {exited_after:.1f} s after it; {set(outcomes)}")
+    assert exited_after < 5.0 + 10.0, "the drain (5 s) and Triton's exit timeout bound the stop"
