@@ -18,6 +18,7 @@ from attnserve.errors import (
     InvalidInput,
     ModelNotFound,
     Overloaded,
+    TooLarge,
     Unauthenticated,
     Unavailable,
     UpstreamError,
@@ -105,6 +106,8 @@ CHANNEL_OPTIONS = [
 def error_from_rpc(error: grpc.RpcError, address: str) -> AttnserveError:
     code = error.code()
     details = error.details() or code.name
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        return TooLarge(f"the request is larger than the gateway accepts ({details})")
     if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "refused" in details.lower()):
         return Unavailable(f"cannot reach the attnserve gateway at {address} (is `attnserve serve` running?)")
     return _ERRORS.get(code, UpstreamError)(f"{code.name}: {details}")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from attnserve.clients import AsyncClient, Client
 from attnserve.codec import tensor_to_proto
-from attnserve.errors import InvalidInput, ModelNotFound, Unavailable
+from attnserve.errors import InvalidInput, ModelNotFound, TooLarge, Unavailable
 from attnserve.export.data import ClutteredDigits, as_photo
 from attnserve.prediction import Prediction
 from attnserve.server.triton import TritonProcess
@@ -247,6 +247,8 @@ def test_limits_on_bytes_and_pixels(gateway: GatewayThread, client: Client) -> N
     limits = gateway.settings.gateway
     with pytest.raises(InvalidInput, match="limit"):
         client.predict(b"\x89PNG" + b"\x00" * limits.max_image_bytes)
+    with pytest.raises(TooLarge, match="larger than max"):  # refused by gRPC before any parsing
+        client.predict(b"\x89PNG" + b"\x00" * (limits.max_image_bytes + 5 * 2**20))
     side = int(np.sqrt(limits.max_image_pixels)) + 10
     bomb = io.BytesIO()
     Image.new("1", (side, side)).save(bomb, format="PNG")  # a few kB that would decode to 40+ MP

@@ -29,6 +29,9 @@ from .servicer import AttentionService
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AttentionService"].full_name
+REQUEST_OVERHEAD_BYTES = 4 * 2**20
+MAX_CONCURRENT_STREAMS = 128
+"""Per connection; the in-flight cap (`max_in_flight`) still bounds the work across all."""
 
 
 class GrpcFront:
@@ -57,11 +60,16 @@ class GrpcFront:
         keys = api_keys(self.settings)
         if keys is not None:
             interceptors.append(AuthInterceptor(keys))
+        # A request is an image (or a tensor) and a few options: gRPC refuses anything much larger
+        # before parsing it, so oversized requests cost no memory (an image just over the limit
+        # still gets the gateway's own clear message). Answers may be larger (UPSAMPLED maps).
+        receive_limit = min(limit, self.settings.max_image_bytes + REQUEST_OVERHEAD_BYTES)
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_receive_message_length", receive_limit),
                 ("grpc.max_send_message_length", limit),
+                ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
                 ("grpc.so_reuseport", 0),
             ],
         )

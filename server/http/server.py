@@ -65,6 +65,9 @@ class HttpFront:
             log_level="warning",
             timeout_graceful_shutdown=max(math.ceil(grace_s), 1),
             server_header=False,
+            # connections and tasks beyond this get 503 from uvicorn before any body is read;
+            # the core's in-flight cap (429) applies first in normal overload
+            limit_concurrency=4 * self.settings.max_in_flight,
             ssl_certfile=None if tls is None else tls.cert_file,
             ssl_keyfile=None if tls is None else tls.key_file,
             ssl_ca_certs=None if tls is None or tls.client_ca_file is None else str(tls.client_ca_file),
