@@ -106,6 +106,8 @@ CHANNEL_OPTIONS = [
 def error_from_rpc(error: grpc.RpcError, address: str) -> AttnserveError:
     code = error.code()
     details = error.details() or code.name
+    if code == grpc.StatusCode.CANCELLED:  # this client never cancels: the gateway did (stopping)
+        return Unavailable(f"the gateway cancelled the call (it may be stopping); retry ({details})")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
         return TooLarge(f"the request is larger than the gateway accepts ({details})")
     if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "refused" in details.lower()):

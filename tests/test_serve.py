@@ -199,6 +199,7 @@ def test_sigterm_under_load_drains_in_flight_work_and_refuses_the_rest(tmp_path:
     sample = Path("docs/samples/digit.png").read_bytes()
     stop = threading.Event()
     outcomes: list[str] = []
+    details: list[str] = []
 
     def load(make_client: object) -> None:
         with make_client() as client:  # type: ignore[operator]
@@ -208,6 +209,8 @@ def test_sigterm_under_load_drains_in_flight_work_and_refuses_the_rest(tmp_path:
                     outcomes.append("ok")
                 except AttnserveError as exc:
                     outcomes.append(type(exc).__name__)
+                    if not isinstance(exc, Unavailable):
+                        details.append(f"{type(client).__name__}: {exc}")
                     time.sleep(0.05)
 
     workers = [threading.Thread(target=load, args=(lambda: Client(address, timeout_s=10),)) for _ in range(3)]
@@ -227,10 +230,17 @@ def test_sigterm_under_load_drains_in_flight_work_and_refuses_the_rest(tmp_path:
     text = log.read_text()
     assert code == 0, text
     assert served_before > 0
+    # the gateway's own code never failed: no unexpected exception, no INTERNAL of ours
+    assert "Traceback" not in text and "failed unexpectedly" not in text, text
+    assert not [d for d in details if "the gateway log has the details" in d], details
+    # refusals after SIGTERM are UNAVAILABLE; a call racing the socket's close may instead see the
+    # transport's own reset (seen once in CI, as UpstreamError): tolerated, and shown
     failures = {o for o in outcomes if o != "ok"}
-    assert failures <= {"Unavailable"}, f"only refusals after SIGTERM, never INTERNAL: {failures}"
-    assert "Traceback" not in text
+    assert failures <= {"Unavailable", "UpstreamError"}, details
+    assert outcomes.count("UpstreamError") <= 2, details
     assert processes_mentioning(f"grpc-port={grpc_port}") == []
     assert shared_memory_of(grpc_port) == []
-    print(f"{served_before} answers before SIGTERM; exit {exited_after:.1f} s after it; {set(outcomes)}")
+    print(
+        f"{served_before} answers before SIGTERM; exit {exited_after:.1f} s after; {set(outcomes)} {details}"
+    )
     assert exited_after < 5.0 + 10.0, "the drain (5 s) and Triton's exit timeout bound the stop"
