@@ -103,8 +103,11 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
     write_file(overlay, encode_figure(tiles))
     print(f"\nwrote {overlay}: the primary attention of {len(names)} models, side by side")
     print(f"open {overlay} to see where each model looked.")
+    command = Path(sys.executable).parent / "attnserve"
+    if Path.cwd() in command.parents:
+        command = command.relative_to(Path.cwd())
     print(
-        f"to try your own images in a browser: {Path(sys.executable).parent / 'attnserve'} serve, "
+        f"to try your own images in a browser: {command} serve, "
         f"then open http://127.0.0.1:{settings.gateway.http_port}/"
     )
     return 0
