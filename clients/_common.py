@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import numpy as np
@@ -73,6 +73,12 @@ class Credentials:
 
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
         return None if self.api_key is None else (("authorization", f"Bearer {self.api_key}"),)
+
+    def channel(self, api: Any, address: str) -> Any:
+        """A channel to ``address`` from ``api`` (`grpc` or `grpc.aio`): TLS when asked."""
+        if self.uses_tls:
+            return api.secure_channel(address, self.grpc_credentials(), options=CHANNEL_OPTIONS)
+        return api.insecure_channel(address, options=CHANNEL_OPTIONS)
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
         def read(path: Path | None) -> bytes | None:

@@ -24,7 +24,6 @@ from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ._common import (
-    CHANNEL_OPTIONS,
     NO_CREDENTIALS,
     Credentials,
     ImageLike,
@@ -50,12 +49,7 @@ class Client:
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = credentials.metadata()
-        if credentials.uses_tls:
-            self._channel = grpc.secure_channel(
-                address, credentials.grpc_credentials(), options=CHANNEL_OPTIONS
-            )
-        else:
-            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel: grpc.Channel = credentials.channel(grpc, address)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -148,12 +142,7 @@ class AsyncClient:
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = credentials.metadata()
-        if credentials.uses_tls:
-            self._channel = grpc.aio.secure_channel(
-                address, credentials.grpc_credentials(), options=CHANNEL_OPTIONS
-            )
-        else:
-            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel: grpc.aio.Channel = credentials.channel(grpc.aio, address)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

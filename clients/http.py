@@ -81,8 +81,11 @@ def _not_serving(address: str, timeout_s: float, status: str) -> Unavailable:
     return Unavailable(f"the gateway at {address} is not SERVING after {timeout_s:.0f} s ({status})")
 
 
-def _predict_path(message: pb.PredictRequest) -> str:
-    return f"/v1/models/{message.model}:predict" if message.model else "/v1/predict"
+def _predict_call(message: pb.PredictRequest, timeout_s: float | None) -> tuple[str, dict[str, Any]]:
+    """The path and request options of one prediction: the JSON mapping, the deadline header."""
+    path = f"/v1/models/{message.model}:predict" if message.model else "/v1/predict"
+    headers = {} if timeout_s is None else {"X-Request-Timeout": str(timeout_s)}
+    return path, {"json": codec.message_to_json(message), "headers": headers}
 
 
 def _json(response: httpx.Response) -> Any:
@@ -108,10 +111,8 @@ class HttpClient:
             raise _unreachable(self.address, exc) from None
 
     def _predict(self, message: pb.PredictRequest) -> Prediction:
-        headers = {} if self.timeout_s is None else {"X-Request-Timeout": str(self.timeout_s)}
-        path = _predict_path(message)
-        data = self._call("POST", path, json=codec.message_to_json(message), headers=headers)
-        return codec.prediction_from_json(data)
+        path, options = _predict_call(message, self.timeout_s)
+        return codec.prediction_from_json(self._call("POST", path, **options))
 
     def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         """One image (bytes, a path or a float32 tensor) → classes and attention (see `PredictOptions`)."""
@@ -183,10 +184,8 @@ class AsyncHttpClient:
             raise _unreachable(self.address, exc) from None
 
     async def _predict(self, message: pb.PredictRequest) -> Prediction:
-        headers = {} if self.timeout_s is None else {"X-Request-Timeout": str(self.timeout_s)}
-        path = _predict_path(message)
-        data = await self._call("POST", path, json=codec.message_to_json(message), headers=headers)
-        return codec.prediction_from_json(data)
+        path, options = _predict_call(message, self.timeout_s)
+        return codec.prediction_from_json(await self._call("POST", path, **options))
 
     async def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         return await self._predict(build_request(image, **options))

@@ -20,6 +20,7 @@ from attnserve.settings import SAMPLES_DIR, Settings
 
 from .gateway.backend import InferenceBackend
 from .gateway.core import GatewayCore
+from .gateway.security import Security
 from .grpc import GrpcFront
 from .http import HttpFront
 
@@ -30,8 +31,11 @@ class Gateway:
     def __init__(self, settings: Settings, backend: InferenceBackend | None = None) -> None:
         self.settings = settings
         self.core = GatewayCore(settings, backend)
-        self.grpc = GrpcFront(self.core, settings.gateway)
-        self.http = HttpFront(self.core, settings.gateway, SAMPLES_DIR) if settings.gateway.http else None
+        security = Security.load(settings.gateway)
+        self.grpc = GrpcFront(self.core, settings.gateway, security)
+        self.http = (
+            HttpFront(self.core, settings.gateway, SAMPLES_DIR, security) if settings.gateway.http else None
+        )
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,6 +50,26 @@ class GapLinearClassifier(Protocol):
     def forward_features(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The feature map the head pools (B×C×h×w) and the attention maps by name."""
         ...
+
+
+def pooled_logits(features: Tensor, classifier: nn.Linear) -> Tensor:
+    """The GAP + linear head: B×C×h×w features → B×K logits."""
+    return classifier(torch.mean(features, dim=(2, 3)))
+
+
+class GapLinearNet(nn.Module):
+    """Base of our classifiers with a GAP + linear head: they define `forward_features` and
+    `classifier`; `forward` is the head over the features, with the attention maps beside it."""
+
+    global_pool = "avg"
+    classifier: nn.Linear
+
+    def forward_features(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        features, attention = self.forward_features(images)
+        return {"logits": pooled_logits(features, self.classifier), **attention}
 
 
 def has_gap_linear_head(model: nn.Module) -> bool:

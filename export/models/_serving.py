@@ -8,12 +8,18 @@ by name itself.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from attnserve.spec import ModelSpec
 
-from ._cam import CAM_OUTPUT, CAM_SPEC, GapLinearClassifier, class_activation_maps, has_gap_linear_head
+from ._cam import (
+    CAM_OUTPUT,
+    CAM_SPEC,
+    GapLinearClassifier,
+    class_activation_maps,
+    has_gap_linear_head,
+    pooled_logits,
+)
 
 
 def serving_spec(spec: ModelSpec, model: nn.Module) -> ModelSpec:
@@ -45,7 +51,7 @@ class ServingGraph(nn.Module):
             return result
         assert isinstance(model, GapLinearClassifier)
         features, attention = model.forward_features(images)
-        logits = model.classifier(torch.mean(features, dim=(2, 3)))
+        logits = pooled_logits(features, model.classifier)
         outputs = {self.spec.logits_name: logits, **attention}
         if self.with_cam:
             outputs[CAM_OUTPUT] = class_activation_maps(features, model.classifier)

@@ -27,6 +27,7 @@ from attnserve.spec import (
 )
 
 from ..data import digit_labels, digit_preprocess
+from ._cam import GapLinearNet
 from ._layers import conv_bn
 from ._registry import register_model
 from ._training import TrainingRecipe
@@ -114,15 +115,13 @@ class CBAMStage(nn.Module):
         return output, spatial_map, channel_weights
 
 
-class CBAMNet(nn.Module):
+class CBAMNet(GapLinearNet):
     """Stem (stride 2) → three CBAM stages → global average pooling → linear.
 
     ``forward`` returns every output by name: ``logits``, ``spatial_stage{i}`` (B×h×w),
     ``channel_stage{i}`` (B×C) and ``spatial_product`` (the product of the stages' spatial
     maps at the first stage's resolution, B×h×w).
     """
-
-    global_pool = "avg"
 
     def __init__(
         self,
@@ -165,11 +164,6 @@ class CBAMNet(nn.Module):
             spatial_maps.append(spatial_map)
         attention["spatial_product"] = _product_of_maps(spatial_maps)
         return features, attention
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        features, attention = self.forward_features(images)
-        logits = self.classifier(torch.mean(features, dim=(2, 3)))
-        return {"logits": logits, **attention}
 
 
 def _product_of_maps(maps: list[Tensor]) -> Tensor:

@@ -24,6 +24,7 @@ from attnserve.spec import (
 )
 
 from ..data import digit_labels, digit_preprocess
+from ._cam import GapLinearNet
 from ._layers import ResidualBlock, stem
 from ._registry import register_model
 from ._training import TrainingRecipe
@@ -75,11 +76,9 @@ class AttentionModule(nn.Module):
         return (1.0 + mask) * self.trunk(features), mask
 
 
-class ResidualAttentionNet(nn.Module):
+class ResidualAttentionNet(GapLinearNet):
     """Stem (stride 2) → attention module → down → attention module → down → attention module
     → global average pooling → linear. Masks at 32×32, 16×16 and 8×8."""
-
-    global_pool = "avg"
 
     def __init__(
         self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int, int] = (32, 64, 128)
@@ -110,10 +109,6 @@ class ResidualAttentionNet(nn.Module):
             if index <= len(self.downs):
                 features = self.downs[index - 1](features)
         return features, attention
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        features, attention = self.forward_features(images)
-        return {"logits": self.classifier(torch.mean(features, dim=(2, 3))), **attention}
 
 
 _MASK_SPECS = tuple(

@@ -20,6 +20,7 @@ from attnserve.spec import (
 )
 
 from ..data import digit_labels, digit_preprocess
+from ._cam import GapLinearNet
 from ._layers import ResidualBlock, stem
 from ._registry import register_model
 from ._training import TrainingRecipe
@@ -52,10 +53,8 @@ class SEBlock(ResidualBlock):
         return output, weights
 
 
-class SENet(nn.Module):
+class SENet(GapLinearNet):
     """Stem (stride 2) → three SE residual stages → global average pooling → linear."""
-
-    global_pool = "avg"
 
     def __init__(
         self,
@@ -89,10 +88,6 @@ class SENet(nn.Module):
             assert isinstance(block, SEBlock)
             features, attention[f"se_stage{index}"] = block.forward_with_weights(features)
         return features, attention
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        features, attention = self.forward_features(images)
-        return {"logits": self.classifier(torch.mean(features, dim=(2, 3))), **attention}
 
 
 _SE_SPECS = tuple(

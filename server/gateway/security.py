@@ -1,4 +1,5 @@
-"""Who may call the gateway: API keys and TLS material, read once, used by every front.
+"""Who may call the gateway: API keys and TLS material, read once (`Security.load`), used by
+every front.
 
 Keys come from a file (one per line, ``#`` comments; a secret does not belong in an argument
 list or an image layer). A request presents one as ``authorization: Bearer KEY`` or
@@ -67,19 +68,30 @@ class TlsMaterial:
     client_ca_file: Path | None
 
 
-def tls_material(settings: GatewaySettings) -> TlsMaterial | None:
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    client_ca = settings.tls_client_ca_file
-    return TlsMaterial(
-        _read(settings.tls_cert_file, "TLS certificate"),
-        _read(settings.tls_key_file, "TLS private key"),
-        None if client_ca is None else _read(client_ca, "client CA bundle"),
-        settings.tls_cert_file,
-        settings.tls_key_file,
-        client_ca,
-    )
+@dataclass(frozen=True)
+class Security:
+    keys: ApiKeys | None = None
+    """None: no key needed."""
+    tls: TlsMaterial | None = None
+    """None: plaintext."""
+
+    @classmethod
+    def load(cls, settings: GatewaySettings) -> Security:
+        """Reads the key file and the TLS files named in ``settings``; unreadable ones are `SetupError`."""
+        keys = None if settings.api_keys_file is None else ApiKeys.from_file(settings.api_keys_file)
+        tls = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            client_ca = settings.tls_client_ca_file
+            tls = TlsMaterial(
+                _read(settings.tls_cert_file, "TLS certificate"),
+                _read(settings.tls_key_file, "TLS private key"),
+                None if client_ca is None else _read(client_ca, "client CA bundle"),
+                settings.tls_cert_file,
+                settings.tls_key_file,
+                client_ca,
+            )
+        return cls(keys, tls)
 
 
-def api_keys(settings: GatewaySettings) -> ApiKeys | None:
-    return None if settings.api_keys_file is None else ApiKeys.from_file(settings.api_keys_file)
+OPEN = Security()
+"""No keys, no TLS."""

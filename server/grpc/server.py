@@ -22,7 +22,7 @@ from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ..gateway.core import GatewayCore
-from ..gateway.security import api_keys, tls_material
+from ..gateway.security import OPEN, Security
 from .interceptors import AuthInterceptor, ErrorInterceptor
 from .servicer import AttentionService
 
@@ -35,9 +35,10 @@ MAX_CONCURRENT_STREAMS = 128
 
 
 class GrpcFront:
-    def __init__(self, core: GatewayCore, settings: GatewaySettings) -> None:
+    def __init__(self, core: GatewayCore, settings: GatewaySettings, security: Security = OPEN) -> None:
         self.core = core
         self.settings = settings
+        self.security = security
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -57,9 +58,8 @@ class GrpcFront:
         """Binds ``host:port`` (0: a free port), starts serving; returns the port."""
         limit = self.settings.max_message_bytes
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.core.metrics, self._model_of)]
-        keys = api_keys(self.settings)
-        if keys is not None:
-            interceptors.append(AuthInterceptor(keys))
+        if self.security.keys is not None:
+            interceptors.append(AuthInterceptor(self.security.keys))
         # A request is an image (or a tensor) and a few options: gRPC refuses anything much larger
         # before parsing it, so oversized requests cost no memory (an image just over the limit
         # still gets the gateway's own clear message). Answers may be larger (UPSAMPLED maps).
@@ -86,7 +86,7 @@ class GrpcFront:
         self.core.add_listener(self.set_serving)
         await self.set_serving(self.core.serving)
         address = f"{self.settings.host}:{self.settings.port}"
-        tls = tls_material(self.settings)
+        tls = self.security.tls
         try:
             if tls is None:
                 port = server.add_insecure_port(address)

@@ -27,7 +27,7 @@ from attnserve.errors import DeadlineExceeded, InvalidInput, describe, log_failu
 from attnserve.settings import GatewaySettings
 
 from ..gateway.core import GatewayCore
-from ..gateway.security import api_keys
+from ..gateway.security import ApiKeys
 from .auth import ApiKeyMiddleware
 from .errors import error_body, status_for
 from .openapi import openapi_document
@@ -39,6 +39,13 @@ STATIC_DIR = Path(__file__).parent / "static"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _sample_files(folder: Path | None) -> dict[str, Path]:
+    """The sample images the page offers, by name (listed once, at start)."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SAMPLE_SUFFIXES}
 
 
 def _deadline(request: Request) -> float | None:
@@ -55,11 +62,13 @@ def _deadline(request: Request) -> float | None:
 
 
 class HttpApi:
-    def __init__(self, core: GatewayCore, settings: GatewaySettings, samples_dir: Path | None) -> None:
+    def __init__(
+        self, core: GatewayCore, settings: GatewaySettings, samples_dir: Path | None, keys: ApiKeys | None
+    ) -> None:
         self.core = core
         self.settings = settings
-        self.keys = api_keys(settings)
-        self.samples_dir = samples_dir
+        self.keys = keys
+        self.samples = _sample_files(samples_dir)
         self._openapi = openapi_document()
 
     def app(self) -> Starlette:
@@ -72,7 +81,7 @@ class HttpApi:
             Route("/ready", self.ready),
             Route("/metrics", self.metrics),
             Route("/openapi.json", self.openapi),
-            Route("/samples", self.samples),
+            Route("/samples", self.sample_list),
             Route("/samples/{name}", self.sample),
             Route("/", self.index),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
@@ -131,16 +140,11 @@ class HttpApi:
     async def index(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    def _sample_files(self) -> dict[str, Path]:
-        if self.samples_dir is None or not self.samples_dir.is_dir():
-            return {}
-        return {p.name: p for p in sorted(self.samples_dir.iterdir()) if p.suffix.lower() in SAMPLE_SUFFIXES}
-
-    async def samples(self, request: Request) -> Response:
-        return JSONResponse({"samples": list(self._sample_files())})
+    async def sample_list(self, request: Request) -> Response:
+        return JSONResponse({"samples": list(self.samples)})
 
     async def sample(self, request: Request) -> Response:
-        path = self._sample_files().get(request.path_params["name"])
+        path = self.samples.get(request.path_params["name"])
         if path is None:
             return self._error(404, "no sample of that name")
         return FileResponse(path)

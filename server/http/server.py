@@ -23,7 +23,7 @@ from attnserve.errors import SetupError
 from attnserve.settings import GatewaySettings
 
 from ..gateway.core import GatewayCore
-from ..gateway.security import tls_material
+from ..gateway.security import OPEN, Security
 from .routes import HttpApi
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,17 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class HttpFront:
-    def __init__(self, core: GatewayCore, settings: GatewaySettings, samples_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        core: GatewayCore,
+        settings: GatewaySettings,
+        samples_dir: Path | None = None,
+        security: Security = OPEN,
+    ) -> None:
         self.core = core
         self.settings = settings
-        self.api = HttpApi(core, settings, samples_dir)
+        self.security = security
+        self.api = HttpApi(core, settings, samples_dir, security.keys)
         self.port: int | None = None
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -57,7 +64,7 @@ class HttpFront:
         except OSError as exc:
             sock.close()
             raise SetupError(f"the HTTP API cannot listen on {host}:{port}: {exc.strerror}") from None
-        tls = tls_material(self.settings)
+        tls = self.security.tls
         config = uvicorn.Config(
             self.api.app(),
             lifespan="off",
