@@ -57,18 +57,20 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AttentionOptions(_message.Message):
-    __slots__ = ("maps", "formats", "target_class", "omit", "render")
+    __slots__ = ("maps", "formats", "target_class", "omit", "render", "render_max_side")
     MAPS_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     OMIT_FIELD_NUMBER: _ClassVar[int]
     RENDER_FIELD_NUMBER: _ClassVar[int]
+    RENDER_MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
     maps: _containers.RepeatedScalarFieldContainer[str]
     formats: _containers.RepeatedScalarFieldContainer[MapFormat]
     target_class: int
     omit: bool
     render: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, maps: _Optional[_Iterable[str]] = ..., formats: _Optional[_Iterable[_Union[MapFormat, str]]] = ..., target_class: _Optional[int] = ..., omit: _Optional[bool] = ..., render: _Optional[_Iterable[str]] = ...) -> None: ...
+    render_max_side: int
+    def __init__(self, maps: _Optional[_Iterable[str]] = ..., formats: _Optional[_Iterable[_Union[MapFormat, str]]] = ..., target_class: _Optional[int] = ..., omit: _Optional[bool] = ..., render: _Optional[_Iterable[str]] = ..., render_max_side: _Optional[int] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("model", "model_version", "image", "tensor", "top_k", "attention", "request_id")
@@ -312,7 +314,7 @@ class PreprocessInfo(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., color_mode: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize_mode: _Optional[str] = ..., pad_value: _Optional[float] = ..., crop_pct: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "ready", "architecture", "description", "task", "labels", "inputs", "outputs", "attention", "preprocess", "primary_attention", "primary_reason", "max_batch_size")
+    __slots__ = ("name", "version", "ready", "architecture", "description", "task", "labels", "inputs", "outputs", "attention", "preprocess", "primary_attention", "primary_reason", "max_batch_size", "reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +329,7 @@ class ModelInfo(_message.Message):
     PRIMARY_ATTENTION_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_REASON_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     ready: bool
@@ -341,4 +344,5 @@ class ModelInfo(_message.Message):
     primary_attention: str
     primary_reason: str
     max_batch_size: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., architecture: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionInfo, _Mapping]]] = ..., preprocess: _Optional[_Union[PreprocessInfo, _Mapping]] = ..., primary_attention: _Optional[str] = ..., primary_reason: _Optional[str] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., architecture: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionInfo, _Mapping]]] = ..., preprocess: _Optional[_Union[PreprocessInfo, _Mapping]] = ..., primary_attention: _Optional[str] = ..., primary_reason: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
