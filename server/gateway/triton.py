@@ -2,6 +2,11 @@
 
 `tritonclient` exceptions are caught here and nowhere else, and leave as domain errors
 (`error_from_triton`). Implements `InferenceBackend`.
+
+Each inference carries the call's remaining time twice: as the gRPC deadline (the gateway stops
+waiting, and Triton sees the call cancelled) and as Triton's request timeout, so the model's
+queue policy (``default_queue_policy`` with ``allow_timeout_override``, written by
+`attnserve.export.repository`) drops a request that waited in Triton's queue past it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ def error_from_triton(exc: InferenceServerException, what: str) -> AttnserveErro
     if status == "INVALID_ARGUMENT":
         return InvalidInput(message)
     return UpstreamError(f"Triton error {status or '?'}: {message}")
+
+
+def request_timeout_us(timeout_s: float) -> int:
+    """Triton's request timeout (integer microseconds, at least 1: 0 would mean "none")."""
+    return max(1, int(timeout_s * 1e6))
 
 
 class TritonBackend:
@@ -107,6 +117,7 @@ class TritonBackend:
                 model_version=version,
                 outputs=requested,
                 request_id=request_id,
+                timeout=request_timeout_us(timeout_s),
                 client_timeout=timeout_s,
             )
         except InferenceServerException as exc:

@@ -10,7 +10,14 @@ native ONNX Runtime backend:
   call are concatenated on the batch axis, run once and split back, outputs in config order;
 - ``instance_group`` is honoured by Triton itself (one stub process per instance);
 - parameters ``intra_op_thread_count``, ``inter_op_thread_count`` and ``execution_mode``
-  (``0`` sequential, ``1`` parallel) as in NVIDIA's backend; ``0`` means onnxruntime's default.
+  (``0`` sequential, ``1`` parallel) as in NVIDIA's backend; ``0`` means onnxruntime's default;
+- request cancellation: a request Triton reports cancelled (its gRPC caller went away or its
+  deadline passed) gets a ``CANCELLED`` error instead of being computed, checked before running
+  and between the slices of the fault-injection delay below;
+- fault injection for tests, like Triton's own QA models: parameter ``execute_delay_ms``
+  (``string_value``, default ``0``) sleeps that long in every ``execute`` call, in slices of at
+  most 10 ms, before running the model. It stops early when every request in the call was
+  cancelled.
 
 This file runs inside the stub's own environment (numpy < 2, onnxruntime), never imports
 attnserve, and must stay self-contained.
@@ -18,6 +25,7 @@ attnserve, and must stay self-contained.
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -33,6 +41,8 @@ _TRITON_TO_NUMPY = {
     "TYPE_UINT8": np.uint8,
     "TYPE_BOOL": np.bool_,
 }
+
+_DELAY_SLICE_S = 0.010  # how late a cancellation is noticed during the injected delay
 
 
 def _parameter(config, key, default):
@@ -57,6 +67,7 @@ class TritonPythonModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
+        self.execute_delay_s = float(_parameter(config, "execute_delay_ms", "0")) / 1e3
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.inputs = [(i["name"], _TRITON_TO_NUMPY[i["data_type"]]) for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
@@ -71,6 +82,21 @@ class TritonPythonModel:
             )
 
     def execute(self, requests):
+        if self.execute_delay_s > 0:
+            self._delay(requests)
+        cancelled = [_is_cancelled(request) for request in requests]
+        live = [request for request, gone in zip(requests, cancelled, strict=True) if not gone]
+        answers = iter(self._run(live) if live else [])
+        return [_cancelled_response() if gone else next(answers) for gone in cancelled]
+
+    def _delay(self, requests):
+        end = time.monotonic() + self.execute_delay_s
+        while (left := end - time.monotonic()) > 0:
+            if all(_is_cancelled(request) for request in requests):
+                return
+            time.sleep(min(left, _DELAY_SLICE_S))
+
+    def _run(self, requests):
         try:
             feeds = [self._feeds(request) for request in requests]
         except ValueError as exc:
@@ -125,3 +151,14 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+
+
+def _is_cancelled(request):
+    # `is_cancelled` arrived with Triton 23.10 (2.39); older stubs cannot tell
+    return hasattr(request, "is_cancelled") and request.is_cancelled()
+
+
+def _cancelled_response():
+    code = getattr(pb_utils.TritonError, "CANCELLED", None)  # error codes: Triton 23.10 too
+    error = pb_utils.TritonError("request cancelled", *([] if code is None else [code]))
+    return pb_utils.InferenceResponse(error=error)
