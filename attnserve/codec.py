@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from numpy.typing import NDArray
 
 from attnserve.errors import InvalidInput
-from attnserve.model_info import ModelInfo
+from attnserve.model_info import ListedModel, ModelStatus
 from attnserve.prediction import (
     AttentionMap,
     Box,
@@ -260,7 +260,11 @@ def _box_from_proto(box: pb.Box) -> Box:
 # --- models --------------------------------------------------------------------------------
 
 
-def model_info_to_proto(model: ModelInfo) -> pb.ModelInfo:
+def model_info_to_proto(model: ListedModel) -> pb.ModelInfo:
+    """A model's description; one the gateway cannot describe carries only its name, version,
+    readiness and reason."""
+    if isinstance(model, ModelStatus):
+        return pb.ModelInfo(name=model.name, version=model.version, ready=False, reason=model.reason)
     spec = model.spec
     prep = spec.preprocess
     info = pb.ModelInfo(
@@ -286,6 +290,7 @@ def model_info_to_proto(model: ModelInfo) -> pb.ModelInfo:
         primary_attention=spec.primary_attention or "",
         primary_reason=spec.primary_reason,
         max_batch_size=model.max_batch_size,
+        reason=model.reason,
     )
     for attention in spec.attention:
         norm = attention.normalization
@@ -307,7 +312,7 @@ def model_info_to_proto(model: ModelInfo) -> pb.ModelInfo:
     return info
 
 
-def model_list_to_proto(models: list[ModelInfo], default_model: str | None) -> pb.ListModelsResponse:
+def model_list_to_proto(models: list[ListedModel], default_model: str | None) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(
         models=[model_info_to_proto(m) for m in models], default_model=default_model or ""
     )

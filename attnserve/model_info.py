@@ -1,4 +1,5 @@
-"""What the gateway knows about a served model: its spec and Triton's description of its tensors."""
+"""What the gateway knows about a model: its spec and Triton's description of its tensors, or, for
+a model it cannot describe, why it is not ready."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     ready: bool = True
+    reason: str = ""
+    """Why the model is not ready (empty when it is): the last description of a model that
+    stopped being servable is kept, with ``ready=False`` and this reason."""
 
     def output_shape(self, name: str) -> tuple[int, ...]:
         """An output's shape as Triton declares it (batch axis included when the model batches)."""
@@ -37,3 +41,21 @@ class ModelInfo:
         """An output's shape for one image (without the batch axis)."""
         shape = self.output_shape(name)
         return shape[1:] if self.max_batch_size > 0 else shape
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A model Triton lists that the gateway cannot describe (it never loaded, or its config
+    carries no attnserve spec): what is known of it, and why it is not ready."""
+
+    name: str
+    version: str
+    reason: str
+
+    @property
+    def ready(self) -> bool:
+        return False
+
+
+ListedModel = ModelInfo | ModelStatus
+"""One entry of the gateway's model listing."""

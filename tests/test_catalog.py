@@ -1,12 +1,16 @@
+import asyncio
+
 import pytest
 
 from attnserve.errors import ModelNotFound, ModelNotReady
 from attnserve.export.models import get_spec
 from attnserve.export.repository import ServingOptions, build_config
+from attnserve.model_info import ModelInfo, ModelStatus
+from attnserve.server.gateway.backend import RepositoryModel
 from attnserve.server.gateway.catalog import ModelCatalog, NoSpec, model_info_from_config
 from attnserve.spec import SPEC_PARAMETER
 
-from .conftest import CBAM_OUTPUT_DIMS
+from .conftest import CBAM_OUTPUT_DIMS, FakeBackend
 
 SPEC = get_spec("cbam")
 DIMS = {name: CBAM_OUTPUT_DIMS[name] for name in SPEC.output_names}
@@ -38,7 +42,8 @@ def test_configs_without_a_valid_spec_are_not_served() -> None:
 
 def test_lookups_say_what_is_served() -> None:
     served = model_info_from_config(build_config("digits", SPEC, DIMS, ServingOptions()), "1")
-    catalog = ModelCatalog(models={"digits": served}, known_not_ready={"broken": "UNAVAILABLE load failed"})
+    broken = ModelStatus("broken", "1", "UNAVAILABLE: load failed")
+    catalog = ModelCatalog(models={"digits": served}, not_ready={"broken": broken})
     assert catalog.default_model == "digits" and catalog.get(None) is served and catalog.is_ready()
     with pytest.raises(ModelNotFound, match="served models: digits"):
         catalog.get("other")
@@ -48,3 +53,69 @@ def test_lookups_say_what_is_served() -> None:
     with pytest.raises(ModelNotReady):
         catalog.get("digits")
     assert not catalog.is_ready()
+
+
+class RepositoryBackend(FakeBackend):
+    """A fake Triton whose repository index the test writes: READY or not, with or without a spec."""
+
+    def __init__(self) -> None:
+        super().__init__(names=("cbam", "other", "plain"))
+        del self.configs["plain"].parameters[SPEC_PARAMETER]
+        self.index = [RepositoryModel(name, "1", "READY", "") for name in self.configs]
+
+    async def repository_index(self) -> list[RepositoryModel]:
+        return self.index
+
+
+def test_every_model_triton_lists_is_listed_with_its_readiness_and_reason() -> None:
+    backend = RepositoryBackend()
+    backend.index.append(RepositoryModel("broken", "3", "UNAVAILABLE", "load failed: no model.onnx"))
+    backend.index.append(RepositoryModel("loading", "", "LOADING", ""))
+    catalog = ModelCatalog()
+    asyncio.run(catalog.refresh(backend))
+    listing = {m.name: m for m in catalog.listing()}
+    assert list(listing) == ["broken", "cbam", "loading", "other", "plain"]
+    assert [n for n, m in listing.items() if m.ready] == ["cbam", "other"]
+    assert isinstance(listing["cbam"], ModelInfo) and listing["cbam"].reason == ""
+    assert listing["broken"] == ModelStatus("broken", "3", "UNAVAILABLE: load failed: no model.onnx")
+    assert listing["loading"] == ModelStatus("loading", "", "LOADING")
+    assert isinstance(listing["plain"], ModelStatus) and "no 'attnserve_spec'" in listing["plain"].reason
+    with pytest.raises(ModelNotReady, match="'broken' is not ready: UNAVAILABLE: load failed"):
+        catalog.get("broken")
+    with pytest.raises(ModelNotFound, match="'plain' is not servable: no 'attnserve_spec'"):
+        catalog.get("plain")
+    assert catalog.describe("broken") is listing["broken"] and catalog.describe(None) is listing["cbam"]
+
+
+def test_a_model_that_stops_being_servable_keeps_its_description() -> None:
+    backend = RepositoryBackend()
+    catalog = ModelCatalog(configured_default="cbam")
+    asyncio.run(catalog.refresh(backend))
+    described = catalog.get("other")
+
+    catalog.clear()  # Triton is gone
+    listing = {m.name: m for m in catalog.listing()}
+    assert list(listing) == ["cbam", "other", "plain"] and not any(m.ready for m in listing.values())
+    assert {m.reason for m in listing.values()} == {"Triton is unavailable"}
+    other = listing["other"]
+    assert (
+        isinstance(other, ModelInfo) and other.spec == described.spec and other.outputs == described.outputs
+    )
+    with pytest.raises(ModelNotReady, match="'other' is not ready: Triton is unavailable"):
+        catalog.get("other")
+
+    # back, without "plain", and "other" failed to load: its description stays, with Triton's reason
+    backend.index = [
+        RepositoryModel("cbam", "1", "READY", ""),
+        RepositoryModel("other", "1", "UNAVAILABLE", "load failed"),
+    ]
+    asyncio.run(catalog.refresh(backend))
+    listing = {m.name: m for m in catalog.listing()}
+    assert list(listing) == ["cbam", "other"] and listing["cbam"].ready and catalog.is_ready()
+    assert listing["other"] == ModelInfo(
+        **{**vars(described), "ready": False, "reason": "UNAVAILABLE: load failed"}
+    )
+
+    backend.index[1] = RepositoryModel("other", "1", "READY", "")
+    asyncio.run(catalog.refresh(backend))
+    assert catalog.get("other") == described and described.reason == "" and described.ready

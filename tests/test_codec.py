@@ -1,9 +1,14 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from attnserve import codec
 from attnserve.console import summary_json
 from attnserve.errors import InvalidInput
+from attnserve.export.models import get_spec
+from attnserve.export.repository import ServingOptions, build_config
+from attnserve.model_info import ModelStatus
 from attnserve.prediction import (
     AttentionMap,
     ClassScore,
@@ -13,8 +18,11 @@ from attnserve.prediction import (
     PredictionRequest,
     Timings,
 )
+from attnserve.server.gateway.catalog import model_info_from_config
 from attnserve.spec import AttentionKind
 from attnserve.v1 import attnserve_pb2 as pb
+
+from .conftest import CBAM_OUTPUT_DIMS
 
 
 def sample_prediction() -> Prediction:
@@ -148,3 +156,23 @@ def test_the_cli_summary_keeps_its_documented_fields() -> None:
     assert document["attention"][0]["peak"] == [10.5, 3.0]
     assert document["attention"][0]["forms"] == ["raw", "upsampled", "overlay_png"]
     assert document["attention"][1]["class_label"] == "zero" and document["predictions"][0]["label"] == "four"
+
+
+def test_models_carry_their_readiness_and_reason() -> None:
+    spec = get_spec("cbam")
+    dims = {name: CBAM_OUTPUT_DIMS[name] for name in spec.output_names}
+    ready = model_info_from_config(build_config("cbam", spec, dims, ServingOptions()), "1")
+    as_json = codec.message_to_json(codec.model_info_to_proto(ready))
+    assert as_json["ready"] is True and "reason" not in as_json  # ready models look as they always did
+
+    gone = codec.model_info_to_proto(replace(ready, ready=False, reason="Triton is unavailable"))
+    assert not gone.ready and gone.reason == "Triton is unavailable"
+    assert gone.architecture == "cbam" and [a.name for a in gone.attention] == [
+        a.name for a in spec.attention
+    ]
+
+    never = codec.model_list_to_proto([ModelStatus("broken", "2", "UNAVAILABLE: load failed")], "cbam")
+    assert codec.message_to_json(never) == {
+        "models": [{"name": "broken", "version": "2", "reason": "UNAVAILABLE: load failed"}],
+        "default_model": "cbam",
+    }

@@ -6,6 +6,7 @@ the same front against the real Triton.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from PIL import Image
 
 from attnserve.clients import Client
 from attnserve.errors import InvalidInput, ModelNotFound, Unavailable, UpstreamError
+from attnserve.server.gateway.backend import RepositoryModel
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
@@ -63,6 +65,46 @@ def test_models_are_listed_from_the_backend(fake: tuple[GatewayThread, FakeBacke
     assert [m.name for m in listing.models] == ["cbam", "other"] and listing.default_model == "cbam"
     assert info.name == "other" and info.primary_attention == "spatial_stage3" and default.name == "cbam"
     assert [a.name for a in info.attention if list(a.shape) == [10, 8, 8]] == ["cam"]
+
+
+def test_models_that_are_not_ready_are_listed_with_their_reason(
+    fake: tuple[GatewayThread, FakeBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread, backend = fake
+    backend.ready = False  # Triton is gone: every model stays listed, not ready, described as before
+    thread.call(thread.gateway.core.check())
+    with Client(thread.address) as client:
+        gone = client.list_models()
+        with pytest.raises(Unavailable, match="'other' is not ready: Triton is unavailable"):
+            client.predict(png(), model="other")
+    assert [(m.name, m.ready, m.reason) for m in gone.models] == [
+        ("cbam", False, "Triton is unavailable"),
+        ("other", False, "Triton is unavailable"),
+    ]
+    assert gone.models[1].primary_attention == "spatial_stage3" and len(gone.models[1].labels) == 10
+
+    listed = [
+        *asyncio.run(backend.repository_index()),
+        RepositoryModel("broken", "2", "UNAVAILABLE", "load failed"),
+    ]
+
+    async def repository_index() -> list[RepositoryModel]:
+        return listed
+
+    monkeypatch.setattr(backend, "repository_index", repository_index)
+    backend.ready = True  # back, with a model that failed to load
+    thread.call(thread.gateway.core.check())
+    with Client(thread.address) as client:
+        back = client.list_models()
+        with pytest.raises(Unavailable, match="'broken' is not ready: UNAVAILABLE: load failed"):
+            client.predict(png(), model="broken")
+        assert client.predict(png(), model="other").predictions
+    assert [(m.name, m.version, m.ready, m.reason) for m in back.models] == [
+        ("broken", "2", False, "UNAVAILABLE: load failed"),
+        ("cbam", "1", True, ""),
+        ("other", "1", True, ""),
+    ]
+    assert back.models[0] == pb.ModelInfo(name="broken", version="2", reason="UNAVAILABLE: load failed")
 
 
 @pytest.mark.parametrize(

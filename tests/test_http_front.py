@@ -24,6 +24,7 @@ from PIL import Image
 from attnserve import codec
 from attnserve.clients import Client, HttpClient, connect
 from attnserve.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded, TooLarge, Unavailable
+from attnserve.server.gateway.backend import RepositoryModel
 from attnserve.server.http.requests import OPTIONS
 from attnserve.v1 import attnserve_pb2 as pb
 
@@ -182,6 +183,47 @@ def test_readiness_follows_the_backend(http: httpx.Client, fake: tuple[GatewayTh
     backend.ready = True
     thread.call(thread.gateway.core.check())
     assert http.get("/ready").status_code == 200
+
+
+def test_models_that_are_not_ready_are_listed_with_their_reason(
+    http: httpx.Client, fake: tuple[GatewayThread, FakeBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread, backend = fake
+    before = http.get("/v1/models").json()
+    assert not [m for m in before["models"] if "reason" in m]  # ready models look as they always did
+    listed = [
+        *asyncio.run(backend.repository_index()),
+        RepositoryModel("broken", "2", "UNAVAILABLE", "load failed"),
+    ]
+
+    async def repository_index() -> list[RepositoryModel]:
+        return listed
+
+    monkeypatch.setattr(backend, "repository_index", repository_index)
+    backend.ready = False
+    thread.call(thread.gateway.core.check())
+    gone = http.get("/v1/models").json()["models"]
+    assert [(m["name"], "ready" in m, m["reason"]) for m in gone] == [
+        ("cbam", False, "Triton is unavailable"),
+        ("other", False, "Triton is unavailable"),
+    ]
+    described = {k: v for k, v in before["models"][0].items() if k != "ready"}  # false: left out
+    assert gone[0] == {**described, "reason": "Triton is unavailable"}
+    backend.ready = True
+    thread.call(thread.gateway.core.check())
+    try:
+        back = http.get("/v1/models").json()
+        refused = http.post(predict_url("broken"), content=png(), headers={"Content-Type": "image/png"})
+    finally:
+        monkeypatch.undo()  # the module's gateway forgets "broken" again
+        backend.ready = False
+        thread.call(thread.gateway.core.check())
+        backend.ready = True
+        thread.call(thread.gateway.core.check())
+    assert back["models"][0] == {"name": "broken", "version": "2", "reason": "UNAVAILABLE: load failed"}
+    assert back["models"][1:] == before["models"] and back["default_model"] == "cbam"
+    assert refused.status_code == 503 and "'broken' is not ready: UNAVAILABLE: load failed" in refused.text
+    assert [m["name"] for m in http.get("/v1/models").json()["models"]] == ["cbam", "other"]
 
 
 def raw(content: bytes, content_type: str | None = "image/png", **headers: str) -> dict[str, object]:

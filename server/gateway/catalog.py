@@ -1,23 +1,23 @@
 """The models the gateway serves, discovered from Triton's model configs — no per-model constants.
 
 A model is served when Triton reports it READY and its config carries an attnserve spec
-(`attnserve.spec.SPEC_PARAMETER`). Models without a spec are listed in the log and skipped:
+(`attnserve.spec.SPEC_PARAMETER`). Models without a spec are logged and listed as not servable:
 without a preprocessing spec there is no honest way to feed them an image.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve.errors import ModelNotFound, ModelNotReady, shorten
-from attnserve.model_info import ModelInfo, TensorInfo
+from attnserve.model_info import ListedModel, ModelInfo, ModelStatus, TensorInfo
 from attnserve.spec import SPEC_PARAMETER, ModelSpec
 
-from .backend import InferenceBackend
+from .backend import InferenceBackend, RepositoryModel
 
 log = logging.getLogger(__name__)
 
@@ -52,61 +52,126 @@ def model_info_from_config(config: mc.ModelConfig, version: str) -> ModelInfo:
     return ModelInfo(config.name, version, spec, config.max_batch_size, inputs, outputs)
 
 
+TRITON_UNAVAILABLE = "Triton is unavailable"
+
+
 @dataclass
 class ModelCatalog:
-    """What Triton serves now; refreshed by the gateway's health watcher."""
+    """What Triton serves now, and what it lists but cannot serve; refreshed by the gateway's
+    health watcher.
+
+    A model that stops being servable keeps its last description (``ready=False`` and a
+    reason), so the listing can still say what it is; one never described is a `ModelStatus`.
+    """
 
     configured_default: str | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
-    known_not_ready: dict[str, str] = field(default_factory=dict)
-    """Models in Triton's repository that are not READY, with Triton's reason."""
+    """The servable models."""
+    not_ready: dict[str, ListedModel] = field(default_factory=dict)
+    """Models Triton lists that are not READY (or Triton is gone), each with its reason."""
+    unsupported: dict[str, ModelStatus] = field(default_factory=dict)
+    """READY models whose config carries no valid attnserve spec: listed, never served."""
 
     @property
     def default_model(self) -> str | None:
         if self.configured_default:
             return self.configured_default
-        return min(self.models) if self.models else None
+        # while none is servable (Triton gone), the one that will be, so a call can say why not
+        candidates = self.models or self.not_ready
+        return min(candidates) if candidates else None
 
     async def refresh(self, backend: InferenceBackend) -> None:
         models: dict[str, ModelInfo] = {}
-        not_ready: dict[str, str] = {}
+        unsupported: dict[str, ModelStatus] = {}
+        failed: dict[str, RepositoryModel] = {}
         for entry in await backend.repository_index():
             if not entry.ready:
-                not_ready[entry.name] = f"{entry.state or 'UNKNOWN'} {entry.reason}".strip()
+                if _newer(entry.version, failed.get(entry.name)):
+                    failed[entry.name] = entry
                 continue
             config = await backend.model_config(entry.name, entry.version)
             try:
                 served = model_info_from_config(config, entry.version)
             except NoSpec as exc:
                 log.warning("not serving %s", exc)
+                reason = str(exc).removeprefix(f"{entry.name}: ").splitlines()[0]
+                unsupported[entry.name] = ModelStatus(entry.name, entry.version, f"not servable: {reason}")
                 continue
             current = models.get(entry.name)
             if current is None or _version_key(entry.version) > _version_key(current.version):
                 models[entry.name] = served
+        not_ready = {
+            name: self._not_ready(entry.name, entry.version, _state_reason(entry))
+            for name, entry in failed.items()
+            if name not in models
+        }
         self.models = models
-        self.known_not_ready = {n: r for n, r in not_ready.items() if n not in models}
+        self.not_ready = not_ready
+        self.unsupported = {n: m for n, m in unsupported.items() if n not in models and n not in not_ready}
 
     def clear(self) -> None:
-        """Triton is gone: nothing is servable until it is back."""
-        for name in self.models:
-            self.known_not_ready[name] = "Triton is unavailable"
-        self.models = {}
+        """Triton is gone: nothing is servable until it is back; what was known stays listed."""
+        known = [*self.models.values(), *self.not_ready.values(), *self.unsupported.values()]
+        self.not_ready = {m.name: self._not_ready(m.name, m.version, TRITON_UNAVAILABLE) for m in known}
+        self.models, self.unsupported = {}, {}
+
+    def _not_ready(self, name: str, version: str, reason: str) -> ListedModel:
+        """A not-ready entry: the model's last description when there is one."""
+        last = self.models.get(name) or self.not_ready.get(name)
+        if isinstance(last, ModelInfo):
+            return replace(last, ready=False, reason=reason)
+        return ModelStatus(name, version, reason)
+
+    def listing(self) -> list[ListedModel]:
+        """Every model Triton lists (or listed before it went away), by name, ready or not."""
+        every: dict[str, ListedModel] = {**self.unsupported, **self.not_ready, **self.models}
+        return [every[name] for name in sorted(every)]
+
+    def describe(self, name: str | None) -> ListedModel:
+        """A model's description, ready or not (``None``: the default model)."""
+        resolved = self._resolve(name)
+        known = self.models.get(resolved) or self.not_ready.get(resolved) or self.unsupported.get(resolved)
+        if known is None:
+            raise self._not_found(resolved)
+        return known
 
     def get(self, name: str | None) -> ModelInfo:
-        resolved = name or self.default_model
-        if resolved is None:
-            raise ModelNotReady("no model is ready yet; wait until the gateway's health is SERVING")
+        """A servable model; `ModelNotReady` (with the reason) or `ModelNotFound` otherwise."""
+        resolved = self._resolve(name)
         model = self.models.get(resolved)
         if model is not None:
             return model
-        if resolved in self.known_not_ready:
-            raise ModelNotReady(f"model {resolved!r} is not ready: {self.known_not_ready[resolved]}")
+        if resolved in self.not_ready:
+            raise ModelNotReady(f"model {resolved!r} is not ready: {self.not_ready[resolved].reason}")
+        raise self._not_found(resolved)
+
+    def _resolve(self, name: str | None) -> str:
+        resolved = name or self.default_model
+        if resolved is None:
+            raise ModelNotReady("no model is ready yet; wait until the gateway's health is SERVING")
+        return resolved
+
+    def _not_found(self, name: str) -> ModelNotFound:
         served = ", ".join(sorted(self.models)) or "none"
-        raise ModelNotFound(f"unknown model {shorten(resolved)}; served models: {served}")
+        if name in self.unsupported:
+            return ModelNotFound(
+                f"model {name!r} is {self.unsupported[name].reason}; served models: {served}"
+            )
+        return ModelNotFound(f"unknown model {shorten(name)}; served models: {served}")
 
     def is_ready(self) -> bool:
         default = self.default_model
         return default is not None and default in self.models
+
+
+def _state_reason(entry: RepositoryModel) -> str:
+    """Triton's state and reason, as "UNAVAILABLE: load failed ..."."""
+    state = entry.state or "UNKNOWN"
+    return f"{state}: {entry.reason}" if entry.reason else state
+
+
+def _newer(version: str, than: RepositoryModel | None) -> bool:
+    return than is None or _version_key(version) > _version_key(than.version)
 
 
 def _version_key(version: str) -> int:

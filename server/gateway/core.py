@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 
-from attnserve.model_info import ModelInfo
+from attnserve.model_info import ListedModel, ModelInfo
 from attnserve.prediction import Prediction, PredictionRequest
 from attnserve.settings import Settings
 
@@ -100,8 +100,9 @@ class GatewayCore:
     ) -> Prediction:
         return await self.pipeline.predict(request, deadline_s, response_limit_bytes)
 
-    def list_models(self) -> list[ModelInfo]:
-        return [self.catalog.models[name] for name in sorted(self.catalog.models)]
+    def list_models(self) -> list[ListedModel]:
+        """Every model Triton lists, ready or not (a not-ready one says why), by name."""
+        return self.catalog.listing()
 
     def get_model(self, name: str | None) -> ModelInfo:
         """``None``: the default model."""

@@ -24,6 +24,7 @@ from attnserve.transform import ImageLimits, ResizeGeometry
 from .backend import InferenceBackend
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
+from .outputs import check_output_shapes
 from .postprocess import AttentionRequest, TaskOptions, postprocess
 from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 
@@ -190,6 +191,7 @@ class Pipeline:
             request.request_id,
         )
         inferred = time.perf_counter()
+        check_output_shapes(outputs, model, [*spec.task_outputs, *attention.maps])
 
         first = {name: value[0] for name, value in outputs.items()}
         if not all(np.isfinite(first[name]).all() for name in spec.task_outputs):
