@@ -125,6 +125,7 @@ def request_to_proto(request: PredictionRequest) -> pb.PredictRequest:
     if request.target_class is not None:
         options.target_class = request.target_class
     options.omit = request.omit_attention
+    options.render_max_side = request.render_max_side
     return message
 
 
@@ -158,6 +159,7 @@ def request_from_proto(message: pb.PredictRequest) -> PredictionRequest:
         target_class=options.target_class if options.HasField("target_class") else None,
         omit_attention=options.omit,
         request_id=message.request_id,
+        render_max_side=options.render_max_side,
     )
 
 

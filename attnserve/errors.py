@@ -40,7 +40,15 @@ class ModelNotReady(AttnserveError):
 
 
 class Overloaded(AttnserveError):
-    """Too many requests in flight; retry later."""
+    """Too many requests in flight, or not enough memory free for this one; retry later.
+
+    ``retry_after_s`` is the gateway's hint of when a retry may be admitted (gRPC's
+    ``grpc-retry-pushback-ms`` trailer, HTTP's ``Retry-After``).
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamError(AttnserveError):

@@ -22,7 +22,8 @@ class MapForm(StrEnum):
     RAW = "raw"
     """float32 values at the model's native resolution."""
     UPSAMPLED = "upsampled"
-    """float32 display values in [0, 1] at the original image size."""
+    """float32 display values in [0, 1] at the render size (the original's unless it is larger
+    than the request's or the gateway's ``render_max_side``)."""
     HEATMAP_PNG = "heatmap_png"
     OVERLAY_PNG = "overlay_png"
 
@@ -48,6 +49,8 @@ class PredictionRequest:
     target_class: int | None = None
     omit_attention: bool = False
     request_id: str = ""
+    render_max_side: int = 0
+    """Longest side of the image forms; 0: the gateway's default."""
 
 
 @dataclass

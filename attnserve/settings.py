@@ -83,12 +83,37 @@ class GatewaySettings(BaseModel):
         256 * 2**20, gt=0, description="an image's decoded raster (16-bit and float images cost more)"
     )
     max_in_flight: int = Field(64, gt=0, description="requests beyond this get RESOURCE_EXHAUSTED")
+    model_share: float = Field(
+        0.75, gt=0, le=1, description="the share of max_in_flight one model may hold (1: no per-model cap)"
+    )
+    max_heavy_in_flight: int = Field(
+        8,
+        gt=0,
+        description="heavy requests (that render image forms or decode a large image) in flight; "
+        "they run on their own threads so cheap predictions are not queued behind them",
+    )
+    heavy_request_bytes: int = Field(
+        32 * 2**20, gt=0, description="a request whose decode and render need more memory is heavy"
+    )
+    memory_budget_bytes: int = Field(
+        256 * 2**20,
+        gt=0,
+        description="decode and render memory of all requests in flight, estimated from image "
+        "headers before decoding; a request that does not fit waits for nothing: RESOURCE_EXHAUSTED",
+    )
+    render_max_side: int = Field(
+        1024,
+        gt=0,
+        description="longest side of image forms (overlays, heatmaps, upsampled maps) unless a "
+        "request asks otherwise; larger originals are rendered scaled down",
+    )
     max_top_k: int = Field(100, gt=0)
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC request or response")
     triton_timeout_s: float = Field(30.0, gt=0, description="per inference, unless the deadline is shorter")
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
     grace_s: float = Field(5.0, ge=0, description="graceful-stop window for in-flight requests")
-    worker_threads: int = Field(2, gt=0, description="threads for image decoding and rendering")
+    worker_threads: int = Field(2, gt=0, description="threads for decoding and postprocessing")
+    render_threads: int = Field(1, gt=0, description="threads for heavy requests (see max_heavy_in_flight)")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain: gRPC and HTTP over TLS")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
     tls_client_ca_file: Path | None = Field(

@@ -51,6 +51,8 @@ class PredictOptions(TypedDict, total=False):
     """Predictions only."""
     request_id: str
     """Echoed back (predict_stream numbers the requests itself)."""
+    render_max_side: int
+    """Longest side of the image forms, in pixels; 0: the gateway's default (1024)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def prediction_request(
     target_class: int | None = None,
     omit_attention: bool = False,
     request_id: str = "",
+    render_max_side: int = 0,
 ) -> PredictionRequest:
     """The domain request for one image; a file that cannot be read or an unknown form is
     `InvalidInput`."""
@@ -168,6 +171,7 @@ def prediction_request(
         target_class=target_class,
         omit_attention=omit_attention,
         request_id=request_id,
+        render_max_side=render_max_side,
     )
 
 

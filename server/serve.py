@@ -20,6 +20,7 @@ from attnserve.errors import SetupError
 from attnserve.settings import Settings
 
 from .app import Gateway
+from .gateway.allocator import return_large_blocks
 from .triton import TritonProcess
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def run_triton(settings: Settings) -> None:
 
 
 async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> None:
+    return_large_blocks()
     gateway = Gateway(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -105,13 +105,18 @@ def test_requests_beyond_the_in_flight_limit_are_refused_not_queued() -> None:
 
 def test_upsampled_answers_that_cannot_fit_a_message_are_refused_up_front() -> None:
     from attnserve.server.gateway.pipeline import check_response_size
-    from attnserve.transform import ResizeGeometry
 
-    photo = ResizeGeometry.for_spec(4000, 3000, SPEC.preprocess)
+    photo = (4000, 3000)  # rendered at full size (a request's render_max_side ≥ 4000)
     everything = resolve_attention(PredictionRequest(forms=frozenset({MapForm.UPSAMPLED})), SPEC)
-    with pytest.raises(InvalidInput, match="5 UPSAMPLED maps of a 4000×3000 image need 229 MiB"):
+    with pytest.raises(InvalidInput, match="at 4000×3000, need about 229 MiB"):
         check_response_size(everything, SPEC, photo, 64 * 2**20)
+    check_response_size(everything, SPEC, (2048, 1536), 64 * 2**20)  # 60 MiB
+    every_form = frozenset({MapForm.UPSAMPLED, MapForm.HEATMAP_PNG, MapForm.OVERLAY_PNG})
+    with pytest.raises(InvalidInput, match="at 2048×1536, need about 90 MiB"):  # PNGs at 1 byte a pixel
+        check_response_size(
+            resolve_attention(PredictionRequest(forms=every_form), SPEC), SPEC, (2048, 1536), 64 * 2**20
+        )
     one = resolve_attention(PredictionRequest(forms=frozenset({MapForm.UPSAMPLED}), render=("cam",)), SPEC)
     check_response_size(one, SPEC, photo, 64 * 2**20)  # 46 MiB fits
     overlays = resolve_attention(PredictionRequest(forms=frozenset({MapForm.OVERLAY_PNG})), SPEC)
-    check_response_size(overlays, SPEC, photo, 64 * 2**20)  # PNGs are not estimated
+    check_response_size(overlays, SPEC, photo, 64 * 2**20)  # 5 PNGs at 1 byte a pixel: 57 MiB

@@ -6,13 +6,25 @@ the model's `PreprocessSpec` (stretch, letterbox, centre crop) → normalise; an
 to the original image's pixels. Torch-free.
 """
 
-from .decode import SUPPORTED_FORMATS, DecodedImage, ImageLimits, decode_image, to_color_mode
+from .decode import (
+    HIGH_DEPTH_MODES,
+    SUPPORTED_FORMATS,
+    DecodedImage,
+    ImageHeader,
+    ImageLimits,
+    decode_image,
+    jpeg_draft_scale,
+    probe_image,
+    to_color_mode,
+)
 from .geometry import (
     ResizeGeometry,
     boxes_to_input,
     boxes_to_original,
+    fit_within,
     interpolation_matrix,
     map_to_original,
+    map_to_size,
     peak_in_original,
 )
 from .model_input import (
@@ -29,8 +41,10 @@ from .model_input import (
 )
 
 __all__ = [
+    "HIGH_DEPTH_MODES",
     "SUPPORTED_FORMATS",
     "DecodedImage",
+    "ImageHeader",
     "ImageLimits",
     "ModelInput",
     "ResizeGeometry",
@@ -38,13 +52,17 @@ __all__ = [
     "boxes_to_original",
     "decode_image",
     "denormalize",
+    "fit_within",
     "image_from_pixels",
     "interpolation_matrix",
+    "jpeg_draft_scale",
     "map_to_original",
+    "map_to_size",
     "normalize",
     "normalize_pixels",
     "peak_in_original",
     "pixels_to_input",
+    "probe_image",
     "quantize",
     "resize_to_input",
     "to_color_mode",

@@ -8,9 +8,11 @@ limit (decompression bombs are refused before a single pixel is decoded).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from attnserve.errors import InvalidInput, TooLarge, UnsupportedMedia
@@ -37,10 +39,17 @@ class ImageLimits:
     """The decoded raster (area × bands × bytes per band: 16-bit and float images cost more)."""
 
 
-# Decoded bytes per pixel of Pillow's modes; others count as 4.
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3,
-                    "HSV": 3, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "RGBA": 4, "RGBa": 4,
-                    "CMYK": 4, "RGBX": 4, "I": 4, "F": 4}  # fmt: skip
+# Bytes per pixel of Pillow's modes in memory (it keeps 3 and 2 bands in 4 bytes); others 4.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+"""Modes of more than 8 bits a band; read as 8-bit L by `to_color_mode`."""
+
+
+def bytes_per_pixel(mode: str) -> int:
+    """What one pixel of a Pillow image in ``mode`` takes in memory."""
+    return _BYTES_PER_PIXEL.get(mode, 4)
 
 
 @dataclass
@@ -68,7 +77,7 @@ def check_header(image: Image.Image, image_format: str, limits: ImageLimits) -> 
         )
     if max(width, height) > limits.max_side:
         raise TooLarge(f"the image is {width}×{height}; each side may be at most {limits.max_side:,} pixels")
-    decoded = width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
+    decoded = width * height * bytes_per_pixel(image.mode)
     if decoded > limits.max_decoded_bytes:
         raise TooLarge(
             f"the {width}×{height} {image.mode} image decodes to {decoded / 2**20:.0f} MiB; the limit is "
@@ -76,13 +85,40 @@ def check_header(image: Image.Image, image_format: str, limits: ImageLimits) -> 
         )
 
 
-def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | None = None) -> DecodedImage:
-    """Decodes and orients an image; every failure is `InvalidInput`.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding a pixel."""
 
-    With ``draft_for``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-    has twice the resolution the model input needs: a large photo then costs a fraction of a
-    full decode, and the answer's coordinates stay those of the full image.
-    """
+    width: int
+    height: int
+    mode: str
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def decoded_bytes(self) -> int:
+        """The raster Pillow allocates to decode it."""
+        return self.pixels * bytes_per_pixel(self.mode)
+
+
+def probe_image(data: bytes, limits: ImageLimits) -> ImageHeader:
+    """Reads and checks the header only (fast: no pixel is decoded); every failure is
+    `InvalidInput`, the same as `decode_image` would raise."""
+    image, image_format = _open(data, limits)
+    return ImageHeader(image.width, image.height, image.mode, image_format)
+
+
+def jpeg_draft_scale(width: int, height: int, spec: PreprocessSpec) -> float:
+    """The scale a JPEG of this (oriented) size needs for ``spec``'s input: twice the model's
+    resolution, at most 1. libjpeg decodes at the next 1/1, 1/2, 1/4 or 1/8 at or above it."""
+    geometry = ResizeGeometry.for_spec(width, height, spec)
+    return min(1.0, 2.0 * max(geometry.scale_x, geometry.scale_y))
+
+
+def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
     if not data:
         raise InvalidInput("the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -100,6 +136,17 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
         supported = ", ".join(SUPPORTED_FORMATS)
         raise UnsupportedMedia(f"{image_format} images are not supported; send {supported}")
     check_header(image, image_format, limits)
+    return image, image_format
+
+
+def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | None = None) -> DecodedImage:
+    """Decodes and orients an image; every failure is `InvalidInput`.
+
+    With ``draft_for``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
+    has twice the resolution the model input needs: a large photo then costs a fraction of a
+    full decode, and the answer's coordinates stay those of the full image.
+    """
+    image, image_format = _open(data, limits)
     width, height = image.size
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
@@ -107,15 +154,42 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
         orientation = 1
     size = (height, width) if orientation in _SWAPPED_ORIENTATIONS else (width, height)
     if draft_for is not None and image_format == "JPEG":
-        geometry = ResizeGeometry.for_spec(size[0], size[1], draft_for)
-        scale = min(1.0, 2.0 * max(geometry.scale_x, geometry.scale_y))
+        scale = jpeg_draft_scale(size[0], size[1], draft_for)
         image.draft(image.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # not a copy: 120 MiB for 40 megapixels
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
     return DecodedImage(image, image_format, size)
+
+
+_CONVERT_ROWS = 256
+
+
+def _to_8bit(image: Image.Image, scale: Callable[[NDArray[np.float32]], NDArray[np.float32]]) -> Image.Image:
+    """A 16/32-bit or float image → 8-bit L, ``scale`` mapping values to 0–255, a strip of rows
+    at a time (float copies of a whole 6000×6600 image would cost 150 MiB)."""
+    result = np.empty((image.height, image.width), dtype=np.uint8)
+    top = 0
+    for rows in _row_strips(image):
+        result[top : top + len(rows)] = np.clip(scale(rows) + 0.5, 0, 255).astype(np.uint8)
+        top += len(rows)
+    return Image.fromarray(result, "L")
+
+
+def _largest(image: Image.Image) -> float:
+    """The largest value of a one-band image."""
+    extrema = image.getextrema()
+    high = extrema[1]
+    assert not isinstance(high, tuple), "a one-band image has one (low, high) pair"
+    return float(high)
+
+
+def _row_strips(image: Image.Image) -> Iterator[NDArray[np.float32]]:
+    width, height = image.size
+    for top in range(0, height, _CONVERT_ROWS):
+        yield np.asarray(image.crop((0, top, width, min(height, top + _CONVERT_ROWS))), dtype=np.float32)
 
 
 def to_color_mode(image: Image.Image, color_mode: ColorMode, background: float) -> Image.Image:
@@ -124,14 +198,20 @@ def to_color_mode(image: Image.Image, color_mode: ColorMode, background: float) 
     High bit depths are scaled to 8 bits by their full range; transparency is composited over
     ``background`` (the model's padding grey level), not dropped to black-or-garbage.
     """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float32)
-        full_scale = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in HIGH_DEPTH_MODES and image.mode != "F":
+        high = _largest(image)
+        full_scale = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+        image = _to_8bit(image, lambda rows: rows / full_scale * 255.0)
     elif image.mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
-        image = Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), "L")
+
+        def finite(rows: NDArray[np.float32]) -> NDArray[np.float32]:
+            return np.nan_to_num(rows, nan=0.0, posinf=255.0, neginf=0.0)
+
+        high = _largest(image)
+        if not np.isfinite(high):  # NaN or ±inf somewhere: the largest value once they are replaced
+            high = max(float(finite(rows).max(initial=0)) for rows in _row_strips(image))
+        scale = 255.0 if high <= 1.0 else 1.0
+        image = _to_8bit(image, lambda rows: finite(rows) * scale)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -121,22 +121,38 @@ def interpolation_matrix(out_size: int, map_size: int, to_grid: NDArray[Any]) ->
     return matrix.astype(np.float32)
 
 
-def map_to_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> NDArray[np.float32]:
-    """A map over the model input's field of view (h×w), resampled onto original pixels (H×W).
+def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so that the longer side is at most
+    ``max_side``; unchanged when it fits already."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
-    Separable bilinear resampling as two small matrix products, so the cost grows with the
-    image's side, not with its area times the map's.
+
+def map_to_size(
+    values: NDArray[np.float32], geometry: ResizeGeometry, size: tuple[int, int]
+) -> NDArray[np.float32]:
+    """A map over the model input's field of view (h×w), resampled onto the original image
+    shown at ``size`` (width, height) — the original's own size or a scaled-down rendering.
+
+    Separable bilinear resampling as two small matrix products (size × map side each), so the
+    cost and memory grow with the rendered sides, not with the original's.
     """
     map_h, map_w = values.shape
-    xs = np.arange(geometry.width) + 0.5
-    ys = np.arange(geometry.height) + 0.5
+    out_w, out_h = size
+    xs = (np.arange(out_w) + 0.5) * (geometry.width / out_w)
+    ys = (np.arange(out_h) + 0.5) * (geometry.height / out_h)
     x_in, y_in = geometry.to_input(xs, ys)
     grid_x = x_in * (map_w / geometry.input_width) - 0.5
     grid_y = y_in * (map_h / geometry.input_height) - 0.5
-    rows = interpolation_matrix(geometry.height, map_h, grid_y)
-    cols = interpolation_matrix(geometry.width, map_w, grid_x)
+    rows = interpolation_matrix(out_h, map_h, grid_y)
+    cols = interpolation_matrix(out_w, map_w, grid_x)
     result: NDArray[np.float32] = rows @ values.astype(np.float32) @ cols.T
     return result
+
+
+def map_to_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> NDArray[np.float32]:
+    """A map over the model input's field of view (h×w), resampled onto original pixels (H×W)."""
+    return map_to_size(values, geometry, (geometry.width, geometry.height))
 
 
 def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> tuple[float, float, float]:

@@ -43,6 +43,18 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "attnserve_rejected",
+            "Predictions refused by admission before any work (RESOURCE_EXHAUSTED / 429; too_large: "
+            "the request could never fit the memory budget, INVALID_ARGUMENT / 413), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.memory_reserved = Gauge(
+            "attnserve_memory_reserved_bytes",
+            "Decode and render memory reserved by the requests in flight (estimated from headers)",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "attnserve_in_flight_requests",
             "Requests being handled now (every transport)",

@@ -9,18 +9,21 @@ thread pool so the event loop keeps accepting requests; inference is awaited.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from attnserve.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded, TooLarge, shorten
+from attnserve import request_ids
+from attnserve.errors import DeadlineExceeded, InvalidInput, ModelNotFound, TooLarge, shorten
 from attnserve.model_info import ModelInfo
 from attnserve.prediction import ImageInfo, MapForm, Prediction, PredictionRequest, Timings
 from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec
-from attnserve.transform import ImageLimits, ResizeGeometry
+from attnserve.transform import ImageLimits, fit_within, probe_image
 
+from .admission import Admission, Cost, answer_bytes, estimate_cost
 from .backend import InferenceBackend
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
@@ -82,23 +85,20 @@ def _resolve_map_names(requested: tuple[str, ...], spec: ModelSpec) -> list[str]
 
 
 def check_response_size(
-    attention: AttentionRequest, spec: ModelSpec, geometry: ResizeGeometry, limit: int
+    attention: AttentionRequest, spec: ModelSpec, render_size: tuple[int, int], limit: int
 ) -> None:
-    """Refuses, once the image's size is known and before postprocessing, an UPSAMPLED answer
-    that cannot fit in ``limit`` bytes (a front's message limit).
-
-    UPSAMPLED maps are float32 at the original size (48 MB for one 12-megapixel photo); PNG
-    forms compress and are not estimated.
+    """Refuses, once the image's size is known and before postprocessing, image forms that
+    cannot fit in ``limit`` bytes (a front's message limit): float32 UPSAMPLED maps at the
+    render size, PNGs counted at one byte a pixel (most compress better than that; the front
+    checks the real answer again).
     """
-    if MapForm.UPSAMPLED not in attention.forms:
-        return
-    rendered = [n for n in attention.maps if attention.renders(n) and spec.attention_by_name(n).is_spatial]
-    size = len(rendered) * geometry.width * geometry.height * 4
+    size = answer_bytes(spec, attention, render_size, png_bytes=1.0)
     if size > limit:
+        width, height = render_size
         raise TooLarge(
-            f"{len(rendered)} UPSAMPLED maps of a {geometry.width}×{geometry.height} image need "
-            f"{size / 2**20:.0f} MiB, above the {limit / 2**20:.0f} MiB message limit: name fewer maps in "
-            "`render`, or ask for RAW maps and upsample them yourself"
+            f"the image forms asked for, at {width}×{height}, need about {size / 2**20:.0f} MiB, above the "
+            f"{limit / 2**20:.0f} MiB message limit: name fewer maps in `render`, fewer forms, a smaller "
+            "render_max_side, or ask for RAW maps and upsample them yourself"
         )
 
 
@@ -125,10 +125,14 @@ class Pipeline:
             settings.max_decoded_image_bytes,
         )
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="attnserve-cpu")
-        self._in_flight = 0
+        self.render_executor = ThreadPoolExecutor(
+            settings.render_threads, thread_name_prefix="attnserve-render"
+        )
+        self.admission = Admission(settings, metrics)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.render_executor.shutdown(wait=False, cancel_futures=True)
 
     async def predict(
         self,
@@ -146,14 +150,14 @@ class Pipeline:
                 f"the deadline leaves {max(deadline_s, 0) * 1e3:.1f} ms, too little to predict; "
                 "nothing was decoded"
             )
-        if self._in_flight >= self.settings.max_in_flight:
-            limit = self.settings.max_in_flight
-            raise Overloaded(f"{self._in_flight} predictions are in flight (limit {limit}); retry shortly")
-        self._in_flight += 1
+        request_id = request_ids.bind(request.request_id)
+        if request_id != request.request_id:
+            request = dataclasses.replace(request, request_id=request_id)
+        self.admission.enter()
         try:
             return await self._predict(request, deadline_s, response_limit_bytes)
         finally:
-            self._in_flight -= 1
+            self.admission.leave()
 
     async def _predict(
         self, request: PredictionRequest, deadline_s: float | None, response_limit_bytes: int | None
@@ -168,12 +172,48 @@ class Pipeline:
         spec = model.spec
         options = resolve_task_options(request, spec, self.settings.max_top_k)
         attention = resolve_attention(request, spec)
+        render_side = request.render_max_side or self.settings.render_max_side
+        header = probe_image(request.image, self.limits) if request.image is not None else None
+        cost = estimate_cost(header, spec, attention, render_side, self.settings)
+        ticket = self.admission.admit(model.name, cost)
+        try:
+            prediction = await self._run(
+                request,
+                model,
+                options,
+                attention,
+                render_side,
+                cost,
+                started,
+                deadline_s,
+                response_limit_bytes,
+            )
+        finally:
+            ticket.release(time.perf_counter() - started)
+        return prediction
+
+    async def _run(
+        self,
+        request: PredictionRequest,
+        model: ModelInfo,
+        options: TaskOptions,
+        attention: AttentionRequest,
+        render_side: int,
+        cost: Cost,
+        started: float,
+        deadline_s: float | None,
+        response_limit_bytes: int | None,
+    ) -> Prediction:
+        spec = model.spec
         keep_image = MapForm.OVERLAY_PNG in attention.forms and bool(attention.maps)
         loop = asyncio.get_running_loop()
+        executor = self.render_executor if cost.heavy else self.executor
 
-        prepared = await loop.run_in_executor(self.executor, self._prepare, request, spec, keep_image)
+        prepared = await loop.run_in_executor(executor, self._prepare, request, spec, keep_image, render_side)
+        geometry = prepared.geometry
+        render_size = fit_within(geometry.width, geometry.height, render_side)
         if response_limit_bytes is not None:
-            check_response_size(attention, spec, prepared.geometry, response_limit_bytes)
+            check_response_size(attention, spec, render_size, response_limit_bytes)
         preprocessed = time.perf_counter()
 
         timeout = self.settings.triton_timeout_s
@@ -200,14 +240,15 @@ class Pipeline:
                 "normalised pixels (see the model's preprocessing mean and std)"
             )
         answer = await loop.run_in_executor(
-            self.executor,
+            executor,
             postprocess,
             first,
             spec,
-            prepared.geometry,
+            geometry,
             options,
             attention,
             prepared.image,
+            render_size,
         )
         finished = time.perf_counter()
 
@@ -217,7 +258,7 @@ class Pipeline:
             model_version=request.model_version or model.version,
             predictions=answer.task.predictions,
             attention=answer.attention,
-            image=ImageInfo(prepared.geometry.width, prepared.geometry.height, prepared.format),
+            image=ImageInfo(geometry.width, geometry.height, prepared.format),
             timings=Timings(
                 preprocess_ms=(preprocessed - started) * 1e3,
                 inference_ms=(inferred - preprocessed) * 1e3,
@@ -227,11 +268,13 @@ class Pipeline:
             request_id=request.request_id,
         )
 
-    def _prepare(self, request: PredictionRequest, spec: ModelSpec, keep_image: bool) -> PreparedInput:
+    def _prepare(
+        self, request: PredictionRequest, spec: ModelSpec, keep_image: bool, render_side: int
+    ) -> PreparedInput:
         if request.image is not None:
-            return preprocess_image(request.image, spec.preprocess, self.limits, keep_image)
+            return preprocess_image(request.image, spec.preprocess, self.limits, keep_image, render_side)
         if request.tensor is not None:
-            return preprocess_tensor(request.tensor, spec.preprocess, keep_image)
+            return preprocess_tensor(request.tensor, spec.preprocess, keep_image, render_side)
         raise InvalidInput("the request has no input: set `image` (encoded bytes) or `tensor`")
 
     def _observe(

@@ -13,8 +13,17 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from attnserve.errors import InvalidInput
-from attnserve.spec import PreprocessSpec
-from attnserve.transform import ImageLimits, ResizeGeometry, decode_image, denormalize, to_model_input
+from attnserve.spec import ColorMode, PreprocessSpec
+from attnserve.transform import (
+    HIGH_DEPTH_MODES,
+    ImageLimits,
+    ResizeGeometry,
+    decode_image,
+    denormalize,
+    fit_within,
+    to_color_mode,
+    to_model_input,
+)
 
 
 @dataclass
@@ -24,21 +33,50 @@ class PreparedInput:
     geometry: ResizeGeometry
     format: str
     image: Image.Image | None = None
-    """The oriented original as RGB, kept only when an overlay will be drawn on it."""
+    """The oriented original as RGB at the render size, kept only when an overlay will be drawn
+    on it."""
 
 
 def preprocess_image(
-    data: bytes, spec: PreprocessSpec, limits: ImageLimits, keep_image: bool = False
+    data: bytes,
+    spec: PreprocessSpec,
+    limits: ImageLimits,
+    keep_image: bool = False,
+    render_max_side: int | None = None,
 ) -> PreparedInput:
-    """Encoded bytes → normalised tensor + geometry (+ the oriented RGB original if asked)."""
+    """Encoded bytes → normalised tensor + geometry (+ the oriented original as RGB if asked,
+    scaled down to fit ``render_max_side``)."""
     decoded = decode_image(data, limits, draft_for=None if keep_image else spec)
     prepared = to_model_input(decoded.image, spec, original_size=decoded.size)
-    kept = decoded.image.convert("RGB") if keep_image else None
+    kept = None
+    if keep_image:
+        size = decoded.size if render_max_side is None else fit_within(*decoded.size, render_max_side)
+        kept = shown_at(decoded.image, size, spec.pad_value)
     return PreparedInput(prepared.tensor, prepared.geometry, decoded.format, kept)
 
 
+def shown_at(image: Image.Image, size: tuple[int, int], background: float) -> Image.Image:
+    """The image as RGB at ``size`` (width, height), for drawing on: resized in its own mode
+    first where Pillow can (a 40-megapixel original never gets a full-size RGB copy), then
+    read as RGB the way the model reads colours (high bit depths scaled, transparency over
+    ``background``)."""
+    if image.size != size:
+        if image.mode in HIGH_DEPTH_MODES:  # Pillow resizes these as 32-bit: 8 bits first, in strips
+            image = to_color_mode(image, ColorMode.GRAY, background)
+        elif image.mode in ("1", "P", "PA"):  # resized in these modes is nearest-neighbour
+            image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+        try:
+            image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        except (ValueError, OSError):  # a mode Pillow cannot resample: convert, then resize
+            image = to_color_mode(image, ColorMode.RGB, background).resize(size, Image.Resampling.BILINEAR)
+    return to_color_mode(image, ColorMode.RGB, background)
+
+
 def preprocess_tensor(
-    tensor: NDArray[np.float32], spec: PreprocessSpec, keep_image: bool = False
+    tensor: NDArray[np.float32],
+    spec: PreprocessSpec,
+    keep_image: bool = False,
+    render_max_side: int | None = None,
 ) -> PreparedInput:
     """A client-preprocessed tensor, (C, H, W) or (1, C, H, W), checked against the spec."""
     expected = (spec.channels, *spec.input_size)
@@ -53,5 +91,9 @@ def preprocess_tensor(
     if not np.isfinite(tensor).all():
         raise InvalidInput("the input tensor holds NaN or infinite values")
     geometry = ResizeGeometry.identity(expected[2], expected[1])
-    kept = denormalize(tensor, spec) if keep_image else None
+    kept = None
+    if keep_image:
+        kept = denormalize(tensor, spec)
+        if render_max_side is not None:
+            kept = shown_at(kept, fit_within(*kept.size, render_max_side), spec.pad_value)
     return PreparedInput(np.ascontiguousarray(tensor), geometry, "TENSOR", kept)

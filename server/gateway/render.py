@@ -34,6 +34,11 @@ def _turbo_lut() -> NDArray[np.uint8]:
 TURBO = _turbo_lut()
 
 
+STRIP_ROWS = 256
+"""Overlays are blended this many rows at a time: the temporaries stay a few MB whatever the
+image's size."""
+
+
 def colorize(display: NDArray[np.float32]) -> NDArray[np.uint8]:
     """H×W values in [0, 1] → H×W×3 RGB."""
     index = np.clip(display * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -45,14 +50,23 @@ def overlay(
 ) -> NDArray[np.uint8]:
     """The heatmap blended onto the RGB image, opacity proportional to the display value.
 
-    A map with no highlight (all zero, e.g. a flat map) leaves the image unchanged.
+    A map with no highlight (all zero, e.g. a flat map) leaves the image unchanged. Integer
+    blending with weights in 1/256 steps (within one level of exact float blending), row strip
+    by row strip.
     """
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    base = np.asarray(image.convert("RGB"), dtype=np.uint8)
     if base.shape[:2] != display.shape:
         raise ValueError(f"image {base.shape[:2]} and map {display.shape} differ in size")
-    weight = (alpha * np.clip(display, 0.0, 1.0))[:, :, None]
-    blended = base * (1.0 - weight) + colorize(display).astype(np.float32) * weight
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    result = np.empty_like(base)
+    for top in range(0, base.shape[0], STRIP_ROWS):
+        rows = slice(top, top + STRIP_ROWS)
+        strip = np.clip(display[rows], 0.0, 1.0)
+        weight = np.rint(strip * (alpha * 256.0)).astype(np.uint16)[:, :, None]
+        blended = base[rows].astype(np.uint16) * (256 - weight)
+        blended += colorize(strip).astype(np.uint16) * weight
+        blended += 128
+        result[rows] = (blended >> 8).astype(np.uint8)
+    return result
 
 
 def encode_png(pixels: NDArray[np.uint8]) -> bytes:
@@ -65,9 +79,13 @@ def _stroke(image: Image.Image) -> int:
     return max(1, round(min(image.size) / 160))
 
 
-def draw_boxes(image: Image.Image, boxes: list[tuple[float, float, float, float]]) -> NDArray[np.uint8]:
+def draw_boxes(
+    image: Image.Image, boxes: list[tuple[float, float, float, float]], scale: float = 1.0
+) -> NDArray[np.uint8]:
     """Boxes as rectangles on the RGB image, coloured along Turbo in order and numbered
-    (1 = the first, e.g. the coarsest scale's zoom)."""
+    (1 = the first, e.g. the coarsest scale's zoom). ``scale``: image pixels per unit of the
+    boxes' coordinates (the original shown at a smaller render size)."""
+    boxes = [_scaled(box, scale) for box in boxes]
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
     width = _stroke(canvas)
@@ -78,9 +96,14 @@ def draw_boxes(image: Image.Image, boxes: list[tuple[float, float, float, float]
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def draw_path(image: Image.Image, path: list[Glimpse]) -> NDArray[np.uint8]:
+def draw_path(image: Image.Image, path: list[Glimpse], scale: float = 1.0) -> NDArray[np.uint8]:
     """A glimpse path: each glimpse's sharpest patch as a numbered square, joined in order by a
-    line through the centres; the first glimpse's widest patch is outlined for context."""
+    line through the centres; the first glimpse's widest patch is outlined for context.
+    ``scale`` as in `draw_boxes`."""
+    path = [
+        Glimpse((g.center[0] * scale, g.center[1] * scale), [_scaled(b, scale) for b in g.patches])
+        for g in path
+    ]
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
     width = _stroke(canvas)
@@ -99,6 +122,10 @@ def draw_path(image: Image.Image, path: list[Glimpse]) -> NDArray[np.uint8]:
         x, y = glimpse.center
         draw.ellipse((x - 2 * width, y - 2 * width, x + 2 * width, y + 2 * width), fill=colour)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def _scaled(box: tuple[float, float, float, float], scale: float) -> tuple[float, float, float, float]:
+    return box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale
 
 
 def _colour(index: int, count: int) -> tuple[int, int, int]:

@@ -57,6 +57,16 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+"""gRPC's server push-back trailer (gRFC A6): when a retry may be admitted."""
+
+
+def retry_trailers(error: BaseException) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a refusal that carries a retry hint."""
+    retry = getattr(error, "retry_after_s", None) if isinstance(error, Overloaded) else None
+    return () if retry is None else ((RETRY_PUSHBACK, str(max(1, round(retry * 1e3)))),)
+
+
 ModelOf = Callable[[Any], str]
 
 
@@ -104,7 +114,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         except Exception as exc:
             code = status_for(exc)
             log_failure(log, method, exc)
-            await context.abort(code, describe(exc))
+            await context.abort(code, describe(exc), retry_trailers(exc))
         finally:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels("grpc", method, model, code.name).inc()

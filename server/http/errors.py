@@ -6,6 +6,7 @@ can name more precisely (413, 415) come first in the lookup by the exception's M
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from attnserve.errors import (
@@ -60,3 +61,9 @@ def status_for(error: BaseException) -> int:
 
 def error_body(status: int, message: str) -> dict[str, Any]:
     return {"code": status, "message": message}
+
+
+def error_headers(error: BaseException) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, at least 1) on a refusal that carries a retry hint."""
+    retry = error.retry_after_s if isinstance(error, Overloaded) else None
+    return {} if retry is None else {"Retry-After": str(max(1, math.ceil(retry)))}

@@ -29,7 +29,7 @@ from attnserve.settings import GatewaySettings
 from ..gateway.core import GatewayCore
 from ..gateway.security import ApiKeys
 from .auth import ApiKeyMiddleware
-from .errors import error_body, status_for
+from .errors import error_body, error_headers, status_for
 from .openapi import openapi_document
 from .requests import predict_request
 
@@ -151,8 +151,8 @@ class HttpApi:
 
     # --- errors and metrics ----------------------------------------------------------------
 
-    def _error(self, status: int, message: str) -> Response:
-        return JSONResponse(error_body(status, message), status_code=status)
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -169,7 +169,7 @@ class HttpApi:
             try:
                 response = await endpoint(request)
             except Exception as exc:
-                response = self._error(status_for(exc), describe(exc))
+                response = self._error(status_for(exc), describe(exc), error_headers(exc))
                 log_failure(log, f"http {method}", exc)
             finally:
                 metrics.in_flight.dec()

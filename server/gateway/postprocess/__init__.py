@@ -36,10 +36,14 @@ def postprocess(
     options: TaskOptions,
     request: AttentionRequest,
     image: Image.Image | None = None,
+    render_size: tuple[int, int] | None = None,
 ) -> Answer:
-    """Outputs of one image (batch axis removed) → the task's answer and the requested maps."""
+    """Outputs of one image (batch axis removed) → the task's answer and the requested maps.
+
+    Image forms are drawn at ``render_size`` (width, height; default the original's), on
+    ``image`` which must be that size."""
     result = task_postprocessor(spec.task)(outputs, spec, options)
-    context = MapContext(geometry, request, result.selection, spec.labels, image)
+    context = MapContext(geometry, request, result.selection, spec.labels, image, render_size)
     maps = [
         build_attention_map(spec.attention_by_name(name), outputs[name], context) for name in request.maps
     ]

@@ -20,7 +20,7 @@ from attnserve.attention import select_leading
 from attnserve.errors import InvalidInput
 from attnserve.prediction import IMAGE_FORMS, AttentionMap, Box, Glimpse, MapForm
 from attnserve.spec import AttentionKind, AttentionSpec
-from attnserve.transform import ResizeGeometry, boxes_to_original, map_to_original, peak_in_original
+from attnserve.transform import ResizeGeometry, boxes_to_original, map_to_size, peak_in_original
 
 from ..render import colorize, draw_boxes, draw_path, encode_png, overlay
 from .display import DisplayMap, to_display
@@ -48,7 +48,18 @@ class MapContext:
     selection: Mapping[str, int]
     labels: tuple[str, ...]
     image: Image.Image | None = None
-    """The oriented original (RGB), present when an overlay was asked for."""
+    """The oriented original (RGB) at `render_size`, present when an overlay was asked for."""
+    render_size: tuple[int, int] | None = None
+    """(width, height) of the image forms; None: the original's size."""
+
+    @property
+    def rendered(self) -> tuple[int, int]:
+        return self.render_size or (self.geometry.width, self.geometry.height)
+
+    @property
+    def render_scale(self) -> float:
+        """Rendered pixels per original pixel (1 unless the original was rendered smaller)."""
+        return self.rendered[0] / self.geometry.width
 
 
 MapBuilder = Callable[[AttentionSpec, NDArray[np.float32], AttentionMap, MapContext], AttentionMap]
@@ -114,7 +125,7 @@ def spatial_map(
     request = context.request
     if not request.forms & IMAGE_FORMS or not request.renders(attention.name):
         return result
-    upsampled = np.clip(map_to_original(display.values, context.geometry), 0.0, 1.0)
+    upsampled = np.clip(map_to_size(display.values, context.geometry, context.rendered), 0.0, 1.0)
     if MapForm.UPSAMPLED in request.forms:
         result.upsampled = upsampled
     if MapForm.HEATMAP_PNG in request.forms:
@@ -161,7 +172,7 @@ def attended_boxes(
         result.peak = _centre(result.boxes[-1])
     if _drawn(attention, context):
         assert context.image is not None
-        result.overlay_png = encode_png(draw_boxes(context.image, result.boxes))
+        result.overlay_png = encode_png(draw_boxes(context.image, result.boxes, context.render_scale))
     return result
 
 
@@ -187,5 +198,5 @@ def glimpse_path(
         result.peak = result.path[-1].center
     if _drawn(attention, context):
         assert context.image is not None
-        result.overlay_png = encode_png(draw_path(context.image, result.path))
+        result.overlay_png = encode_png(draw_path(context.image, result.path, context.render_scale))
     return result

@@ -1,0 +1,205 @@
+"""Admission: what a request may cost, decided before any work is done on it.
+
+Four limits, each checked on the event loop before decoding, each refused at once with
+RESOURCE_EXHAUSTED and a retry hint — nothing waits in a hidden queue:
+
+- requests in flight (``max_in_flight``);
+- one model's share of them (``model_share``): a flood on one model leaves room for the others;
+- heavy requests in flight (``max_heavy_in_flight``): those that render image forms or decode a
+  large image. They also run on their own threads (`Pipeline`), so cheap predictions are never
+  queued behind a 12-megapixel overlay;
+- memory: every request's decode and render memory is estimated from its image header
+  (`estimate_cost`) and reserved from ``memory_budget_bytes``; what does not fit is refused (and
+  a request that could never fit is `TooLarge`, with what to change).
+
+The retry hint is the category's recent service time (an exponential average), clamped to
+50 ms – 10 s: by then about one request of that kind has finished.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from attnserve.errors import Overloaded, TooLarge
+from attnserve.prediction import IMAGE_FORMS, MapForm
+from attnserve.settings import GatewaySettings
+from attnserve.spec import AttentionKind, ColorMode, ModelSpec
+from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, fit_within, jpeg_draft_scale
+
+from .metrics import GatewayMetrics
+from .postprocess import AttentionRequest
+
+MIB = 2**20
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La", "P"})
+_DRAWN_KINDS = frozenset({AttentionKind.BOXES, AttentionKind.PATH})
+_RETRY_MIN_S, _RETRY_MAX_S = 0.05, 10.0
+
+
+@dataclass(frozen=True)
+class Cost:
+    memory_bytes: int
+    """Decode + render memory at its peak, an upper estimate."""
+    heavy: bool
+    render_size: tuple[int, int] | None = None
+    """(width, height) of the image forms; None when none is drawn."""
+
+
+def answer_bytes(
+    spec: ModelSpec, attention: AttentionRequest, size: tuple[int, int], png_bytes: float
+) -> int:
+    """The image forms' share of the answer at ``size``: float32 UPSAMPLED maps, and PNGs
+    counted at ``png_bytes`` a pixel (an overlay of a photo takes about 2, a heatmap less)."""
+    pixels = size[0] * size[1]
+    forms = attention.forms
+    spatial = [n for n in attention.maps if attention.renders(n) and spec.attention_by_name(n).is_spatial]
+    pngs = len(forms & {MapForm.HEATMAP_PNG, MapForm.OVERLAY_PNG})
+    drawn_on = 0  # boxes and paths: drawn on the overlay only
+    if MapForm.OVERLAY_PNG in forms:
+        drawn_on = sum(
+            1
+            for n in attention.maps
+            if attention.renders(n) and spec.attention_by_name(n).kind in _DRAWN_KINDS
+        )
+    upsampled = 4 * len(spatial) * pixels if MapForm.UPSAMPLED in forms else 0
+    return upsampled + math.ceil(png_bytes * (len(spatial) * pngs + drawn_on) * pixels)
+
+
+def render_bytes(spec: ModelSpec, attention: AttentionRequest, size: tuple[int, int]) -> int:
+    """Rendering the requested image forms at ``size``: the image drawn on, one map's
+    temporaries at a time (float map, colours, the encoder's input), and the answer held three
+    times at its peak (the arrays, the message's fields, the serialised message)."""
+    answer = answer_bytes(spec, attention, size, png_bytes=2.0)
+    if not answer:
+        return 0
+    pixels = size[0] * size[1]
+    kept_image = 4 * pixels if MapForm.OVERLAY_PNG in attention.forms else 0
+    return kept_image + 15 * pixels + 3 * answer
+
+
+def estimate_cost(
+    header: ImageHeader | None,
+    spec: ModelSpec,
+    attention: AttentionRequest,
+    render_max_side: int,
+    settings: GatewaySettings,
+) -> Cost:
+    """The memory a request needs from its header (``None``: a tensor input, small)."""
+    draws = bool(attention.maps) and bool(attention.forms & IMAGE_FORMS)
+    if header is None:
+        size = (spec.preprocess.input_size[1], spec.preprocess.input_size[0])
+        render = render_bytes(spec, attention, size) if draws else 0
+        return Cost(render, draws, size if draws else None)
+    keeps_image = draws and MapForm.OVERLAY_PNG in attention.forms
+    scale = 1.0
+    if header.format == "JPEG" and not keeps_image:  # decoded at a reduced DCT scale
+        wanted = jpeg_draft_scale(header.width, header.height, spec.preprocess)
+        scale = 1.0 / 2 ** min(3, math.floor(math.log2(1.0 / wanted)))
+    pixels = math.ceil(header.pixels * scale * scale)
+    decoded = math.ceil(header.decoded_bytes * scale * scale)
+    # colour conversion for the model: an 8-bit copy (strips for 16-bit), RGBA compositing
+    channels = 3 if spec.preprocess.color_mode is ColorMode.RGB else 1
+    converted = pixels * channels + (12 * pixels if header.mode in _ALPHA_MODES else 0)
+    if header.mode in HIGH_DEPTH_MODES:
+        converted += pixels
+    memory = decoded + converted
+    if not draws:
+        return Cost(memory, memory >= settings.heavy_request_bytes)
+    size = fit_within(header.width, header.height, render_max_side)
+    return Cost(memory + render_bytes(spec, attention, size), True, size)
+
+
+class Ticket:
+    """An admitted request's share of the limits; `release` once, when it is answered."""
+
+    def __init__(self, admission: Admission, model: str, cost: Cost) -> None:
+        self.admission, self.model, self.cost = admission, model, cost
+        self.released = False
+
+    def release(self, service_s: float | None = None) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._release(self, service_s)
+
+
+class Admission:
+    """The limits' counters; used from the event loop only (no locks)."""
+
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.per_model = max(1, math.ceil(settings.max_in_flight * settings.model_share))
+        self.in_flight = 0
+        self.heavy = 0
+        self.memory = 0
+        self.by_model: Counter[str] = Counter()
+        self._service_s = {False: 0.02, True: 0.2}
+
+    def retry_after(self, heavy: bool) -> float:
+        return min(_RETRY_MAX_S, max(_RETRY_MIN_S, self._service_s[heavy]))
+
+    def enter(self) -> None:
+        """The global cap, checked first (before the model or the image is looked at)."""
+        if self.in_flight >= self.settings.max_in_flight:
+            self._refuse(
+                "in_flight",
+                f"{self.in_flight} predictions are in flight (limit {self.settings.max_in_flight})",
+                heavy=False,
+            )
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def admit(self, model: str, cost: Cost) -> Ticket:
+        """Reserves ``cost`` for one request on ``model`` or refuses it."""
+        if self.by_model[model] >= self.per_model:
+            self._refuse(
+                "model_share",
+                f"{self.by_model[model]} predictions on {model!r} are in flight (its share {self.per_model})",
+                cost.heavy,
+            )
+        if cost.heavy and self.heavy >= self.settings.max_heavy_in_flight:
+            limit = self.settings.max_heavy_in_flight
+            self._refuse(
+                "heavy",
+                f"{self.heavy} heavy requests (renders, large images) are in flight (limit {limit})",
+                True,
+            )
+        budget = self.settings.memory_budget_bytes
+        if cost.memory_bytes > budget:
+            self.metrics.rejected.labels("too_large").inc()
+            raise TooLarge(
+                f"this request needs about {cost.memory_bytes / MIB:.0f} MiB to decode and render, more "
+                f"than the gateway's budget of {budget / MIB:.0f} MiB: send a smaller image, or ask for "
+                "fewer image forms or a smaller render_max_side"
+            )
+        if self.memory + cost.memory_bytes > budget:
+            self._refuse(
+                "memory",
+                f"{self.memory / MIB:.0f} of {budget / MIB:.0f} MiB of decode/render memory are in use "
+                f"and this request needs about {cost.memory_bytes / MIB:.0f} MiB",
+                cost.heavy,
+            )
+        self.by_model[model] += 1
+        self.heavy += cost.heavy
+        self.memory += cost.memory_bytes
+        self.metrics.memory_reserved.set(self.memory)
+        return Ticket(self, model, cost)
+
+    def _release(self, ticket: Ticket, service_s: float | None) -> None:
+        self.by_model[ticket.model] -= 1
+        if not self.by_model[ticket.model]:
+            del self.by_model[ticket.model]
+        self.heavy -= ticket.cost.heavy
+        self.memory -= ticket.cost.memory_bytes
+        self.metrics.memory_reserved.set(self.memory)
+        if service_s is not None:
+            previous = self._service_s[ticket.cost.heavy]
+            self._service_s[ticket.cost.heavy] = 0.8 * previous + 0.2 * service_s
+
+    def _refuse(self, reason: str, what: str, heavy: bool) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        retry = self.retry_after(heavy)
+        raise Overloaded(f"{what}; retry in {retry * 1e3:.0f} ms", retry_after_s=retry)

@@ -1,0 +1,229 @@
+"""Admission and bounded rendering: what a request may cost is decided from its header before
+any decoding, beyond the limits it is refused at once with a retry hint, and image forms are
+drawn at a bounded size whatever the original's."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client import generate_latest
+
+from attnserve.errors import Overloaded, TooLarge
+from attnserve.export.models import create_model, get_spec, serving_spec
+from attnserve.prediction import MapForm, PredictionRequest
+from attnserve.server.gateway.admission import Admission, Cost, estimate_cost
+from attnserve.server.gateway.metrics import GatewayMetrics
+from attnserve.server.gateway.pipeline import resolve_attention
+from attnserve.server.gateway.postprocess import AttentionRequest, TaskOptions, postprocess
+from attnserve.server.gateway.render import overlay
+from attnserve.settings import GatewaySettings
+from attnserve.transform import ImageHeader, ResizeGeometry
+from attnserve.v1 import attnserve_pb2 as pb
+from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+
+from .conftest import CBAM_OUTPUT_DIMS, FakeBackend, GatewayThread, gateway_settings, triton_settings
+
+SPEC = serving_spec(get_spec("cbam"), create_model("cbam")).model_copy(
+    update={"primary_attention": "spatial_stage3"}
+)
+MIB = 2**20
+EVERY_FORM = frozenset({MapForm.UPSAMPLED, MapForm.HEATMAP_PNG, MapForm.OVERLAY_PNG})
+
+
+def attention(forms: frozenset[MapForm] = frozenset({MapForm.RAW})) -> AttentionRequest:
+    return resolve_attention(PredictionRequest(forms=forms), SPEC)
+
+
+def rejected(metrics: GatewayMetrics) -> dict[str, float]:
+    return {
+        sample.labels["reason"]: sample.value
+        for sample in metrics.rejected.collect()[0].samples
+        if sample.name.endswith("_total")
+    }
+
+
+# --- the estimate ---------------------------------------------------------------------------
+
+
+def test_the_estimate_grows_with_the_decoded_raster_and_the_render_size_not_the_original() -> None:
+    settings = GatewaySettings()
+    rgb_40mp = ImageHeader(8000, 5000, "RGB", "PNG")
+    # Pillow keeps RGB in 4 bytes a pixel (152 MiB), plus the model's 8-bit grey copy (38 MiB)
+    assert estimate_cost(rgb_40mp, SPEC, attention(), 1024, settings).memory_bytes == 8000 * 5000 * 5
+    # a JPEG predicted without an overlay is decoded at 1/8 scale: 64× less
+    jpeg = estimate_cost(ImageHeader(8000, 5000, "RGB", "JPEG"), SPEC, attention(), 1024, settings)
+    assert jpeg.memory_bytes == 1000 * 625 * 5 and not jpeg.heavy
+    # rendering costs what the render size costs: a 12 MP and a 48 MP photo render alike
+    forms = attention(EVERY_FORM)
+    small = estimate_cost(ImageHeader(4000, 3000, "RGB", "PNG"), SPEC, forms, 1024, settings)
+    large = estimate_cost(ImageHeader(8000, 6000, "RGB", "PNG"), SPEC, forms, 1024, settings)
+    assert small.render_size == large.render_size == (1024, 768) and small.heavy
+    render = small.memory_bytes - 4000 * 3000 * 5
+    assert large.memory_bytes - 8000 * 6000 * 5 == render
+    assert render < 128 * MIB  # five maps in every form at 1024×768, the answer held three times
+    full = estimate_cost(ImageHeader(4000, 3000, "RGB", "PNG"), SPEC, forms, 4000, settings)
+    assert full.memory_bytes - 4000 * 3000 * 5 > 15 * render  # what asking for full size costs
+    # a tensor input draws at the model's input size
+    assert estimate_cost(None, SPEC, forms, 1024, settings).render_size == (64, 64)
+
+
+# --- the limits -------------------------------------------------------------------------------
+
+
+def test_each_limit_refuses_at_once_with_a_retry_hint_and_counts_the_refusal() -> None:
+    settings = GatewaySettings(
+        max_in_flight=4, model_share=0.5, max_heavy_in_flight=1, memory_budget_bytes=100
+    )
+    metrics = GatewayMetrics()
+    admission = Admission(settings, metrics)
+    assert admission.per_model == 2
+    cheap, heavy = Cost(10, False), Cost(10, True)
+
+    tickets = []
+    for _ in range(2):
+        admission.enter()
+        tickets.append(admission.admit("a", cheap))
+    admission.enter()
+    with pytest.raises(Overloaded, match="its share 2") as share:
+        admission.admit("a", cheap)  # model a holds its share…
+    admission.leave()
+    admission.enter()
+    tickets.append(admission.admit("b", heavy))  # …model b still gets in
+    admission.enter()
+    with pytest.raises(Overloaded, match="heavy requests") as heavy_refusal:
+        admission.admit("c", heavy)
+    admission.leave()
+    with pytest.raises(Overloaded, match=r"in flight \(limit 4\)"):
+        admission.enter(), admission.enter()
+    assert admission.in_flight == 4
+    admission.leave()
+    with pytest.raises(Overloaded, match="decode/render memory"):
+        admission.admit("c", Cost(80, False))
+    with pytest.raises(TooLarge, match="budget of 0 MiB"):
+        admission.admit("c", Cost(101, False))  # could never fit: not a retry
+    assert (share.value.retry_after_s, heavy_refusal.value.retry_after_s) == (0.05, 0.2)  # cheap, heavy
+    assert rejected(metrics) == {"model_share": 1, "heavy": 1, "in_flight": 1, "memory": 1, "too_large": 1}
+
+    for ticket in tickets:
+        ticket.release(service_s=1.0)
+        ticket.release(service_s=1.0)  # twice is once
+    assert (admission.memory, admission.heavy, dict(admission.by_model)) == (0, 0, {})
+    assert admission.retry_after(True) == pytest.approx(0.8 * 0.2 + 0.2 * 1.0)  # the recent service time
+
+
+# --- bounded rendering ------------------------------------------------------------------------
+
+
+def test_image_forms_are_drawn_at_the_render_size_and_positions_stay_in_original_pixels() -> None:
+    rng = np.random.default_rng(0)
+    outputs = {name: rng.random(shape).astype(np.float32) for name, shape in CBAM_OUTPUT_DIMS.items()}
+    outputs["logits"] = np.arange(10, dtype=np.float32)
+    geometry = ResizeGeometry.for_spec(4000, 3000, SPEC.preprocess)
+    image = Image.new("RGB", (1024, 768), (90, 90, 90))
+    request = AttentionRequest(("spatial_stage3", "cam"), EVERY_FORM)
+    answer = postprocess(outputs, SPEC, geometry, TaskOptions(3, None), request, image, (1024, 768))
+    for result in answer.attention:
+        assert result.upsampled is not None and result.upsampled.shape == (768, 1024)
+        for png in (result.heatmap_png, result.overlay_png):
+            assert Image.open(io.BytesIO(png)).size == (1024, 768)
+        assert result.peak is not None and result.peak[0] > 1024  # original pixels (4000 wide)
+    full = postprocess(
+        outputs, SPEC, geometry, TaskOptions(3, None), request, Image.new("RGB", (4000, 3000)), (4000, 3000)
+    )
+    assert [m.peak for m in full.attention] == [m.peak for m in answer.attention]
+    assert full.attention[0].upsampled is not None and full.attention[0].upsampled.shape == (3000, 4000)
+
+
+def test_integer_blending_is_within_one_level_of_float_blending() -> None:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)  # more rows than one strip
+    display = rng.random((300, 200)).astype(np.float32)
+    from attnserve.server.gateway.render import OVERLAY_ALPHA, colorize
+
+    weight = (OVERLAY_ALPHA * display)[:, :, None]
+    exact = pixels * (1.0 - weight) + colorize(display).astype(np.float32) * weight
+    blended = overlay(Image.fromarray(pixels), display).astype(np.float32)
+    assert np.abs(blended - exact).max() <= 1.0
+
+
+def test_boxes_are_drawn_where_they_are_on_a_smaller_rendering() -> None:
+    from attnserve.server.gateway.render import draw_boxes
+
+    drawn = draw_boxes(Image.new("RGB", (100, 60)), [(130.0, 40.0, 150.0, 60.0)], scale=0.5)
+    ys, xs = np.nonzero(drawn.sum(axis=2))
+    text = xs >= 67  # the number drawn inside the box's corner
+    assert (xs.min(), ys.min(), xs.max(), ys[~text].max()) == (65, 20, 74, 29)
+
+
+# --- through the fronts -----------------------------------------------------------------------
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 30).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def gated() -> object:
+    backend = FakeBackend()
+    settings = gateway_settings(triton_settings(), default_model="cbam", http_port=0, max_in_flight=2)
+    thread = GatewayThread(settings, backend).start()
+    yield thread, backend
+    thread.stop()
+
+
+def test_a_refusal_carries_a_retry_hint_on_grpc_and_http_and_is_counted_once(gated: object) -> None:
+    thread, backend = gated  # type: ignore[misc]
+    gate = asyncio.Event()
+    backend.gate = gate
+    request = pb.PredictRequest(image=png(64, 64))
+    with grpc.insecure_channel(thread.address) as channel:
+        stub = pb_grpc.AttentionServiceStub(channel)
+        waiting = [stub.Predict.future(request, timeout=30) for _ in range(2)]
+        time.sleep(0.3)
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as refusal:
+            stub.Predict(request, timeout=5)
+        refused_in = time.perf_counter() - started
+        response = httpx.post(
+            f"{thread.http_url}/v1/models/cbam:predict",
+            content=png(64, 64),
+            headers={"content-type": "image/png"},
+            timeout=5,
+        )
+        thread.loop.call_soon_threadsafe(gate.set)
+        assert all(call.result().predictions for call in waiting)
+    backend.gate = None
+    assert refusal.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and refused_in < 0.05
+    trailers = dict(refusal.value.trailing_metadata())
+    assert 50 <= int(trailers["grpc-retry-pushback-ms"]) <= 10_000
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+    metrics = generate_latest(thread.gateway.core.metrics.registry).decode()
+    assert 'attnserve_rejected_total{reason="in_flight"} 2.0' in metrics
+
+
+def test_a_request_asks_its_render_size(gated: object) -> None:
+    thread, _ = gated  # type: ignore[misc]
+    with grpc.insecure_channel(thread.address) as channel:
+        stub = pb_grpc.AttentionServiceStub(channel)
+
+        def heatmap(side: int) -> tuple[int, int]:
+            options = pb.AttentionOptions(
+                maps=["primary"], formats=[pb.MAP_FORMAT_HEATMAP_PNG], render_max_side=side
+            )
+            answer = stub.Predict(pb.PredictRequest(image=png(3000, 1500), attention=options), timeout=30)
+            assert (answer.image.width, answer.image.height) == (3000, 1500)
+            size: tuple[int, int] = Image.open(io.BytesIO(answer.attention[0].heatmap_png)).size
+            return size
+
+        assert heatmap(0) == (1024, 512)  # the gateway's default
+        assert heatmap(300) == (300, 150)
+        assert heatmap(5000) == (3000, 1500)  # never larger than the original
