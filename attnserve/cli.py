@@ -18,7 +18,6 @@ override them. A failure prints one line on stderr and exits non-zero.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnserve.errors import AttnserveError, SetupError
+from attnserve.request_ids import configure_logging
 from attnserve.settings import DEFAULT_GATEWAY_ADDRESS, SAMPLE_IMAGE, Settings
 
 if TYPE_CHECKING:
@@ -364,11 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         print(f"attnserve: invalid settings: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, sys.stderr)
     try:
         code: int = args.handler(args, settings)
         return code
