@@ -48,7 +48,8 @@ def test_request_ids_reach_triton_the_answer_and_the_log() -> None:
     try:
         with grpc.insecure_channel(thread.address) as channel:
             stub = pb_grpc.AttentionServiceStub(channel)
-            given = stub.Predict(pb.PredictRequest(image=buffer.getvalue(), request_id="client-7"), timeout=10)
+            image = buffer.getvalue()
+            given = stub.Predict(pb.PredictRequest(image=image, request_id="client-7"), timeout=10)
             fresh = stub.Predict(pb.PredictRequest(image=buffer.getvalue()), timeout=10)
             with pytest.raises(grpc.RpcError):
                 stub.Predict(pb.PredictRequest(image=b"junk", request_id="bad-1"), timeout=10)
