@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from numpy.typing import NDArray
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferRequestedOutput, KeepAliveOptions
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -64,12 +64,36 @@ def request_timeout_us(timeout_s: float) -> int:
     return max(1, int(timeout_s * 1e6))
 
 
+RECONNECT_BACKOFF_MS = (250, 1000)
+"""First and largest wait between reconnection attempts to Triton. gRPC's defaults (1 s, growing
+1.6× up to 120 s) kept the gateway NOT_SERVING for up to 5.3 s after a restarted Triton was
+ready."""
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options (message sizes, keepalive) plus a short reconnect
+    backoff; given explicitly, they replace tritonclient's, so they are all listed."""
+    keepalive = KeepAliveOptions()
+    first, largest = RECONNECT_BACKOFF_MS
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", first),
+        ("grpc.min_reconnect_backoff_ms", first),
+        ("grpc.max_reconnect_backoff_ms", largest),
+    ]
+
+
 class TritonBackend:
     """Async adapter over Triton's gRPC API (`InferenceBackend`)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = triton_aio.InferenceServerClient(url)
+        self._client = triton_aio.InferenceServerClient(url, channel_args=channel_args())
 
     async def close(self) -> None:
         await self._client.close()
