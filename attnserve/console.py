@@ -171,6 +171,10 @@ def models_to_console(client: AnyClient, as_json: bool = False) -> None:
         return
     for model in listing.models:
         default = "  (default)" if model.name == listing.default_model else ""
+        if not model.ready:
+            print(f"{model.name} v{model.version or '?'}{default}: not ready — {model.reason}")
+            if not model.HasField("preprocess"):
+                continue
         p = model.preprocess
         print(f"{model.name} v{model.version}{default}: {model.description}")
         print(f"  input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {len(model.labels)} classes")

@@ -93,7 +93,8 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
     shown = Path(os.path.relpath(image)) if image.is_absolute() and Path.cwd() in image.parents else image
     with serving(settings) as served, Client(served.address) as client:
         listing = client.list_models()
-        names = sorted((m.name for m in listing.models), key=lambda n: n != listing.default_model)
+        ready = (m.name for m in listing.models if m.ready)
+        names = sorted(ready, key=lambda n: n != listing.default_model)
         tiles = []
         for index, name in enumerate(names):
             if index:

@@ -32,7 +32,9 @@ async function loadModels() {
   select.replaceChildren();
   for (const model of models) {
     state.models[model.name] = model;
-    const option = new Option(`${model.name} (${model.architecture})`, model.name);
+    const label = model.ready ? `${model.name} (${model.architecture})` : `${model.name} — not ready: ${model.reason}`;
+    const option = new Option(label, model.name);
+    option.disabled = !model.ready;
     option.selected = model.name === defaultModel;
     select.append(option);
   }
