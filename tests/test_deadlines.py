@@ -84,8 +84,9 @@ def test_export_writes_the_queue_policy() -> None:
 class FakeAioClient:
     """Records what `TritonBackend.infer` asks of tritonclient's aio client."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, channel_args: list[tuple[str, int]] | None = None) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.channel_args = dict(channel_args or [])
 
     async def infer(self, model_name: str, inputs: list[Any], **options: Any) -> Any:
         self.calls.append(options)
@@ -104,6 +105,9 @@ def test_the_remaining_time_is_the_grpc_deadline_and_tritons_request_timeout(
     assert call["client_timeout"] == 0.1234567
     assert call["timeout"] == 123456 and isinstance(call["timeout"], int)  # microseconds
     assert call["request_id"] == "id-1"
+    options = backend._client.channel_args  # type: ignore[attr-defined]
+    assert options["grpc.max_reconnect_backoff_ms"] == 1000  # back within a second of Triton
+    assert options["grpc.max_receive_message_length"] > 2**30  # tritonclient's own options kept
     assert triton_adapter.request_timeout_us(1e-9) == 1  # 0 would mean "no timeout" to Triton
 
 

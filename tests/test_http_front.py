@@ -96,6 +96,7 @@ def test_raw_multipart_and_json_bodies_give_the_same_answer(
     assert [r.status_code for r in (as_raw, form, as_json)] == [200, 200, 200]
     for answer in answers:
         answer.pop("timings")
+        assert len(answer.pop("request_id")) == 16  # a fresh ID for each request that names none
     assert answers[0] == answers[1] == answers[2]
     first = answers[0]
     assert first["model"] == "cbam" and len(first["predictions"]) == 3
@@ -122,6 +123,7 @@ def test_http_answers_are_the_grpc_answers_json_mapping(fake: tuple[GatewayThrea
     grpc_json = codec.prediction_to_json(over_grpc)
     http_json = codec.prediction_to_json(over_http)
     grpc_json.pop("timings"), http_json.pop("timings")
+    grpc_json.pop("request_id"), http_json.pop("request_id")  # fresh, so different, IDs
     assert grpc_json == http_json
     assert listing[0] == listing[1] and model[0] == model[1]
 
