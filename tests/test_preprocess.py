@@ -140,6 +140,17 @@ def test_float_images_with_nan_decode_without_warnings() -> None:
     assert np.isfinite(prepared.tensor).all()
 
 
+def _tiff_frame_without_width() -> bytes:
+    """Two frames, the second one's ImageWidth tag renamed: Pillow raises TypeError counting frames
+    (found by the fuzz test)."""
+    data = bytearray(_frames("TIFF"))
+    width_tags = [
+        i for i in range(len(data) - 4) if data[i : i + 4] in (b"\x00\x01\x03\x00", b"\x00\x01\x04\x00")
+    ]
+    data[width_tags[1] : width_tags[1] + 2] = b"\x99\x99"
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -153,6 +164,7 @@ def test_float_images_with_nan_decode_without_warnings() -> None:
         (_frames("TIFF"), "3 frames"),
         (_frames("PNG"), "3 frames"),
         (encode(Image.new("LAB", (20, 16), (50, 0, 0)), "TIFF"), "LAB images cannot be read"),
+        (_tiff_frame_without_width(), "corrupt or truncated"),
     ],
     ids=[
         "empty",
@@ -165,6 +177,7 @@ def test_float_images_with_nan_decode_without_warnings() -> None:
         "multi-page-tiff",
         "apng",
         "lab-tiff",
+        "tiff-frame-without-width",
     ],
 )
 def test_bad_images_are_invalid_input_with_an_actionable_message(data: bytes, message: str) -> None:

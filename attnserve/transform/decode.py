@@ -47,6 +47,11 @@ HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 """Modes of more than 8 bits a band; read as 8-bit L by `to_color_mode`."""
 
 
+CORRUPT = (OSError, ValueError, SyntaxError, TypeError, KeyError, EOFError)
+"""What Pillow raises on damaged data, depending on the format and where the damage is (a TIFF
+frame without its width: TypeError; an unknown tag type: KeyError)."""
+
+
 def bytes_per_pixel(mode: str) -> int:
     """What one pixel of a Pillow image in ``mode`` takes in memory."""
     return _BYTES_PER_PIXEL.get(mode, 4)
@@ -63,7 +68,10 @@ class DecodedImage:
 
 def check_header(image: Image.Image, image_format: str, limits: ImageLimits) -> None:
     """What the header alone says is refused: several frames, no pixels, too large."""
-    frames = getattr(image, "n_frames", 1)
+    try:
+        frames = getattr(image, "n_frames", 1)  # reads every frame's header
+    except CORRUPT as exc:
+        raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
     if frames > 1:
         raise InvalidInput(
             f"the {image_format} holds {frames} frames (an animation or a multi-page file); send one image"
@@ -129,7 +137,7 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
         raise UnsupportedMedia(
             f"the bytes are not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
         ) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (*CORRUPT, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
     image_format = image.format or "UNKNOWN"
     if image_format not in SUPPORTED_FORMATS:
@@ -150,7 +158,7 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
     width, height = image.size
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):
+    except CORRUPT:
         orientation = 1
     size = (height, width) if orientation in _SWAPPED_ORIENTATIONS else (width, height)
     if draft_for is not None and image_format == "JPEG":
@@ -159,7 +167,7 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
     try:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # not a copy: 120 MiB for 40 megapixels
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+    except CORRUPT as exc:
         raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
     return DecodedImage(image, image_format, size)
 
