@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from attnserve._net import free_port
 from attnserve.errors import SetupError
@@ -26,38 +26,67 @@ from attnserve.prediction import Prediction
 from attnserve.settings import Settings
 
 
-class Served(NamedTuple):
+@dataclass
+class Served:
     address: str
     """The gateway's gRPC address, HOST:PORT."""
     http_url: str
     """Its HTTP API and web page, http://HOST:PORT."""
+    pid: int
+    """The `attnserve serve` process (the gateway; Triton is its child)."""
+    triton_grpc_port: int
+    metrics_url: str | None = None
+    """The gateway's Prometheus endpoint, when asked for."""
+    exit_code: int | None = None
+    """Set once the block has ended and the server stopped."""
 
 
 @contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[Served]:
-    """Runs ``attnserve serve`` on free ports until the block ends."""
+def serving(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    gateway_metrics: bool = False,
+    quiet: bool = False,
+) -> Iterator[Served]:
+    """Runs ``attnserve serve`` on free ports until the block ends, then stops it (SIGINT).
+
+    ``env`` adds to the server's environment (e.g. ``ATTNSERVE_GATEWAY__*`` settings);
+    ``gateway_metrics`` serves the gateway's /metrics; ``quiet`` prints nothing.
+    """
     from attnserve.clients import Client
 
-    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway", "page")}
+    names = ("http", "grpc", "metrics", "gateway", "page", "gateway_metrics")
+    ports = {name: free_port() for name in names}
+    if not gateway_metrics:
+        ports["gateway_metrics"] = 0
     command = [
         sys.executable, "-m", "attnserve", "serve",
         f"--repository={settings.triton.model_repository}",
         f"--http-port={ports['http']}", f"--grpc-port={ports['grpc']}", f"--metrics-port={ports['metrics']}",
-        f"--port={ports['gateway']}", f"--gateway-http-port={ports['page']}", "--gateway-metrics-port=0",
+        f"--port={ports['gateway']}", f"--gateway-http-port={ports['page']}",
+        f"--gateway-metrics-port={ports['gateway_metrics']}",
     ]  # fmt: skip
-    served = Served(f"127.0.0.1:{ports['gateway']}", f"http://127.0.0.1:{ports['page']}")
-    print(
-        f"starting Triton (gRPC :{ports['grpc']}) and the gateway (gRPC {served.address}, "
-        f"HTTP and web page {served.http_url}/) ...",
-        flush=True,
-    )
+    say = (lambda *args, **kwargs: None) if quiet else print
     with tempfile.TemporaryFile() as server_log:
         started = time.monotonic()
         server = subprocess.Popen(
             command,
             stdout=server_log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "ATTNSERVE_LOG_LEVEL": "WARNING"},
+            env={**os.environ, "ATTNSERVE_LOG_LEVEL": "WARNING", **(env or {})},
+        )
+        served = Served(
+            f"127.0.0.1:{ports['gateway']}",
+            f"http://127.0.0.1:{ports['page']}",
+            server.pid,
+            ports["grpc"],
+            f"http://127.0.0.1:{ports['gateway_metrics']}/metrics" if gateway_metrics else None,
+        )
+        say(
+            f"starting Triton (gRPC :{ports['grpc']}) and the gateway (gRPC {served.address}, "
+            f"HTTP and web page {served.http_url}/) ...",
+            flush=True,
         )
         try:
             with Client(served.address) as client:
@@ -69,15 +98,15 @@ def serving(settings: Settings) -> Iterator[Served]:
                     if time.monotonic() - started > settings.triton.startup_timeout_s:
                         raise SetupError("the gateway did not become SERVING in time")
                     time.sleep(0.2)
-            print(f"serving after {time.monotonic() - started:.1f} s\n", flush=True)
+            say(f"serving after {time.monotonic() - started:.1f} s\n", flush=True)
             yield served
         finally:
             server.send_signal(signal.SIGINT)
             try:
-                server.wait(timeout=30)
+                served.exit_code = server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-                server.wait()
+                served.exit_code = server.wait()
 
 
 def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:

@@ -16,10 +16,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -30,8 +26,8 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from attnserve._net import free_port
-from attnserve.clients import Client
+from attnserve.demo import serving
+from attnserve.settings import Settings
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
@@ -50,8 +46,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1e3, 1) if values else None
 
 
-def rejected_total(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+def rejected_total(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -71,7 +67,7 @@ async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float]:
     return code, time.perf_counter() - started
 
 
-async def measure(address: str, calls: int, metrics_port: int) -> dict[str, Any]:
+async def measure(address: str, calls: int, metrics_url: str) -> dict[str, Any]:
     cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
     heavy = pb.PredictRequest(
         image=photo(),
@@ -84,12 +80,12 @@ async def measure(address: str, calls: int, metrics_port: int) -> dict[str, Any]
         for _ in range(20):
             await call(stub, cheap)
         unloaded = [seconds for _, seconds in [await call(stub, cheap) for _ in range(200)]]
-        before = rejected_total(metrics_port)
+        before = rejected_total(metrics_url)
         kinds = ["heavy" if i % 4 == 0 else "cheap" for i in range(calls)]
         started = time.perf_counter()
         results = await asyncio.gather(*(call(stub, heavy if k == "heavy" else cheap) for k in kinds))
         wall = time.perf_counter() - started
-        counted = rejected_total(metrics_port) - before
+        counted = rejected_total(metrics_url) - before
     by_kind: dict[str, Any] = {}
     for kind in ("cheap", "heavy"):
         mine = [r for r, k in zip(results, kinds, strict=True) if k == kind]
@@ -121,26 +117,11 @@ def main() -> dict[str, Any]:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args()
-    gateway_port, metrics_port = free_port(), free_port()
-    command = [
-        sys.executable, "-m", "attnserve", "serve", f"--http-port={free_port()}",
-        f"--grpc-port={free_port()}", f"--metrics-port={free_port()}", f"--port={gateway_port}",
-        f"--gateway-http-port={free_port()}", f"--gateway-metrics-port={metrics_port}",
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "ATTNSERVE_LOG_LEVEL": "WARNING",
-        "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(args.max_in_flight),
-    }
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    address = f"127.0.0.1:{gateway_port}"
-    try:
-        with Client(address) as probe:
-            probe.wait_until_serving(180)
-        summary = asyncio.run(measure(address, 10 * args.max_in_flight, metrics_port))
-    finally:
-        server.send_signal(signal.SIGTERM)
-        exit_code = server.wait(timeout=60)
+    limits = {"ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(args.max_in_flight)}
+    with serving(Settings(), env=limits, gateway_metrics=True, quiet=True) as served:
+        assert served.metrics_url is not None
+        summary = asyncio.run(measure(served.address, 10 * args.max_in_flight, served.metrics_url))
+    exit_code = served.exit_code
     summary.update(max_in_flight=args.max_in_flight, exit_code=exit_code)
     cheap = summary["by_kind"]["cheap"]
     if cheap["admitted_p99_ms"] and summary["unloaded_p99_ms"]:

@@ -14,10 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,9 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from attnserve._net import free_port
 from attnserve.clients import Client
+from attnserve.demo import serving
 from attnserve.errors import AttnserveError
+from attnserve.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "docs" / "samples" / "digit.png").read_bytes()
@@ -87,86 +84,73 @@ def main() -> dict[str, Any]:
 
     payloads = bombs()
     say("bombs: " + ", ".join(f"{name} {len(data) / 1024:.0f} KiB" for name, (data, _) in payloads.items()))
-    gateway_port = free_port()
-    command = [
-        sys.executable, "-m", "attnserve", "serve", f"--http-port={free_port()}",
-        f"--grpc-port={free_port()}", f"--metrics-port={free_port()}", f"--port={gateway_port}",
-        f"--gateway-http-port={free_port()}", "--gateway-metrics-port=0",
-    ]  # fmt: skip
-    env = {**os.environ, "ATTNSERVE_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    address = f"127.0.0.1:{gateway_port}"
     results: dict[str, Any] = {"alone": {}, "together": {}}
-    try:
-        with Client(address, timeout_s=120) as client:
-            client.wait_until_serving(180)
-            for _ in range(20):  # warm-up: every path once
-                client.predict(SAMPLE, forms=EVERY_FORM)
-            idle_mib, _ = memory_of(server.pid)
-            say(f"gateway idle after warm-up: {idle_mib:.0f} MiB")
+    with serving(Settings(), quiet=True) as served, Client(served.address, timeout_s=120) as client:
+        for _ in range(20):  # warm-up: every path once
+            client.predict(SAMPLE, forms=EVERY_FORM)
+        idle_mib, _ = memory_of(served.pid)
+        say(f"gateway idle after warm-up: {idle_mib:.0f} MiB")
 
-            def bomb(name: str) -> tuple[str, float]:
-                data, options = payloads[name]
+        def bomb(name: str) -> tuple[str, float]:
+            data, options = payloads[name]
+            started = time.perf_counter()
+            try:
+                client.predict(data, **options)
+                outcome = "OK"
+            except AttnserveError as exc:
+                outcome = type(exc).__name__
+            except Exception as exc:  # noqa: BLE001 - anything undeclared is lost
+                outcome = f"lost:{type(exc).__name__}"
+            return outcome, time.perf_counter() - started
+
+        for name in payloads:
+            outcome, seconds = bomb(name)
+            rss, peak = memory_of(served.pid)
+            results["alone"][name] = {"outcome": outcome, "seconds": round(seconds, 2)}
+            say(f"{name:18} alone: {outcome:12} {seconds:6.2f} s   peak +{peak - idle_mib:.0f} MiB")
+        alone_peak = memory_of(served.pid)[1] - idle_mib
+
+        # together, while a cheap client keeps predicting
+        cheap: Counter[str] = Counter()
+        cheap_latency: list[float] = []
+        stop = threading.Event()
+
+        def steady() -> None:
+            while not stop.is_set():
                 started = time.perf_counter()
                 try:
-                    client.predict(data, **options)
-                    outcome = "OK"
+                    client.predict(SAMPLE, maps=["primary"])
+                    cheap["OK"] += 1
+                    cheap_latency.append(time.perf_counter() - started)
                 except AttnserveError as exc:
-                    outcome = type(exc).__name__
-                except Exception as exc:  # noqa: BLE001 - anything undeclared is lost
-                    outcome = f"lost:{type(exc).__name__}"
-                return outcome, time.perf_counter() - started
+                    cheap[type(exc).__name__] += 1
 
-            for name in payloads:
-                outcome, seconds = bomb(name)
-                rss, peak = memory_of(server.pid)
-                results["alone"][name] = {"outcome": outcome, "seconds": round(seconds, 2)}
-                say(f"{name:18} alone: {outcome:12} {seconds:6.2f} s   peak +{peak - idle_mib:.0f} MiB")
-            alone_peak = memory_of(server.pid)[1] - idle_mib
-
-            # together, while a cheap client keeps predicting
-            cheap: Counter[str] = Counter()
-            cheap_latency: list[float] = []
-            stop = threading.Event()
-
-            def steady() -> None:
-                while not stop.is_set():
-                    started = time.perf_counter()
-                    try:
-                        client.predict(SAMPLE, maps=["primary"])
-                        cheap["OK"] += 1
-                        cheap_latency.append(time.perf_counter() - started)
-                    except AttnserveError as exc:
-                        cheap[type(exc).__name__] += 1
-
-            names = [list(payloads)[i % len(payloads)] for i in range(args.together)]
-            steady_thread = threading.Thread(target=steady)
-            steady_thread.start()
-            with ThreadPoolExecutor(args.together) as pool:
-                outcomes = list(pool.map(bomb, names))
-            stop.set()
-            steady_thread.join()
-            together: Counter[str] = Counter(outcome for outcome, _ in outcomes)
-            rss, peak = memory_of(server.pid)
-            results["together"] = {
-                "sent": args.together,
-                "outcomes": dict(together),
-                "slowest_s": round(max(seconds for _, seconds in outcomes), 2),
-                "cheap_outcomes": dict(cheap),
-                "cheap_p99_ms": round(float(np.percentile(cheap_latency, 99)) * 1e3, 1)
-                if cheap_latency
-                else None,
-            }
-            say(f"{args.together} at once: {dict(together)}; cheap client meanwhile: {dict(cheap)}")
-            results.update(
-                idle_mib=round(idle_mib, 1),
-                peak_growth_alone_mib=round(alone_peak, 1),
-                peak_growth_mib=round(peak - idle_mib, 1),
-                rss_after_mib=round(rss, 1),
-            )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        results["exit_code"] = server.wait(timeout=60)
+        names = [list(payloads)[i % len(payloads)] for i in range(args.together)]
+        steady_thread = threading.Thread(target=steady)
+        steady_thread.start()
+        with ThreadPoolExecutor(args.together) as pool:
+            outcomes = list(pool.map(bomb, names))
+        stop.set()
+        steady_thread.join()
+        together: Counter[str] = Counter(outcome for outcome, _ in outcomes)
+        rss, peak = memory_of(served.pid)
+        results["together"] = {
+            "sent": args.together,
+            "outcomes": dict(together),
+            "slowest_s": round(max(seconds for _, seconds in outcomes), 2),
+            "cheap_outcomes": dict(cheap),
+            "cheap_p99_ms": round(float(np.percentile(cheap_latency, 99)) * 1e3, 1)
+            if cheap_latency
+            else None,
+        }
+        say(f"{args.together} at once: {dict(together)}; cheap client meanwhile: {dict(cheap)}")
+        results.update(
+            idle_mib=round(idle_mib, 1),
+            peak_growth_alone_mib=round(alone_peak, 1),
+            peak_growth_mib=round(peak - idle_mib, 1),
+            rss_after_mib=round(rss, 1),
+        )
+    results["exit_code"] = served.exit_code
     say(f"gateway peak +{results['peak_growth_mib']} MiB over idle ({results['idle_mib']} MiB)")
     print(json.dumps(results))
     return results

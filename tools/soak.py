@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from attnserve._net import free_port
 from attnserve.clients import Client
+from attnserve.demo import serving
 from attnserve.errors import AttnserveError
+from attnserve.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "docs" / "samples" / "digit.png").read_bytes()
@@ -61,24 +61,13 @@ def main() -> dict[str, Any]:
     args = parser.parse_args()
     say = (lambda *a: None) if args.json else print
 
-    grpc_port, gateway_port = free_port(), free_port()
-    command = [
-        sys.executable, "-m", "attnserve", "serve", f"--http-port={free_port()}", f"--grpc-port={grpc_port}",
-        f"--metrics-port={free_port()}", f"--port={gateway_port}", f"--gateway-http-port={free_port()}",
-        "--gateway-metrics-port=0",
-    ]  # fmt: skip
-    env = {**os.environ, "ATTNSERVE_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    address = f"127.0.0.1:{gateway_port}"
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
     samples: list[tuple[float, float, int, int]] = []
     kills = 0
-    try:
-        with Client(address) as probe:
-            probe.wait_until_serving(180)
+    with serving(Settings(), quiet=True) as served:
         say(f"serving; {args.duration:.0f} s at {args.rate:.0f} req/s, {args.bad:.0%} junk")
-        client = Client(address, timeout_s=30)
+        client = Client(served.address, timeout_s=30)
         rng = random.Random(0)
 
         def one(data: bytes) -> None:
@@ -99,10 +88,10 @@ def main() -> dict[str, Any]:
             sent = 0
             while (elapsed := time.monotonic() - started) < args.duration:
                 if elapsed >= next_sample:
-                    samples.append((elapsed, *process_sample(server.pid)))
+                    samples.append((elapsed, *process_sample(served.pid)))
                     next_sample += 1.0
                 if elapsed >= next_kill:
-                    pid = triton_pid(grpc_port)
+                    pid = triton_pid(served.triton_grpc_port)
                     if pid is not None:
                         os.kill(pid, signal.SIGKILL)
                         kills += 1
@@ -116,9 +105,7 @@ def main() -> dict[str, Any]:
                 pool.submit(one, data)
                 sent += 1
         client.close()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        exit_code = server.wait(timeout=60)
+    exit_code = served.exit_code
 
     warm = [s for s in samples if s[0] >= 0.2 * args.duration]
     summary = {
