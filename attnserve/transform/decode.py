@@ -66,33 +66,6 @@ class DecodedImage:
     """(width, height) of the full-resolution, oriented image: the coordinates answers use."""
 
 
-def check_header(image: Image.Image, image_format: str, limits: ImageLimits) -> None:
-    """What the header alone says is refused: several frames, no pixels, too large."""
-    try:
-        frames = getattr(image, "n_frames", 1)  # reads every frame's header
-    except CORRUPT as exc:
-        raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
-    if frames > 1:
-        raise InvalidInput(
-            f"the {image_format} holds {frames} frames (an animation or a multi-page file); send one image"
-        )
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise InvalidInput(f"the image has no pixels ({width}×{height})")
-    if width * height > limits.max_pixels:
-        raise TooLarge(
-            f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}"
-        )
-    if max(width, height) > limits.max_side:
-        raise TooLarge(f"the image is {width}×{height}; each side may be at most {limits.max_side:,} pixels")
-    decoded = width * height * bytes_per_pixel(image.mode)
-    if decoded > limits.max_decoded_bytes:
-        raise TooLarge(
-            f"the {width}×{height} {image.mode} image decodes to {decoded / 2**20:.0f} MiB; the limit is "
-            f"{limits.max_decoded_bytes / 2**20:.0f} MiB (send 8-bit pixels or a smaller image)"
-        )
-
-
 @dataclass(frozen=True)
 class ImageHeader:
     """What an image's header says, read without decoding a pixel."""
@@ -112,11 +85,36 @@ class ImageHeader:
         return self.pixels * bytes_per_pixel(self.mode)
 
 
+def check_header(image: Image.Image, header: ImageHeader, limits: ImageLimits) -> None:
+    """What the header alone says is refused: several frames, no pixels, too large."""
+    try:
+        frames = getattr(image, "n_frames", 1)  # reads every frame's header
+    except CORRUPT as exc:
+        raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
+    if frames > 1:
+        raise InvalidInput(
+            f"the {header.format} holds {frames} frames (an animation or a multi-page file); send one image"
+        )
+    width, height = header.width, header.height
+    if width < 1 or height < 1:
+        raise InvalidInput(f"the image has no pixels ({width}×{height})")
+    if header.pixels > limits.max_pixels:
+        raise TooLarge(
+            f"the image is {width}×{height} = {header.pixels:,} pixels; the limit is {limits.max_pixels:,}"
+        )
+    if max(width, height) > limits.max_side:
+        raise TooLarge(f"the image is {width}×{height}; each side may be at most {limits.max_side:,} pixels")
+    if (decoded := header.decoded_bytes) > limits.max_decoded_bytes:
+        raise TooLarge(
+            f"the {width}×{height} {header.mode} image decodes to {decoded / 2**20:.0f} MiB; the limit is "
+            f"{limits.max_decoded_bytes / 2**20:.0f} MiB (send 8-bit pixels or a smaller image)"
+        )
+
+
 def probe_image(data: bytes, limits: ImageLimits) -> ImageHeader:
     """Reads and checks the header only (fast: no pixel is decoded); every failure is
     `InvalidInput`, the same as `decode_image` would raise."""
-    image, image_format = _open(data, limits)
-    return ImageHeader(image.width, image.height, image.mode, image_format)
+    return _open(data, limits)[1]
 
 
 def jpeg_draft_scale(width: int, height: int, spec: PreprocessSpec) -> float:
@@ -126,7 +124,7 @@ def jpeg_draft_scale(width: int, height: int, spec: PreprocessSpec) -> float:
     return min(1.0, 2.0 * max(geometry.scale_x, geometry.scale_y))
 
 
-def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
+def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, ImageHeader]:
     if not data:
         raise InvalidInput("the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -143,8 +141,9 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
     if image_format not in SUPPORTED_FORMATS:
         supported = ", ".join(SUPPORTED_FORMATS)
         raise UnsupportedMedia(f"{image_format} images are not supported; send {supported}")
-    check_header(image, image_format, limits)
-    return image, image_format
+    header = ImageHeader(image.width, image.height, image.mode, image_format)
+    check_header(image, header, limits)
+    return image, header
 
 
 def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | None = None) -> DecodedImage:
@@ -154,8 +153,8 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
     has twice the resolution the model input needs: a large photo then costs a fraction of a
     full decode, and the answer's coordinates stay those of the full image.
     """
-    image, image_format = _open(data, limits)
-    width, height = image.size
+    image, header = _open(data, limits)
+    image_format, width, height = header.format, header.width, header.height
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except CORRUPT:
@@ -166,7 +165,7 @@ def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | N
         image.draft(image.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
     try:
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # not a copy: 120 MiB for 40 megapixels
+        ImageOps.exif_transpose(image, in_place=True)  # not a copy: 152 MiB for 40 MP of RGB
     except CORRUPT as exc:
         raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
     return DecodedImage(image, image_format, size)
