@@ -19,6 +19,7 @@ The retry hint is the category's recent service time (an exponential average), c
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -91,9 +92,8 @@ def estimate_cost(
         size = (spec.preprocess.input_size[1], spec.preprocess.input_size[0])
         render = render_bytes(spec, attention, size) if draws else 0
         return Cost(render, draws, size if draws else None)
-    keeps_image = draws and MapForm.OVERLAY_PNG in attention.forms
     scale = 1.0
-    if header.format == "JPEG" and not keeps_image:  # decoded at a reduced DCT scale
+    if header.format == "JPEG" and not attention.needs_image:  # decoded at a reduced DCT scale
         wanted = jpeg_draft_scale(header.width, header.height, spec.preprocess)
         scale = 1.0 / 2 ** min(3, math.floor(math.log2(1.0 / wanted)))
     pixels = math.ceil(header.pixels * scale * scale)
@@ -111,16 +111,24 @@ def estimate_cost(
 
 
 class Ticket:
-    """An admitted request's share of the limits; `release` once, when it is answered."""
+    """An admitted request's share of the limits; `release` once, when it is answered — or use
+    it as a context manager, which releases it with the time since admission."""
 
     def __init__(self, admission: Admission, model: str, cost: Cost) -> None:
         self.admission, self.model, self.cost = admission, model, cost
+        self.admitted = time.perf_counter()
         self.released = False
 
     def release(self, service_s: float | None = None) -> None:
         if not self.released:
             self.released = True
             self.admission._release(self, service_s)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release(time.perf_counter() - self.admitted)
 
 
 class Admission:

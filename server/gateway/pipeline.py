@@ -23,7 +23,7 @@ from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec
 from attnserve.transform import ImageLimits, fit_within, probe_image
 
-from .admission import Admission, Cost, answer_bytes, estimate_cost
+from .admission import Admission, answer_bytes, estimate_cost
 from .backend import InferenceBackend
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
@@ -175,98 +175,71 @@ class Pipeline:
         render_side = request.render_max_side or self.settings.render_max_side
         header = probe_image(request.image, self.limits) if request.image is not None else None
         cost = estimate_cost(header, spec, attention, render_side, self.settings)
-        ticket = self.admission.admit(model.name, cost)
-        try:
-            prediction = await self._run(
-                request,
-                model,
+        with self.admission.admit(model.name, cost):
+            loop = asyncio.get_running_loop()
+            executor = self.render_executor if cost.heavy else self.executor
+
+            prepared = await loop.run_in_executor(
+                executor, self._prepare, request, spec, attention.needs_image, render_side
+            )
+            geometry = prepared.geometry
+            render_size = fit_within(geometry.width, geometry.height, render_side)
+            if response_limit_bytes is not None:
+                check_response_size(attention, spec, render_size, response_limit_bytes)
+            preprocessed = time.perf_counter()
+
+            timeout = self.settings.triton_timeout_s
+            if deadline_s is not None:
+                remaining = deadline_s - (preprocessed - started)
+                if remaining <= 0:
+                    raise DeadlineExceeded("the deadline passed during preprocessing")
+                timeout = min(timeout, remaining)
+            wanted = [*spec.task_outputs, *attention.maps]
+            outputs = await self.backend.infer(
+                model.name,
+                request.model_version,
+                {spec.input_name: prepared.tensor[None]},
+                wanted,
+                timeout,
+                request.request_id,
+            )
+            inferred = time.perf_counter()
+            check_output_shapes(outputs, model, wanted)
+
+            first = {name: value[0] for name, value in outputs.items()}
+            if not all(np.isfinite(first[name]).all() for name in spec.task_outputs):
+                raise InvalidInput(
+                    "the model's scores are not finite for this input: a tensor's values must be "
+                    "normalised pixels (see the model's preprocessing mean and std)"
+                )
+            answer = await loop.run_in_executor(
+                executor,
+                postprocess,
+                first,
+                spec,
+                geometry,
                 options,
                 attention,
-                render_side,
-                cost,
-                started,
-                deadline_s,
-                response_limit_bytes,
+                prepared.image,
+                render_size,
             )
-        finally:
-            ticket.release(time.perf_counter() - started)
-        return prediction
+            finished = time.perf_counter()
 
-    async def _run(
-        self,
-        request: PredictionRequest,
-        model: ModelInfo,
-        options: TaskOptions,
-        attention: AttentionRequest,
-        render_side: int,
-        cost: Cost,
-        started: float,
-        deadline_s: float | None,
-        response_limit_bytes: int | None,
-    ) -> Prediction:
-        spec = model.spec
-        keep_image = MapForm.OVERLAY_PNG in attention.forms and bool(attention.maps)
-        loop = asyncio.get_running_loop()
-        executor = self.render_executor if cost.heavy else self.executor
-
-        prepared = await loop.run_in_executor(executor, self._prepare, request, spec, keep_image, render_side)
-        geometry = prepared.geometry
-        render_size = fit_within(geometry.width, geometry.height, render_side)
-        if response_limit_bytes is not None:
-            check_response_size(attention, spec, render_size, response_limit_bytes)
-        preprocessed = time.perf_counter()
-
-        timeout = self.settings.triton_timeout_s
-        if deadline_s is not None:
-            remaining = deadline_s - (preprocessed - started)
-            if remaining <= 0:
-                raise DeadlineExceeded("the deadline passed during preprocessing")
-            timeout = min(timeout, remaining)
-        outputs = await self.backend.infer(
-            model.name,
-            request.model_version,
-            {spec.input_name: prepared.tensor[None]},
-            [*spec.task_outputs, *attention.maps],
-            timeout,
-            request.request_id,
-        )
-        inferred = time.perf_counter()
-        check_output_shapes(outputs, model, [*spec.task_outputs, *attention.maps])
-
-        first = {name: value[0] for name, value in outputs.items()}
-        if not all(np.isfinite(first[name]).all() for name in spec.task_outputs):
-            raise InvalidInput(
-                "the model's scores are not finite for this input: a tensor's values must be "
-                "normalised pixels (see the model's preprocessing mean and std)"
+            self._observe(model, preprocessed - started, inferred - preprocessed, finished - inferred)
+            return Prediction(
+                model=model.name,
+                model_version=request.model_version or model.version,
+                predictions=answer.task.predictions,
+                attention=answer.attention,
+                image=ImageInfo(geometry.width, geometry.height, prepared.format),
+                timings=Timings(
+                    preprocess_ms=(preprocessed - started) * 1e3,
+                    inference_ms=(inferred - preprocessed) * 1e3,
+                    postprocess_ms=(finished - inferred) * 1e3,
+                    total_ms=(finished - started) * 1e3,
+                ),
+                request_id=request.request_id,
             )
-        answer = await loop.run_in_executor(
-            executor,
-            postprocess,
-            first,
-            spec,
-            geometry,
-            options,
-            attention,
-            prepared.image,
-            render_size,
-        )
-        finished = time.perf_counter()
-
-        self._observe(model, preprocessed - started, inferred - preprocessed, finished - inferred)
-        return Prediction(
-            model=model.name,
-            model_version=request.model_version or model.version,
-            predictions=answer.task.predictions,
-            attention=answer.attention,
-            image=ImageInfo(geometry.width, geometry.height, prepared.format),
-            timings=Timings(
-                preprocess_ms=(preprocessed - started) * 1e3,
-                inference_ms=(inferred - preprocessed) * 1e3,
-                postprocess_ms=(finished - inferred) * 1e3,
-                total_ms=(finished - started) * 1e3,
-            ),
-            request_id=request.request_id,
-        )
 
     def _prepare(
         self, request: PredictionRequest, spec: ModelSpec, keep_image: bool, render_side: int

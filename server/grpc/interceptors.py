@@ -63,7 +63,7 @@ RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 
 def retry_trailers(error: BaseException) -> tuple[tuple[str, str], ...]:
     """The trailing metadata of a refusal that carries a retry hint."""
-    retry = getattr(error, "retry_after_s", None) if isinstance(error, Overloaded) else None
+    retry = error.retry_after_s if isinstance(error, Overloaded) else None
     return () if retry is None else ((RETRY_PUSHBACK, str(max(1, round(retry * 1e3)))),)
 
 

@@ -38,6 +38,11 @@ class AttentionRequest:
     def renders(self, name: str) -> bool:
         return self.render is None or name in self.render
 
+    @property
+    def needs_image(self) -> bool:
+        """An overlay is asked for: the original is kept (at the render size) to draw on."""
+        return MapForm.OVERLAY_PNG in self.forms and bool(self.maps)
+
 
 @dataclass(frozen=True)
 class MapContext:
