@@ -7,6 +7,7 @@ model_repository/. Tests that break things (stop Triton) build their own pair.
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve._net import free_port
@@ -85,6 +87,13 @@ class FakeBackend:
 
     async def close(self) -> None:
         return None
+
+
+def grey_png(width: int = 96, height: int = 64, value: int = 30) -> bytes:
+    """A small uniform grey PNG: a valid image when its content does not matter."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), value).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def triton_settings(repository: Path = DEFAULT_MODEL_REPOSITORY, **overrides: object) -> TritonSettings:
@@ -186,8 +195,8 @@ def triton() -> Iterator[TritonSettings]:
         yield settings
 
 
-@pytest.fixture(scope="session")
-def gateway(triton: TritonSettings) -> Iterator[GatewayThread]:
+def serving_gateway(triton: TritonSettings) -> Iterator[GatewayThread]:
+    """A real gateway on ``triton``, SERVING, stopped afterwards (a fixture's body)."""
     from attnserve.clients import Client
 
     thread = GatewayThread(gateway_settings(triton)).start()
@@ -195,6 +204,11 @@ def gateway(triton: TritonSettings) -> Iterator[GatewayThread]:
         client.wait_until_serving(60)
     yield thread
     thread.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: TritonSettings) -> Iterator[GatewayThread]:
+    yield from serving_gateway(triton)
 
 
 @pytest.fixture()

@@ -29,6 +29,7 @@ from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from .conftest import CBAM_OUTPUT_DIMS, FakeBackend, GatewayThread, gateway_settings, triton_settings
+from .conftest import grey_png as png
 
 SPEC = serving_spec(get_spec("cbam"), create_model("cbam")).model_copy(
     update={"primary_attention": "spatial_stage3"}
@@ -131,8 +132,8 @@ def test_image_forms_are_drawn_at_the_render_size_and_positions_stay_in_original
     answer = postprocess(outputs, SPEC, geometry, TaskOptions(3, None), request, image, (1024, 768))
     for result in answer.attention:
         assert result.upsampled is not None and result.upsampled.shape == (768, 1024)
-        for png in (result.heatmap_png, result.overlay_png):
-            assert Image.open(io.BytesIO(png)).size == (1024, 768)
+        for encoded in (result.heatmap_png, result.overlay_png):
+            assert Image.open(io.BytesIO(encoded)).size == (1024, 768)
         assert result.peak is not None and result.peak[0] > 1024  # original pixels (4000 wide)
     full = postprocess(
         outputs, SPEC, geometry, TaskOptions(3, None), request, Image.new("RGB", (4000, 3000)), (4000, 3000)
@@ -163,12 +164,6 @@ def test_boxes_are_drawn_where_they_are_on_a_smaller_rendering() -> None:
 
 
 # --- through the fronts -----------------------------------------------------------------------
-
-
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (width, height), 30).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

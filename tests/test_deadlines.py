@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import io
 import shutil
 import sys
 import time
@@ -24,7 +23,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
-from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve.clients import AsyncClient, Client
@@ -35,7 +33,8 @@ from attnserve.server.gateway import triton as triton_adapter
 from attnserve.server.triton.runtime import BACKEND_SOURCE
 from attnserve.settings import DEFAULT_MODEL_REPOSITORY, TritonSettings
 
-from .conftest import GatewayThread, gateway_settings, triton_settings
+from .conftest import GatewayThread, serving_gateway, triton_settings
+from .conftest import grey_png as png
 
 MODEL = "cbam"
 DELAY_MS = 400
@@ -47,12 +46,6 @@ SETTLE_S = 0.050
 that arrives in the very millisecond an instance is handed back (as it is when the abandoned
 execution stops at the deadline) and find it only at its 500 ms idle wake-up: measured in 5 of
 12 calls sent at once, 0 of 12 sent 50 ms later."""
-
-
-def png(size: int = 64) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (size, size)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # --- the queue policy in every config -------------------------------------------------------
@@ -215,11 +208,7 @@ def slow_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSett
 
 @pytest.fixture(scope="module")
 def slow_gateway(slow_triton: TritonSettings) -> Iterator[GatewayThread]:
-    thread = GatewayThread(gateway_settings(slow_triton)).start()
-    with Client(thread.address) as client:
-        client.wait_until_serving(60)
-    yield thread
-    thread.stop()
+    yield from serving_gateway(slow_triton)
 
 
 def timed_predict(address: str, timeout_s: float) -> tuple[float, Exception | None]:

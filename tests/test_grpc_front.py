@@ -7,7 +7,6 @@ the same front against the real Triton.
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections.abc import Iterator
 
@@ -15,7 +14,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 
 from attnserve.clients import Client
 from attnserve.errors import InvalidInput, ModelNotFound, Unavailable, UpstreamError
@@ -24,12 +22,7 @@ from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from .conftest import FakeBackend, GatewayThread, gateway_settings, triton_settings
-
-
-def png(width: int = 96, height: int = 64) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (width, height), 30).save(buffer, format="PNG")
-    return buffer.getvalue()
+from .conftest import grey_png as png
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import threading
 import time
@@ -19,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from PIL import Image
 
 from attnserve import codec
 from attnserve.clients import Client, HttpClient, connect
@@ -29,12 +27,7 @@ from attnserve.server.http.requests import OPTIONS
 from attnserve.v1 import attnserve_pb2 as pb
 
 from .conftest import FakeBackend, GatewayThread, gateway_settings, triton_settings
-
-
-def png(width: int = 96, height: int = 64) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (width, height), 30).save(buffer, format="PNG")
-    return buffer.getvalue()
+from .conftest import grey_png as png
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ gateway serving on."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
@@ -11,7 +10,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from attnserve.clients import Client
 from attnserve.errors import UpstreamError
@@ -22,6 +20,7 @@ from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from .conftest import CBAM_OUTPUT_DIMS, FakeBackend, GatewayThread, gateway_settings, triton_settings
+from .conftest import grey_png as png
 
 MODEL = model_info_from_config(FakeBackend().configs["cbam"], "1")
 REQUESTED = ["logits", "spatial_stage3", "cam"]
@@ -87,12 +86,6 @@ class MisshapenBackend(FakeBackend):
         if len(self.calls) in self.misshapen:
             answer["spatial_stage3"] = np.zeros((1, 9, 9), np.float32)
         return answer
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (96, 64), 30).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture()

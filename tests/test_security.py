@@ -7,7 +7,6 @@ probes stay open; the right key over the right TLS gets answers.
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from attnserve.clients import Client, Credentials, HttpClient
 from attnserve.errors import SetupError, Unauthenticated, Unavailable
@@ -23,16 +21,11 @@ from attnserve.server.gateway.security import ApiKeys
 from attnserve.settings import GatewaySettings
 
 from .conftest import FakeBackend, GatewayThread, gateway_settings, triton_settings
+from .conftest import grey_png as png
 
 KEY = "k3y-0f-the-right-length-42"
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (80, 60), 40).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _openssl(*args: str, cwd: Path) -> None:
