@@ -97,8 +97,7 @@ class ModelCatalog:
                 reason = str(exc).removeprefix(f"{entry.name}: ").splitlines()[0]
                 unsupported[entry.name] = ModelStatus(entry.name, entry.version, f"not servable: {reason}")
                 continue
-            current = models.get(entry.name)
-            if current is None or _version_key(entry.version) > _version_key(current.version):
+            if _newer(entry.version, models.get(entry.name)):
                 models[entry.name] = served
         not_ready = {
             name: self._not_ready(entry.name, entry.version, _state_reason(entry))
@@ -170,7 +169,8 @@ def _state_reason(entry: RepositoryModel) -> str:
     return f"{state}: {entry.reason}" if entry.reason else state
 
 
-def _newer(version: str, than: RepositoryModel | None) -> bool:
+def _newer(version: str, than: RepositoryModel | ModelInfo | None) -> bool:
+    """``version`` is the one to keep over ``than`` (none yet, or an older version)."""
     return than is None or _version_key(version) > _version_key(than.version)
 
 
