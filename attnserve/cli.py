@@ -182,6 +182,61 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import json
+    import logging
+
+    from attnserve._io import atomic_open, atomic_write_text
+    from attnserve.bench import Bound, LoadPlan, make_target, plot_png, sweep, table, to_json
+    from attnserve.clients._common import build_request
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    bound = Bound(args.duration if args.duration or not args.requests else None, args.requests)
+    if args.rate:
+        plan = LoadPlan(bound, rates=tuple(args.rate), warmup_s=args.warmup, poisson=args.poisson)
+    else:
+        plan = LoadPlan(bound, concurrency=tuple(args.concurrency or (1, 4, 16)), warmup_s=args.warmup)
+    request = build_request(
+        args.image,
+        model=args.model,
+        maps=args.maps,
+        forms=args.forms,
+        omit_attention=args.omit_attention,
+        render_max_side=args.render_max_side,
+    )
+
+    async def run() -> list[Any]:
+        target = make_target(
+            args.server,
+            request,
+            credentials=_credentials(args),
+            connections=args.connections,
+            timeout_s=args.timeout,
+        )
+        try:
+            return await sweep(target, plan, progress=sys.stderr)
+        finally:
+            await target.close()
+
+    summaries = asyncio.run(run())
+    what = (
+        "predictions only"
+        if args.omit_attention
+        else f"maps {', '.join(args.maps) or 'all'} as {', '.join(args.forms)}"
+    )
+    model = args.model or "default model"
+    title = f"{args.server} · {args.image.name} ({len(request.image):,} B) · {model} · {what}"
+    document = to_json({"gateway": summaries}, server=args.server, image=str(args.image), request=title)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
+    if args.plot:
+        with atomic_open(args.plot) as handle:
+            handle.write(plot_png({"gateway": summaries}, title=title, x_label=plan.x_label))
+    print(json.dumps(document, indent=2) if args.json else table(summaries, title=title))
+    return 0 if all(s.ok for s in summaries) else 1
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.demo import run_demo
 
@@ -310,6 +365,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overlay", type=Path, help="write the attention overlay PNG here")
     sub.add_argument("--heatmap", type=Path, help="write the attention heatmap PNG here")
     sub.add_argument("--map", default="primary", help="map to draw (default: the model's primary map)")
+    _add_client_flags(sub)
+
+    sub = command(
+        "bench", cmd_bench, "load-test a running gateway: answers/s and latency percentiles per load"
+    )
+    sub.add_argument("image", type=Path, nargs="?", default=SAMPLE_IMAGE, help="default: the sample digit")
+    sub.add_argument("--model", help="model name (default: the gateway's default)")
+    sub.add_argument("--maps", nargs="*", default=[], help="maps by name or 'primary' (default: all)")
+    sub.add_argument(
+        "--forms", nargs="+", default=["raw"], help="raw, upsampled, heatmap_png, overlay_png (default raw)"
+    )
+    sub.add_argument("--omit-attention", action="store_true", help="predictions only")
+    sub.add_argument(
+        "--render-max-side", type=int, default=0, help="image forms' longest side (0: the gateway's)"
+    )
+    load = sub.add_mutually_exclusive_group()
+    load.add_argument(
+        "--concurrency", type=int, nargs="+", help="closed loop at each of these (default 1 4 16)"
+    )
+    load.add_argument("--rate", type=float, nargs="+", help="open loop at each of these requests/s")
+    sub.add_argument("--poisson", action="store_true", help="open loop: Poisson arrivals (default: even)")
+    sub.add_argument("--duration", type=float, help="seconds per load (default 10, unless --requests)")
+    sub.add_argument("--requests", type=int, help="requests per load")
+    sub.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds before each load")
+    sub.add_argument("--connections", type=int, default=1, help="gRPC connections (HTTP: a pool of ≥ 64)")
+    sub.add_argument("--out", type=Path, help="write the figures here as JSON")
+    sub.add_argument("--plot", type=Path, help="write latency percentiles vs load here as a PNG")
     _add_client_flags(sub)
 
     sub = command("models", cmd_models, "list the served models and their attention outputs")
