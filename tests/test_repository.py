@@ -24,8 +24,7 @@ def test_config_is_a_valid_triton_model_config_for_the_onnxruntime_backend() -> 
     assert [o.name for o in parsed.output] == list(SPEC.output_names)
     assert parsed.output[0].label_filename == "labels.txt"
     assert parsed.HasField("dynamic_batching")
-    policy = parsed.dynamic_batching.default_queue_policy  # callers' own timeouts, REJECT past them
-    assert policy.allow_timeout_override and policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert not parsed.dynamic_batching.HasField("default_queue_policy")  # it stalls Triton 2.51
     assert (
         parsed.instance_group[0].count == 2
         and parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU

@@ -4,9 +4,10 @@
 (`error_from_triton`). Implements `InferenceBackend`.
 
 Each inference carries the call's remaining time twice: as the gRPC deadline (the gateway stops
-waiting, and Triton sees the call cancelled) and as Triton's request timeout, so the model's
-queue policy (``default_queue_policy`` with ``allow_timeout_override``, written by
-`attnserve.export.repository`) drops a request that waited in Triton's queue past it.
+waiting, Triton sees the call cancelled, and the backend answers it without computing) and as
+Triton's request timeout, which a model config with a queue policy allowing overrides honours.
+Ours have none (a queue policy makes Triton 2.51's batcher stall: see
+`attnserve.export.repository`).
 """
 
 from __future__ import annotations
