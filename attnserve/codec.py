@@ -22,7 +22,9 @@ from attnserve.prediction import (
     Box,
     ClassScore,
     Glimpse,
+    ImageEncoding,
     ImageInfo,
+    MapDType,
     MapForm,
     Prediction,
     PredictionRequest,
@@ -51,6 +53,28 @@ _KIND_TO_PROTO: dict[AttentionKind, Any] = {
 }
 _PROTO_TO_KIND: dict[Any, AttentionKind] = {value: key for key, value in _KIND_TO_PROTO.items()}
 
+# The defaults travel as the proto's zero values (UNSPECIFIED): a request with default options
+# is the message it was before these options existed.
+_ENCODING_TO_PROTO: dict[ImageEncoding, Any] = {
+    ImageEncoding.PNG: pb.IMAGE_ENCODING_UNSPECIFIED,
+    ImageEncoding.JPEG: pb.IMAGE_ENCODING_JPEG,
+    ImageEncoding.WEBP: pb.IMAGE_ENCODING_WEBP,
+}
+_PROTO_TO_ENCODING: dict[Any, ImageEncoding] = {
+    **{value: key for key, value in _ENCODING_TO_PROTO.items()},
+    pb.IMAGE_ENCODING_PNG: ImageEncoding.PNG,
+}
+
+_DTYPE_TO_PROTO: dict[MapDType, Any] = {
+    MapDType.FLOAT32: pb.DATA_TYPE_UNSPECIFIED,
+    MapDType.FLOAT16: pb.DATA_TYPE_FLOAT16,
+    MapDType.UINT8: pb.DATA_TYPE_UINT8,
+}
+_PROTO_TO_DTYPE: dict[Any, MapDType] = {
+    **{value: key for key, value in _DTYPE_TO_PROTO.items()},
+    pb.DATA_TYPE_FLOAT32: MapDType.FLOAT32,
+}
+
 
 def form_to_proto(form: MapForm) -> Any:
     return _FORM_TO_PROTO[form]
@@ -67,6 +91,30 @@ def kind_to_proto(kind: AttentionKind) -> Any:
 
 def kind_from_proto(value: Any) -> AttentionKind:
     return _PROTO_TO_KIND[value]
+
+
+def encoding_to_proto(encoding: ImageEncoding) -> Any:
+    return _ENCODING_TO_PROTO[encoding]
+
+
+def encoding_from_proto(value: Any) -> ImageEncoding:
+    """UNSPECIFIED is PNG; unknown values are `InvalidInput`."""
+    encoding = _PROTO_TO_ENCODING.get(value)
+    if encoding is None:
+        raise InvalidInput(f"unknown image_encoding {value}; use PNG, JPEG or WEBP")
+    return encoding
+
+
+def map_dtype_to_proto(dtype: MapDType) -> Any:
+    return _DTYPE_TO_PROTO[dtype]
+
+
+def map_dtype_from_proto(value: Any) -> MapDType:
+    """UNSPECIFIED is FLOAT32; unknown values are `InvalidInput`."""
+    dtype = _PROTO_TO_DTYPE.get(value)
+    if dtype is None:
+        raise InvalidInput(f"unknown map_dtype {value}; use FLOAT32, FLOAT16 or UINT8")
+    return dtype
 
 
 # --- tensors -------------------------------------------------------------------------------
@@ -126,6 +174,10 @@ def request_to_proto(request: PredictionRequest) -> pb.PredictRequest:
         options.target_class = request.target_class
     options.omit = request.omit_attention
     options.render_max_side = request.render_max_side
+    options.image_encoding = encoding_to_proto(request.image_encoding)
+    if request.image_quality is not None:
+        options.image_quality = request.image_quality
+    options.map_dtype = map_dtype_to_proto(request.map_dtype)
     return message
 
 
@@ -160,6 +212,9 @@ def request_from_proto(message: pb.PredictRequest) -> PredictionRequest:
         omit_attention=options.omit,
         request_id=message.request_id,
         render_max_side=options.render_max_side,
+        image_encoding=encoding_from_proto(options.image_encoding),
+        image_quality=options.image_quality if options.HasField("image_quality") else None,
+        map_dtype=map_dtype_from_proto(options.map_dtype),
     )
 
 
@@ -193,6 +248,7 @@ def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
             heatmap_png=a.heatmap_png,
             overlay_png=a.overlay_png,
             block=a.block,
+            image_encoding=a.image_encoding.value if a.image_encoding is not None else "",
             boxes=[_box_to_proto(box) for box in a.boxes],
             path=[
                 pb.Glimpse(
@@ -236,6 +292,7 @@ def prediction_from_proto(response: pb.PredictResponse) -> Prediction:
                 Glimpse((g.center.x, g.center.y), [_box_from_proto(box) for box in g.patches]) for g in a.path
             ],
             block=a.block,
+            image_encoding=ImageEncoding(a.image_encoding) if a.image_encoding else None,
         )
         for a in response.attention
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,16 +21,58 @@ class MapForm(StrEnum):
     """The forms an attention map can be returned in (`attnserve.v1.MapFormat`)."""
 
     RAW = "raw"
-    """float32 values at the model's native resolution."""
+    """Values at the model's native resolution (float32 unless `MapDType` says otherwise)."""
     UPSAMPLED = "upsampled"
-    """float32 display values in [0, 1] at the render size (the original's unless it is larger
-    than the request's or the gateway's ``render_max_side``)."""
+    """Display values in [0, 1] at the render size (the original's unless it is larger than the
+    request's or the gateway's ``render_max_side``)."""
     HEATMAP_PNG = "heatmap_png"
+    """A colour heatmap image, encoded as the request's `ImageEncoding` says (PNG by default)."""
     OVERLAY_PNG = "overlay_png"
+    """The heatmap blended onto the image (boxes, paths drawn on it), encoded likewise."""
 
 
 IMAGE_FORMS = frozenset({MapForm.UPSAMPLED, MapForm.HEATMAP_PNG, MapForm.OVERLAY_PNG})
 """Forms drawn in the original image's pixels; only `render`ed maps get them."""
+
+ENCODED_FORMS = frozenset({MapForm.HEATMAP_PNG, MapForm.OVERLAY_PNG})
+"""Forms returned as encoded images, in the request's `ImageEncoding`."""
+
+
+class ImageEncoding(StrEnum):
+    """How the encoded image forms are encoded (`attnserve.v1.ImageEncoding`); the value is the
+    MIME subtype and a file suffix."""
+
+    PNG = "png"
+    """Lossless, the default."""
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def default_quality(self) -> int | None:
+        """The quality a lossy encoding uses unless asked; None: lossless (no quality)."""
+        return _DEFAULT_QUALITY.get(self)
+
+
+_DEFAULT_QUALITY = {ImageEncoding.JPEG: 85, ImageEncoding.WEBP: 80}
+
+QUALITY_RANGE = (1, 100)
+"""The qualities a lossy encoding accepts, both ends included."""
+
+
+class MapDType(StrEnum):
+    """The data type of the tensor forms (`attnserve.v1.DataType`)."""
+
+    FLOAT32 = "float32"
+    """The default."""
+    FLOAT16 = "float16"
+    """RAW and UPSAMPLED; magnitudes beyond float16's largest (65504) saturate."""
+    UINT8 = "uint8"
+    """UPSAMPLED only: a display value v as the level floor(v × 255 + 0.5) (the heatmap's colour
+    index); level / 255 is within 1/510 of v. Raw values have no fixed range: RAW refuses it."""
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.value).itemsize
 
 
 @dataclass(frozen=True)
@@ -51,6 +94,12 @@ class PredictionRequest:
     request_id: str = ""
     render_max_side: int = 0
     """Longest side of the image forms; 0: the gateway's default."""
+    image_encoding: ImageEncoding = ImageEncoding.PNG
+    """Encoding of HEATMAP_PNG and OVERLAY_PNG."""
+    image_quality: int | None = None
+    """Quality of a lossy encoding, 1–100; None: the encoding's default."""
+    map_dtype: MapDType = MapDType.FLOAT32
+    """Data type of RAW and UPSAMPLED."""
 
 
 @dataclass
@@ -88,16 +137,22 @@ class AttentionMap:
     peak_value: float = 0.0
     class_index: int | None = None
     class_label: str = ""
-    raw: NDArray[np.float32] | None = None
-    upsampled: NDArray[np.float32] | None = None
+    raw: NDArray[Any] | None = None
+    """float32, or float16 when asked."""
+    upsampled: NDArray[Any] | None = None
+    """float32, or float16 or uint8 (levels 0–255) when asked."""
     heatmap_png: bytes = b""
+    """Encoded as `image_encoding` says."""
     overlay_png: bytes = b""
+    """Encoded as `image_encoding` says."""
     boxes: list[Box] = field(default_factory=list)
     """BOXES: one per index of the leading axes, in original pixels."""
     path: list[Glimpse] = field(default_factory=list)
     """PATH: the glimpses in order, in original pixels."""
     block: str = ""
     """The part of the network this attention belongs to."""
+    image_encoding: ImageEncoding | None = None
+    """The encoding of `heatmap_png` and `overlay_png`; None when the map carries neither."""
 
     @property
     def forms(self) -> list[MapForm]:

@@ -23,7 +23,7 @@ from attnserve.errors import (
     Unavailable,
     UpstreamError,
 )
-from attnserve.prediction import MapForm, PredictionRequest
+from attnserve.prediction import ImageEncoding, MapDType, MapForm, PredictionRequest
 from attnserve.v1 import attnserve_pb2 as pb
 
 ImageLike = bytes | str | Path | np.ndarray
@@ -53,6 +53,14 @@ class PredictOptions(TypedDict, total=False):
     """Echoed back (predict_stream numbers the requests itself)."""
     render_max_side: int
     """Longest side of the image forms, in pixels; 0: the gateway's default (1024)."""
+    image_encoding: ImageEncoding | str
+    """png (the default), jpeg or webp: how heatmap_png and overlay_png are encoded (a map's
+    ``image_encoding`` says which it carries)."""
+    image_quality: int | None
+    """Quality of jpeg or webp, 1–100; None: 85 for jpeg, 80 for webp."""
+    map_dtype: MapDType | str
+    """float32 (the default), float16 (raw and upsampled) or uint8 (upsampled only, levels
+    0–255): the numpy dtype the tensor forms come back in."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +149,12 @@ def prediction_request(
     omit_attention: bool = False,
     request_id: str = "",
     render_max_side: int = 0,
+    image_encoding: ImageEncoding | str = ImageEncoding.PNG,
+    image_quality: int | None = None,
+    map_dtype: MapDType | str = MapDType.FLOAT32,
 ) -> PredictionRequest:
-    """The domain request for one image; a file that cannot be read or an unknown form is
-    `InvalidInput`."""
+    """The domain request for one image; a file that cannot be read, an unknown form, encoding
+    or dtype is `InvalidInput` (ranges are the gateway's to check)."""
     tensor, data = None, None
     if isinstance(image, np.ndarray):
         tensor = image
@@ -159,6 +170,16 @@ def prediction_request(
         chosen = frozenset(MapForm(form) for form in forms)
     except ValueError as exc:
         raise InvalidInput(f"{exc}; forms are {', '.join(f.value for f in MapForm)}") from None
+    try:
+        encoding = ImageEncoding(str(image_encoding).lower())
+    except ValueError:
+        raise InvalidInput(
+            f"unknown image_encoding {image_encoding!r}; use {', '.join(ImageEncoding)}"
+        ) from None
+    try:
+        dtype = MapDType(str(map_dtype).lower())
+    except ValueError:
+        raise InvalidInput(f"unknown map_dtype {map_dtype!r}; use {', '.join(MapDType)}") from None
     return PredictionRequest(
         image=data,
         tensor=tensor,
@@ -172,6 +193,9 @@ def prediction_request(
         omit_attention=omit_attention,
         request_id=request_id,
         render_max_side=render_max_side,
+        image_encoding=encoding,
+        image_quality=image_quality,
+        map_dtype=dtype,
     )
 
 

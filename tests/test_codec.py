@@ -12,7 +12,9 @@ from attnserve.model_info import ModelStatus
 from attnserve.prediction import (
     AttentionMap,
     ClassScore,
+    ImageEncoding,
     ImageInfo,
+    MapDType,
     MapForm,
     Prediction,
     PredictionRequest,
@@ -136,6 +138,58 @@ def test_requests_round_trip_through_proto_and_json() -> None:
     assert back.top_k is None and back.target_class is None  # unset stays unset
 
 
+def test_encoding_options_round_trip_and_defaults_leave_the_message_as_it_was() -> None:
+    compact = PredictionRequest(
+        image=b"\xff\xd8...",
+        forms=frozenset({MapForm.UPSAMPLED, MapForm.OVERLAY_PNG}),
+        image_encoding=ImageEncoding.WEBP,
+        image_quality=70,
+        map_dtype=MapDType.UINT8,
+    )
+    assert codec.request_from_proto(codec.request_to_proto(compact)) == compact
+    assert codec.request_from_json(codec.request_to_json(compact)) == compact
+    options = codec.request_to_json(compact)["attention"]
+    assert (options["image_encoding"], options["image_quality"], options["map_dtype"]) == (
+        "IMAGE_ENCODING_WEBP",
+        70,
+        "DATA_TYPE_UINT8",
+    )
+    # PNG and FLOAT32 travel as the zero values: a default request is the message it always was
+    default = PredictionRequest(image=b"x", maps=("primary",))
+    assert codec.request_to_json(default) == {"image": "eA==", "attention": {"maps": ["primary"]}}
+    explicit = pb.PredictRequest(
+        attention=pb.AttentionOptions(image_encoding=pb.IMAGE_ENCODING_PNG, map_dtype=pb.DATA_TYPE_FLOAT32)
+    )
+    back = codec.request_from_proto(explicit)
+    assert (back.image_encoding, back.image_quality, back.map_dtype) == (
+        ImageEncoding.PNG,
+        None,
+        MapDType.FLOAT32,
+    )
+
+
+def test_compact_maps_round_trip_in_their_dtype_and_say_their_encoding() -> None:
+    prediction = sample_prediction()
+    s = prediction.attention[0]
+    s.raw = s.raw.astype(np.float16)  # type: ignore[union-attr]
+    s.upsampled = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    s.overlay_png, s.image_encoding = b"\xff\xd8jpeg", ImageEncoding.JPEG
+    document = codec.prediction_to_json(prediction)
+    assert document["attention"][0]["image_encoding"] == "jpeg"
+    assert document["attention"][0]["raw"]["dtype"] == "DATA_TYPE_FLOAT16"
+    assert document["attention"][0]["upsampled"]["dtype"] == "DATA_TYPE_UINT8"
+    assert "image_encoding" not in document["attention"][1]  # no image bytes, no encoding
+    for back in (
+        codec.prediction_from_json(document),
+        codec.prediction_from_proto(codec.prediction_to_proto(prediction)),
+    ):
+        first = back.attention[0]
+        assert first.image_encoding is ImageEncoding.JPEG and back.attention[1].image_encoding is None
+        assert first.raw is not None and first.raw.dtype == np.float16 and np.array_equal(first.raw, s.raw)  # type: ignore[arg-type]
+        assert first.upsampled is not None and first.upsampled.dtype == np.uint8
+        assert np.array_equal(first.upsampled, s.upsampled)
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [
@@ -144,6 +198,9 @@ def test_requests_round_trip_through_proto_and_json() -> None:
         ({"no_such_field": 1}, "not a valid PredictRequest"),
         ({"attention": {"formats": ["MAP_FORMAT_UNSPECIFIED"]}}, "unknown attention format"),
         ({"tensor": {"shape": [2], "dtype": "DATA_TYPE_FLOAT32", "data": "AAAA"}}, "malformed"),
+        ({"attention": {"image_encoding": 9}}, "unknown image_encoding 9; use PNG, JPEG or WEBP"),
+        ({"attention": {"map_dtype": 7}}, "unknown map_dtype 7; use FLOAT32, FLOAT16 or UINT8"),
+        ({"attention": {"image_encoding": "IMAGE_ENCODING_GIF"}}, "not a valid PredictRequest"),
     ],
 )
 def test_malformed_json_requests_are_invalid_input(document: object, message: str) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from attnserve.errors import AttnserveError, InvalidInput
-from attnserve.prediction import MapForm, PredictionRequest
+from attnserve.prediction import ImageEncoding, MapDType, MapForm, PredictionRequest
 from attnserve.server.gateway.preprocess import preprocess_image
 from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
 from attnserve.transform import ImageLimits
@@ -132,6 +132,9 @@ NAMES = ["primary", "cam", "spatial_stage1", "spatial_stage3", "channel_stage2",
     forms=st.frozensets(st.sampled_from(list(MapForm)), max_size=3),
     target=st.one_of(st.none(), st.integers(-2, 12)),
     omit=st.booleans(),
+    encoding=st.sampled_from(list(ImageEncoding)),
+    quality=st.one_of(st.none(), st.integers(-2, 102)),
+    dtype=st.sampled_from(list(MapDType)),
 )
 def test_random_requests_get_an_answer_or_a_declared_error(
     core: GatewayThread,
@@ -145,11 +148,15 @@ def test_random_requests_get_an_answer_or_a_declared_error(
     forms: frozenset[MapForm],
     target: int | None,
     omit: bool,
+    encoding: ImageEncoding,
+    quality: int | None,
+    dtype: MapDType,
 ) -> None:
     image = encode(Image.linear_gradient("L").resize((width, height)), "PNG")
     request = PredictionRequest(
         image=image, model=model, model_version=version, top_k=top_k, maps=tuple(maps), forms=forms,
-        render=tuple(render), target_class=target, omit_attention=omit,
+        render=tuple(render), target_class=target, omit_attention=omit, image_encoding=encoding,
+        image_quality=quality, map_dtype=dtype,
     )  # fmt: skip
     try:
         answer = core.call(core.gateway.core.predict(request, 10.0, 64 * 2**20))
@@ -161,4 +168,6 @@ def test_random_requests_get_an_answer_or_a_declared_error(
             x, y = attention.peak
             assert 0 <= x <= width and 0 <= y <= height, (attention.name, attention.peak)
         if attention.upsampled is not None:
-            assert attention.upsampled.shape == (height, width)
+            assert attention.upsampled.shape == (height, width) and attention.upsampled.dtype == dtype.value
+        if attention.overlay_png or attention.heatmap_png:
+            assert attention.image_encoding is encoding

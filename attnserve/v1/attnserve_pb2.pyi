@@ -22,6 +22,13 @@ class MapFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MAP_FORMAT_HEATMAP_PNG: _ClassVar[MapFormat]
     MAP_FORMAT_OVERLAY_PNG: _ClassVar[MapFormat]
 
+class ImageEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_ENCODING_UNSPECIFIED: _ClassVar[ImageEncoding]
+    IMAGE_ENCODING_PNG: _ClassVar[ImageEncoding]
+    IMAGE_ENCODING_JPEG: _ClassVar[ImageEncoding]
+    IMAGE_ENCODING_WEBP: _ClassVar[ImageEncoding]
+
 class AttentionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ATTENTION_KIND_UNSPECIFIED: _ClassVar[AttentionKind]
@@ -39,6 +46,10 @@ MAP_FORMAT_RAW: MapFormat
 MAP_FORMAT_UPSAMPLED: MapFormat
 MAP_FORMAT_HEATMAP_PNG: MapFormat
 MAP_FORMAT_OVERLAY_PNG: MapFormat
+IMAGE_ENCODING_UNSPECIFIED: ImageEncoding
+IMAGE_ENCODING_PNG: ImageEncoding
+IMAGE_ENCODING_JPEG: ImageEncoding
+IMAGE_ENCODING_WEBP: ImageEncoding
 ATTENTION_KIND_UNSPECIFIED: AttentionKind
 ATTENTION_KIND_SPATIAL: AttentionKind
 ATTENTION_KIND_CHANNEL: AttentionKind
@@ -57,20 +68,26 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AttentionOptions(_message.Message):
-    __slots__ = ("maps", "formats", "target_class", "omit", "render", "render_max_side")
+    __slots__ = ("maps", "formats", "target_class", "omit", "render", "render_max_side", "image_encoding", "image_quality", "map_dtype")
     MAPS_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     OMIT_FIELD_NUMBER: _ClassVar[int]
     RENDER_FIELD_NUMBER: _ClassVar[int]
     RENDER_MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MAP_DTYPE_FIELD_NUMBER: _ClassVar[int]
     maps: _containers.RepeatedScalarFieldContainer[str]
     formats: _containers.RepeatedScalarFieldContainer[MapFormat]
     target_class: int
     omit: bool
     render: _containers.RepeatedScalarFieldContainer[str]
     render_max_side: int
-    def __init__(self, maps: _Optional[_Iterable[str]] = ..., formats: _Optional[_Iterable[_Union[MapFormat, str]]] = ..., target_class: _Optional[int] = ..., omit: _Optional[bool] = ..., render: _Optional[_Iterable[str]] = ..., render_max_side: _Optional[int] = ...) -> None: ...
+    image_encoding: ImageEncoding
+    image_quality: int
+    map_dtype: DataType
+    def __init__(self, maps: _Optional[_Iterable[str]] = ..., formats: _Optional[_Iterable[_Union[MapFormat, str]]] = ..., target_class: _Optional[int] = ..., omit: _Optional[bool] = ..., render: _Optional[_Iterable[str]] = ..., render_max_side: _Optional[int] = ..., image_encoding: _Optional[_Union[ImageEncoding, str]] = ..., image_quality: _Optional[int] = ..., map_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("model", "model_version", "image", "tensor", "top_k", "attention", "request_id")
@@ -129,7 +146,7 @@ class Glimpse(_message.Message):
     def __init__(self, center: _Optional[_Union[Point, _Mapping]] = ..., patches: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
 
 class AttentionMap(_message.Message):
-    __slots__ = ("name", "kind", "axes", "shape", "raw", "upsampled", "heatmap_png", "overlay_png", "peak", "peak_value", "class_index", "class_label", "normalization", "flat", "contrast", "boxes", "path", "block")
+    __slots__ = ("name", "kind", "axes", "shape", "raw", "upsampled", "heatmap_png", "overlay_png", "peak", "peak_value", "class_index", "class_label", "normalization", "flat", "contrast", "boxes", "path", "block", "image_encoding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     AXES_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +165,7 @@ class AttentionMap(_message.Message):
     BOXES_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ENCODING_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: AttentionKind
     axes: _containers.RepeatedScalarFieldContainer[str]
@@ -166,7 +184,8 @@ class AttentionMap(_message.Message):
     boxes: _containers.RepeatedCompositeFieldContainer[Box]
     path: _containers.RepeatedCompositeFieldContainer[Glimpse]
     block: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., upsampled: _Optional[_Union[Tensor, _Mapping]] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., peak: _Optional[_Union[Point, _Mapping]] = ..., peak_value: _Optional[float] = ..., class_index: _Optional[int] = ..., class_label: _Optional[str] = ..., normalization: _Optional[str] = ..., flat: _Optional[bool] = ..., contrast: _Optional[float] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., path: _Optional[_Iterable[_Union[Glimpse, _Mapping]]] = ..., block: _Optional[str] = ...) -> None: ...
+    image_encoding: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., upsampled: _Optional[_Union[Tensor, _Mapping]] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., peak: _Optional[_Union[Point, _Mapping]] = ..., peak_value: _Optional[float] = ..., class_index: _Optional[int] = ..., class_label: _Optional[str] = ..., normalization: _Optional[str] = ..., flat: _Optional[bool] = ..., contrast: _Optional[float] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., path: _Optional[_Iterable[_Union[Glimpse, _Mapping]]] = ..., block: _Optional[str] = ..., image_encoding: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")

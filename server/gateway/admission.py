@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from attnserve.errors import Overloaded, TooLarge
-from attnserve.prediction import IMAGE_FORMS, MapForm
+from attnserve.prediction import ENCODED_FORMS, IMAGE_FORMS, MapForm
 from attnserve.settings import GatewaySettings
 from attnserve.spec import AttentionKind, ColorMode, ModelSpec
 from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, fit_within, jpeg_draft_scale
@@ -50,12 +50,13 @@ class Cost:
 def answer_bytes(
     spec: ModelSpec, attention: AttentionRequest, size: tuple[int, int], png_bytes: float
 ) -> int:
-    """The image forms' share of the answer at ``size``: float32 UPSAMPLED maps, and PNGs
-    counted at ``png_bytes`` a pixel (an overlay of a photo takes about 2, a heatmap less)."""
+    """The image forms' share of the answer at ``size``: UPSAMPLED maps in their data type, and
+    PNGs counted at ``png_bytes`` a pixel (an overlay of a photo takes about 2, a heatmap less),
+    JPEG and WebP at the encoder's upper share of that."""
     pixels = size[0] * size[1]
     forms = attention.forms
     spatial = [n for n in attention.maps if attention.renders(n) and spec.attention_by_name(n).is_spatial]
-    pngs = len(forms & {MapForm.HEATMAP_PNG, MapForm.OVERLAY_PNG})
+    pngs = len(forms & ENCODED_FORMS)
     drawn_on = 0  # boxes and paths: drawn on the overlay only
     if MapForm.OVERLAY_PNG in forms:
         drawn_on = sum(
@@ -63,20 +64,23 @@ def answer_bytes(
             for n in attention.maps
             if attention.renders(n) and spec.attention_by_name(n).kind in _DRAWN_KINDS
         )
-    upsampled = 4 * len(spatial) * pixels if MapForm.UPSAMPLED in forms else 0
-    return upsampled + math.ceil(png_bytes * (len(spatial) * pngs + drawn_on) * pixels)
+    upsampled = attention.map_dtype.itemsize * len(spatial) * pixels if MapForm.UPSAMPLED in forms else 0
+    encoded_per_pixel = png_bytes * attention.encoder.size_share
+    return upsampled + math.ceil(encoded_per_pixel * (len(spatial) * pngs + drawn_on) * pixels)
 
 
 def render_bytes(spec: ModelSpec, attention: AttentionRequest, size: tuple[int, int]) -> int:
     """Rendering the requested image forms at ``size``: the image drawn on, one map's
-    temporaries at a time (float map, colours, the encoder's input), and the answer held three
-    times at its peak (the arrays, the message's fields, the serialised message)."""
+    temporaries at a time (float map, colours, the encoder's input and its own working memory),
+    and the answer held three times at its peak (the arrays, the message's fields, the
+    serialised message)."""
     answer = answer_bytes(spec, attention, size, png_bytes=2.0)
     if not answer:
         return 0
     pixels = size[0] * size[1]
     kept_image = 4 * pixels if MapForm.OVERLAY_PNG in attention.forms else 0
-    return kept_image + 15 * pixels + 3 * answer
+    encoder = attention.encoder.working_bytes_per_pixel * pixels if attention.forms & ENCODED_FORMS else 0
+    return kept_image + 15 * pixels + encoder + 3 * answer
 
 
 def estimate_cost(

@@ -18,7 +18,15 @@ import numpy as np
 from attnserve import request_ids
 from attnserve.errors import DeadlineExceeded, InvalidInput, ModelNotFound, TooLarge, shorten
 from attnserve.model_info import ModelInfo
-from attnserve.prediction import ImageInfo, MapForm, Prediction, PredictionRequest, Timings
+from attnserve.prediction import (
+    QUALITY_RANGE,
+    ImageInfo,
+    MapDType,
+    MapForm,
+    Prediction,
+    PredictionRequest,
+    Timings,
+)
 from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec
 from attnserve.transform import ImageLimits, fit_within, probe_image
@@ -30,6 +38,7 @@ from .metrics import GatewayMetrics
 from .outputs import check_output_shapes
 from .postprocess import AttentionRequest, TaskOptions, postprocess
 from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
+from .render import ImageEncoder
 
 PRIMARY = "primary"
 DEFAULT_TOP_K = 5
@@ -57,15 +66,47 @@ def resolve_task_options(request: PredictionRequest, spec: ModelSpec, top_k_limi
 
 
 def resolve_attention(request: PredictionRequest, spec: ModelSpec) -> AttentionRequest:
-    """Checks map names and forms against the model's spec."""
+    """Checks map names, forms and their encodings against the model's spec."""
+    encoder = resolve_image_encoder(request)
     if request.omit_attention:
-        return AttentionRequest((), frozenset())
+        return AttentionRequest((), frozenset(), encoder=encoder, map_dtype=request.map_dtype)
     names = _resolve_map_names(request.maps, spec)
     render = _resolve_map_names(request.render, spec) if request.render else None
     if render is not None and (missing := [n for n in render if n not in names]):
         raise InvalidInput(f"render names maps that are not selected: {', '.join(missing)}")
     forms = request.forms or frozenset({MapForm.RAW})
-    return AttentionRequest(tuple(names), forms, None if render is None else frozenset(render))
+    if request.map_dtype is MapDType.UINT8 and MapForm.RAW in forms:
+        raise InvalidInput(
+            "map_dtype UINT8 applies to UPSAMPLED maps only (display values in [0, 1] as levels "
+            "0–255); RAW values have no fixed range: ask FLOAT16 for half the bytes, or only "
+            "UPSAMPLED in formats (RAW is the default when formats is empty)"
+        )
+    return AttentionRequest(
+        tuple(names),
+        forms,
+        None if render is None else frozenset(render),
+        encoder=encoder,
+        map_dtype=request.map_dtype,
+    )
+
+
+def resolve_image_encoder(request: PredictionRequest) -> ImageEncoder:
+    """Checks the image forms' encoding options: a quality only for a lossy encoding, in range."""
+    encoding, quality = request.image_encoding, request.image_quality
+    if quality is None:
+        return ImageEncoder(encoding)
+    if encoding.default_quality is None:
+        raise InvalidInput(
+            f"image_quality applies to the lossy encodings (JPEG, WEBP); {encoding.name} is "
+            "lossless: leave image_quality unset, or ask image_encoding JPEG or WEBP"
+        )
+    low, high = QUALITY_RANGE
+    if not low <= quality <= high:
+        raise InvalidInput(
+            f"image_quality must be {low}–{high}, got {quality} (unset: "
+            f"{encoding.default_quality} for {encoding.name})"
+        )
+    return ImageEncoder(encoding, quality)
 
 
 def _resolve_map_names(requested: tuple[str, ...], spec: ModelSpec) -> list[str]:
@@ -88,9 +129,9 @@ def check_response_size(
     attention: AttentionRequest, spec: ModelSpec, render_size: tuple[int, int], limit: int
 ) -> None:
     """Refuses, once the image's size is known and before postprocessing, image forms that
-    cannot fit in ``limit`` bytes (a front's message limit): float32 UPSAMPLED maps at the
-    render size, PNGs counted at one byte a pixel (most compress better than that; the front
-    checks the real answer again).
+    cannot fit in ``limit`` bytes (a front's message limit): UPSAMPLED maps at the render size
+    in their data type, PNGs counted at one byte a pixel and JPEG/WebP at a share of that
+    (most compress better than that; the front checks the real answer again).
     """
     size = answer_bytes(spec, attention, render_size, png_bytes=1.0)
     if size > limit:
@@ -98,7 +139,8 @@ def check_response_size(
         raise TooLarge(
             f"the image forms asked for, at {width}×{height}, need about {size / 2**20:.0f} MiB, above the "
             f"{limit / 2**20:.0f} MiB message limit: name fewer maps in `render`, fewer forms, a smaller "
-            "render_max_side, or ask for RAW maps and upsample them yourself"
+            "render_max_side, compact encodings (image_encoding JPEG or WEBP, map_dtype FLOAT16 or "
+            "UINT8), or ask for RAW maps and upsample them yourself"
         )
 
 

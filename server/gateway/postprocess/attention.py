@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,22 +18,26 @@ from PIL import Image
 
 from attnserve.attention import select_leading
 from attnserve.errors import InvalidInput
-from attnserve.prediction import IMAGE_FORMS, AttentionMap, Box, Glimpse, MapForm
+from attnserve.prediction import IMAGE_FORMS, AttentionMap, Box, Glimpse, MapDType, MapForm
 from attnserve.spec import AttentionKind, AttentionSpec
 from attnserve.transform import ResizeGeometry, boxes_to_original, map_to_size, peak_in_original
 
-from ..render import colorize, draw_boxes, draw_path, encode_png, overlay
+from ..render import ImageEncoder, colorize, display_levels, draw_boxes, draw_path, overlay
 from .display import DisplayMap, to_display
 
 
 @dataclass(frozen=True)
 class AttentionRequest:
-    """Which maps (output names, resolved and validated), in which forms."""
+    """Which maps (output names, resolved and validated), in which forms, how encoded."""
 
     maps: tuple[str, ...]
     forms: frozenset[MapForm]
     render: frozenset[str] | None = None
     """Maps to render in image forms; None: all of `maps`."""
+    encoder: ImageEncoder = ImageEncoder()
+    """How HEATMAP_PNG and OVERLAY_PNG are encoded."""
+    map_dtype: MapDType = MapDType.FLOAT32
+    """The data type of RAW and UPSAMPLED (UINT8: UPSAMPLED only, checked beforehand)."""
 
     def renders(self, name: str) -> bool:
         return self.render is None or name in self.render
@@ -105,8 +109,26 @@ def build_attention_map(
         block=attention.block,
     )
     if MapForm.RAW in context.request.forms:
-        result.raw = selected.astype(np.float32)
-    return builder(attention, selected, result, context)
+        result.raw = as_map_dtype(selected, context.request.map_dtype)
+    built = builder(attention, selected, result, context)
+    if built.heatmap_png or built.overlay_png:
+        built.image_encoding = context.request.encoder.encoding
+    return built
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+_CONVERSIONS: dict[MapDType, Callable[[NDArray[np.float32]], NDArray[Any]]] = {
+    MapDType.FLOAT32: lambda values: values.astype(np.float32),
+    # saturated rather than infinite: a value beyond float16's range is still a large value
+    MapDType.FLOAT16: lambda values: np.clip(values, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16),
+    MapDType.UINT8: display_levels,  # display values in [0, 1] only (UPSAMPLED)
+}
+
+
+def as_map_dtype(values: NDArray[np.float32], dtype: MapDType) -> NDArray[Any]:
+    """A tensor form's values in the requested data type."""
+    return _CONVERSIONS[dtype](values)
 
 
 def _with_display(result: AttentionMap, display: DisplayMap) -> AttentionMap:
@@ -132,13 +154,13 @@ def spatial_map(
         return result
     upsampled = np.clip(map_to_size(display.values, context.geometry, context.rendered), 0.0, 1.0)
     if MapForm.UPSAMPLED in request.forms:
-        result.upsampled = upsampled
+        result.upsampled = as_map_dtype(upsampled, request.map_dtype)
     if MapForm.HEATMAP_PNG in request.forms:
-        result.heatmap_png = encode_png(colorize(upsampled))
+        result.heatmap_png = request.encoder.encode(colorize(upsampled), photographic=False)
     if MapForm.OVERLAY_PNG in request.forms:
         if context.image is None:
             raise ValueError("an overlay needs the original image (preprocess with keep_image=True)")
-        result.overlay_png = encode_png(overlay(context.image, upsampled))
+        result.overlay_png = request.encoder.encode(overlay(context.image, upsampled))
     return result
 
 
@@ -177,7 +199,9 @@ def attended_boxes(
         result.peak = _centre(result.boxes[-1])
     if _drawn(attention, context):
         assert context.image is not None
-        result.overlay_png = encode_png(draw_boxes(context.image, result.boxes, context.render_scale))
+        result.overlay_png = context.request.encoder.encode(
+            draw_boxes(context.image, result.boxes, context.render_scale)
+        )
     return result
 
 
@@ -203,5 +227,7 @@ def glimpse_path(
         result.peak = result.path[-1].center
     if _drawn(attention, context):
         assert context.image is not None
-        result.overlay_png = encode_png(draw_path(context.image, result.path, context.render_scale))
+        result.overlay_png = context.request.encoder.encode(
+            draw_path(context.image, result.path, context.render_scale)
+        )
     return result
