@@ -137,6 +137,9 @@ def cmd_triton(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.server.blas import single_threaded_blas
+
+    single_threaded_blas()
     from attnserve.server.serve import run_gateway
 
     run_gateway(settings)
@@ -144,6 +147,9 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from attnserve.server.blas import single_threaded_blas
+
+    single_threaded_blas()
     from attnserve.server.serve import run_serve
 
     run_serve(settings)
