@@ -164,7 +164,7 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.clients import connect
-    from attnserve.console import PictureRequest, predict_to_console
+    from attnserve.console import PictureRequest, encoding_for, predict_to_console
 
     with connect(args.server, args.timeout, _credentials(args)) as client:
         predict_to_console(
@@ -175,6 +175,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
             target_class=args.target_class,
             pictures=PictureRequest(args.map, args.overlay, args.heatmap),
             as_json=args.json,
+            image_encoding=args.image_encoding or encoding_for(args.overlay, args.heatmap),
         )
     return 0
 
@@ -368,8 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", help="model name (default: the gateway's default)")
     sub.add_argument("--top-k", type=int)
     sub.add_argument("--target-class", type=int, help="class to explain in class activation maps")
-    sub.add_argument("--overlay", type=Path, help="write the attention overlay PNG here")
-    sub.add_argument("--heatmap", type=Path, help="write the attention heatmap PNG here")
+    sub.add_argument("--overlay", type=Path, help="write the attention overlay here (.png, .jpg, .webp)")
+    sub.add_argument("--heatmap", type=Path, help="write the attention heatmap here (.png, .jpg, .webp)")
+    sub.add_argument(
+        "--image-encoding",
+        choices=["png", "jpeg", "webp"],
+        help="encoding of the overlay and heatmap (default: from the file name's suffix, else png)",
+    )
     sub.add_argument("--map", default="primary", help="map to draw (default: the model's primary map)")
     _add_client_flags(sub)
 

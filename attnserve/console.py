@@ -20,6 +20,16 @@ from attnserve.codec import kind_from_proto
 from attnserve.errors import SetupError
 from attnserve.prediction import AttentionMap, MapForm, Prediction
 
+ENCODINGS_BY_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".png": "png"}
+
+
+def encoding_for(*paths: Path | None) -> str:
+    """The image encoding a picture's file name asks for (its suffix; PNG when none says)."""
+    for path in paths:
+        if path is not None and path.suffix.lower() in ENCODINGS_BY_SUFFIX:
+            return ENCODINGS_BY_SUFFIX[path.suffix.lower()]
+    return "png"
+
 
 @dataclass(frozen=True)
 class PictureRequest:
@@ -45,8 +55,10 @@ def predict_to_console(
     target_class: int | None = None,
     pictures: PictureRequest = PictureRequest(),
     as_json: bool = False,
+    image_encoding: str = "png",
 ) -> Prediction:
-    """Predicts ``image`` with every map raw, writes the asked pictures, prints the result."""
+    """Predicts ``image`` with every map raw, writes the asked pictures (encoded as
+    ``image_encoding``: png, jpeg or webp), prints the result."""
     forms = [MapForm.RAW]
     if pictures.overlay or pictures.draw:
         forms.append(MapForm.OVERLAY_PNG)
@@ -59,6 +71,7 @@ def predict_to_console(
         forms=forms,
         render=[pictures.map] if pictures.wanted else [],
         target_class=target_class,
+        image_encoding=image_encoding,
     )
     rendered = next((a for a in prediction.attention if a.overlay_png or a.heatmap_png), None)
     if rendered is not None:

@@ -35,6 +35,28 @@ def test_predict_writes_an_overlay_and_prints_the_result(
     assert out.splitlines()[1].strip().startswith("6 ")  # the sample is a six
 
 
+@pytest.mark.parametrize(
+    ("name", "flags", "expected"),
+    [
+        ("overlay.jpg", [], "JPEG"),
+        ("overlay.webp", [], "WEBP"),
+        ("overlay.img", ["--image-encoding", "jpeg"], "JPEG"),
+    ],
+)
+def test_predict_writes_the_overlay_in_the_encoding_asked(
+    gateway: GatewayThread, tmp_path: Path, name: str, flags: list[str], expected: str
+) -> None:
+    """The file name's suffix chooses the encoding (or --image-encoding): the gateway encodes it,
+    the CLI writes the bytes it gets."""
+    overlay = tmp_path / name
+    code = main(
+        ["predict", str(SAMPLE_IMAGE), "--server", gateway.address, "--overlay", str(overlay), *flags]
+    )
+    assert code == 0
+    with Image.open(overlay) as image:
+        assert image.format == expected and image.size == sample_size()
+
+
 def test_predict_json_has_the_documented_fields(
     gateway: GatewayThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -100,7 +100,7 @@ async function predictBlob(blob, targetClass = null) {
 async function decodeHeatmap(map) {
   if (!map.heatmap_png) return;
   const bytes = Uint8Array.from(atob(map.heatmap_png), (c) => c.charCodeAt(0));
-  map.heatmapImage = await loadImage(new Blob([bytes], { type: "image/png" }));
+  map.heatmapImage = await loadImage(new Blob([bytes], { type: `image/${map.image_encoding || "png"}` }));
 }
 
 function rawValues(map) {
