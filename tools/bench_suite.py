@@ -60,6 +60,7 @@ MODES: dict[str, dict[str, Any]] = {
     "predictions": {"omit_attention": True},
     "maps raw": {"forms": ["raw"]},
     "overlay png": {"maps": ["primary"], "forms": ["overlay_png"]},
+    "overlay jpeg": {"maps": ["primary"], "forms": ["overlay_png"], "image_encoding": "jpeg"},
 }
 """What is asked for: the names are the table's columns."""
 
