@@ -9,6 +9,7 @@ centres at ``i + 0.5`` (the ``align_corners=False`` convention of PIL and PyTorc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +156,27 @@ def map_to_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> ND
     return map_to_size(values, geometry, (geometry.width, geometry.height))
 
 
+@functools.lru_cache(maxsize=256)
+def _cells_on_image(
+    geometry: ResizeGeometry, map_h: int, map_w: int
+) -> tuple[slice, slice, tuple[float, ...], tuple[float, ...]]:
+    """The rows and columns of an h×w map whose cell centres fall on the image (one rectangle:
+    centres move monotonically with the index; the whole map when none do), and every cell
+    centre in original pixels, clipped to the image. Cached: images of one size share them."""
+    centres_x = (np.arange(map_w) + 0.5) * (geometry.input_width / map_w)
+    centres_y = (np.arange(map_h) + 0.5) * (geometry.input_height / map_h)
+    orig_x, orig_y = geometry.to_original(centres_x, centres_y)
+    cols = np.flatnonzero((orig_x >= 0) & (orig_x < geometry.width))
+    rows = np.flatnonzero((orig_y >= 0) & (orig_y < geometry.height))
+    if rows.size and cols.size:
+        on_rows, on_cols = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    else:
+        on_rows, on_cols = slice(0, map_h), slice(0, map_w)
+    xs = tuple(float(x) for x in np.clip(orig_x, 0.0, geometry.width - 1e-3))
+    ys = tuple(float(y) for y in np.clip(orig_y, 0.0, geometry.height - 1e-3))
+    return on_rows, on_cols, xs, ys
+
+
 def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> tuple[float, float, float]:
     """The map's peak as (x, y, value), (x, y) in original pixels: the highest cell whose
     centre is on the image.
@@ -162,18 +184,14 @@ def peak_in_original(values: NDArray[np.float32], geometry: ResizeGeometry) -> t
     Cells over letterbox padding are not candidates; the position is clipped to the image.
     """
     map_h, map_w = values.shape
-    centres_x = (np.arange(map_w) + 0.5) * (geometry.input_width / map_w)
-    centres_y = (np.arange(map_h) + 0.5) * (geometry.input_height / map_h)
-    orig_x, orig_y = geometry.to_original(centres_x, centres_y)
-    on_x = (orig_x >= 0) & (orig_x < geometry.width)
-    on_y = (orig_y >= 0) & (orig_y < geometry.height)
-    candidates = np.where(on_y[:, None] & on_x[None, :], values, -np.inf)
+    rows, cols, xs, ys = _cells_on_image(geometry, map_h, map_w)
+    top, left = rows.start, cols.start
+    candidates = values[rows, cols]
     if not np.isfinite(candidates).any():
-        candidates = values
-    row, col = np.unravel_index(int(np.argmax(candidates)), values.shape)
-    x = float(np.clip(orig_x[col], 0.0, geometry.width - 1e-3))
-    y = float(np.clip(orig_y[row], 0.0, geometry.height - 1e-3))
-    return x, y, float(values[row, col])
+        candidates, top, left = values, 0, 0
+    row, col = divmod(int(np.argmax(candidates)), candidates.shape[1])
+    row, col = row + top, col + left
+    return xs[col], ys[row], float(values[row, col])
 
 
 def boxes_to_original(boxes: NDArray[Any], geometry: ResizeGeometry) -> NDArray[np.float32]:

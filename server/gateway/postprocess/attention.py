@@ -23,7 +23,7 @@ from attnserve.spec import AttentionKind, AttentionSpec
 from attnserve.transform import ResizeGeometry, boxes_to_original, map_to_size, peak_in_original
 
 from ..render import ImageEncoder, colorize, display_levels, draw_boxes, draw_path, overlay
-from .display import DisplayMap, to_display
+from .display import DisplayStats, display_stats, display_values
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ def as_map_dtype(values: NDArray[np.float32], dtype: MapDType) -> NDArray[Any]:
     return _CONVERSIONS[dtype](values)
 
 
-def _with_display(result: AttentionMap, display: DisplayMap) -> AttentionMap:
-    result.flat, result.contrast = display.flat, display.contrast
+def _with_display(result: AttentionMap, stats: DisplayStats) -> AttentionMap:
+    result.flat, result.contrast = stats.flat, stats.contrast
     return result
 
 
@@ -144,7 +144,7 @@ def spatial_map(
 
     A stack the selection left whole (a leading axis no task selects) comes back raw only.
     """
-    _with_display(result, display := to_display(values, attention.normalization))
+    _with_display(result, stats := display_stats(values, attention.normalization))
     if values.ndim != 2:
         return result
     x, y, result.peak_value = peak_in_original(values, context.geometry)
@@ -152,7 +152,8 @@ def spatial_map(
     request = context.request
     if not request.forms & IMAGE_FORMS or not request.renders(attention.name):
         return result
-    upsampled = np.clip(map_to_size(display.values, context.geometry, context.rendered), 0.0, 1.0)
+    display = display_values(values, attention.normalization, stats)
+    upsampled = np.clip(map_to_size(display, context.geometry, context.rendered), 0.0, 1.0)
     if MapForm.UPSAMPLED in request.forms:
         result.upsampled = as_map_dtype(upsampled, request.map_dtype)
     if MapForm.HEATMAP_PNG in request.forms:
@@ -169,7 +170,7 @@ def channel_weights(
     attention: AttentionSpec, values: NDArray[np.float32], result: AttentionMap, context: MapContext
 ) -> AttentionMap:
     """Weights over channels: no position, so raw values, the largest weight and contrast."""
-    return _with_display(result, to_display(values, attention.normalization))
+    return _with_display(result, display_stats(values, attention.normalization))
 
 
 def _drawn(attention: AttentionSpec, context: MapContext) -> bool:
