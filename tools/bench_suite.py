@@ -295,13 +295,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         async def main() -> None:
             for mode, options in MODES.items():
+                if mode not in args.modes:
+                    continue
                 results["modes"][mode] = await measure_mode(
                     context, mode, {"model": model, **options}, image, tensor
                 )
-            results["sizes"] = await measure_sizes(context)
+            if not args.no_sizes:
+                results["sizes"] = await measure_sizes(context)
 
         asyncio.run(main())
-    results["peers"] = peers(image, args)
+    if not args.no_peers:
+        results["peers"] = peers(image, args)
     return results
 
 
@@ -410,6 +414,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--loads", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--smoke", action="store_true", help="a short run that checks everything works")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="default: all")
+    parser.add_argument("--no-sizes", action="store_true", help="skip the image sizes")
+    parser.add_argument("--no-peers", action="store_true", help="skip Grad-CAM and TorchServe")
     parser.add_argument("--json", type=Path, default=None, help="raw figures (default runs/bench/suite.json)")
     parser.add_argument(
         "--markdown", type=Path, default=None, help="default docs/benchmarks.md (not with --smoke)"
@@ -433,7 +440,7 @@ def main() -> None:
         atomic_write_text(args.json, json.dumps(results, indent=1, default=str) + "\n")
     if args.markdown:
         atomic_write_text(args.markdown, markdown)
-    if args.plot:
+    if args.plot and "maps raw" in results["modes"]:
         series = {
             name: [Summary(**{**point, **_nan(point)}) for point in points.values()]
             for name, points in results["modes"]["maps raw"]["paths"].items()

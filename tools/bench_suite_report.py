@@ -21,6 +21,14 @@ class Figures:
         self.results = results
         self.modes: dict[str, Any] = results["modes"]
 
+    @property
+    def paths(self) -> list[str]:
+        """Every measured path, in the order first measured."""
+        names: dict[str, None] = {}
+        for figures in self.modes.values():
+            names.update(dict.fromkeys(figures["paths"]))
+        return list(names)
+
     def best(self, mode: str, path: str) -> Point | None:
         """The point of highest throughput over the loads (saturation)."""
         points = self.modes.get(mode, {}).get("paths", {}).get(path)
@@ -65,7 +73,7 @@ def throughput_table(figures: Figures, loads: list[int]) -> list[str]:
     modes = list(figures.modes)
     lines = [f"## Saturated throughput (answers/s, best of concurrency {', '.join(map(str, loads))})", ""]
     lines += _header("path", modes)
-    for name in figures.modes["maps raw"]["paths"]:
+    for name in figures.paths:
         cells = []
         for mode in modes:
             point, ratio = (
@@ -90,7 +98,7 @@ def cpu_table(figures: Figures) -> list[str]:
     ]
     modes = list(figures.modes)
     lines += _header("path", modes)
-    for name in figures.modes["maps raw"]["paths"]:
+    for name in figures.paths:
         cells = []
         for mode in modes:
             point = figures.best(mode, name)
@@ -108,7 +116,7 @@ def latency_table(figures: Figures, load: int) -> list[str]:
     modes = list(figures.modes)
     lines = ["", f"## Latency at concurrency {load} (p50 / p99 ms)", ""]
     lines += _header("path", modes)
-    for name in figures.modes["maps raw"]["paths"]:
+    for name in figures.paths:
         points = [figures.at(mode, name, load) for mode in modes]
         cells = ["–" if p is None else f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f}" for p in points]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
