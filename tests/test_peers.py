@@ -9,9 +9,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+
+from attnserve.export.gradcam import grad_cam
+from attnserve.transform import peak_in_original
 
 from .conftest import REPO_ROOT
 
@@ -32,14 +37,12 @@ peers = _import_peers()
 
 
 @pytest.fixture(scope="module")
-def torch_peer() -> object:
+def torch_peer() -> Any:
     return peers.gradcam.TorchPeer.load()
 
 
-def test_grad_cam_of_the_sample_peaks_on_the_digit(torch_peer: object) -> None:
-    from attnserve.transform import peak_in_original
-
-    cells, heatmap, prepared = torch_peer.explain(SAMPLE.read_bytes())  # type: ignore[attr-defined]
+def test_grad_cam_of_the_sample_peaks_on_the_digit(torch_peer: Any) -> None:
+    cells, heatmap, prepared = torch_peer.explain(SAMPLE.read_bytes())
     assert cells.shape == (8, 8)  # the last conv of stage 3: 64×64 input, strides 2·2·2
     assert heatmap.shape == (64, 64) and float(heatmap.min()) == 0.0 and float(heatmap.max()) == 1.0
     values = cells.numpy()
@@ -49,9 +52,23 @@ def test_grad_cam_of_the_sample_peaks_on_the_digit(torch_peer: object) -> None:
     assert x0 <= x <= x1 and y0 <= y <= y1, (x, y)
 
 
+def test_hooks_and_a_full_backward_give_attnserves_grad_cam_and_leave_the_forward_alone(
+    torch_peer: Any,
+) -> None:
+    peer = torch_peer
+    images, _ = peer.prepare(SAMPLE.read_bytes())
+    hooked = peer.hooked(images)
+    assert torch.allclose(hooked, grad_cam(peer.model, peer.layer, images), atol=1e-5)
+    assert torch.allclose(peer.explain(SAMPLE.read_bytes(), "autograd")[0], hooked[0], atol=1e-5)
+    assert next(peer.model.parameters()).grad is not None  # a full backward
+    logits = peer.predict(SAMPLE.read_bytes())["logits"]  # hook passes by
+    assert int(logits.argmax()) == 6
+
+
 def test_gradcam_bench_gives_figures_the_map_and_its_agreement_with_our_maps() -> None:
     figures = peers.gradcam_bench(SAMPLE.read_bytes(), seconds=0.05, threads=1)
     assert figures["class"] == 6 and figures["threads"] == 1 and figures["layer"] == "stages.2.conv2"
+    assert figures["method"] == "hooks"
     assert figures["requests"] >= 1 and figures["throughput"] > 0 and figures["p50_ms"] > 0
     assert figures["map_shape"] == [8, 8] and np.asarray(figures["map"]).shape == (8, 8)
     agreement = figures["agreement"]
@@ -62,8 +79,6 @@ def test_gradcam_bench_gives_figures_the_map_and_its_agreement_with_our_maps() -
 
 
 def test_torch_predict_bench_predicts_the_sample_with_the_thread_count_restored() -> None:
-    import torch
-
     before = torch.get_num_threads()
     figures = peers.torch_predict_bench(SAMPLE.read_bytes(), seconds=0.05, threads=1)
     assert torch.get_num_threads() == before

@@ -3,12 +3,19 @@ explain our model — against a plain forward of the same model on the same inpu
 
 Both start from the image's bytes and run the gateway's own preprocessing
 (`preprocess_image`, with the gateway's default image limits), so the model sees exactly the
-tensor the gateway would send to Triton. Grad-CAM is `attnserve.export.gradcam.grad_cam`
-(a forward hook on the layer, the gradient of the predicted class's logit; checked against
-the `grad-cam` package by tools/check_gradcam_package.py: r = 1.0000) at the model's
-conventional layer (`last_conv`), then upsampled to the input and min-max scaled as
-`pytorch_grad_cam` does. The forward is the serving graph (logits and every attention map,
-the in-graph CAM included) under `torch.inference_mode()`.
+tensor the gateway would send to Triton. Grad-CAM is taken at the model's conventional layer
+(`last_conv`) for the predicted class, upsampled to the input and min-max scaled as
+`pytorch_grad_cam` does, in one of two ways that give the same map:
+
+- ``hooks`` (the default: what a user writes, and what `pytorch_grad_cam` does): a forward hook
+  keeps the layer's output and hooks its gradient, then ``score.backward()`` runs through the
+  whole network, parameter gradients included;
+- ``autograd``: attnserve's offline baseline `attnserve.export.gradcam.grad_cam` (checked
+  against the `grad-cam` package by tools/check_gradcam_package.py: r = 1.0000), which asks
+  autograd for the gradient at the layer only: the cheapest Grad-CAM can be.
+
+The forward is the serving graph (logits and every attention map, the in-graph CAM included)
+under `torch.inference_mode()`.
 
     PYTHONPATH=tools .venv/bin/python -m peers gradcam            # docs/samples/digit.png, 1 and 2 threads
     PYTHONPATH=tools .venv/bin/python -m peers gradcam IMAGE --seconds 10 --threads 2
@@ -21,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,6 +50,12 @@ from ._timing import time_calls
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "checkpoints" / "cbam"
 SAMPLE_IMAGE = REPO_ROOT / "docs" / "samples" / "digit.png"
+
+GradCamMethod = Literal["hooks", "autograd"]
+METHOD_NOTES: dict[str, str] = {
+    "hooks": "hooks + full backward, as pytorch_grad_cam",
+    "autograd": "gradient at the layer only, attnserve.export.gradcam",
+}
 
 
 def gateway_limits() -> ImageLimits:
@@ -67,6 +80,37 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class HookedGradCAM:
+    """Grad-CAM as `pytorch_grad_cam` computes it: hooks registered once, then per call a full
+    ``backward()`` of the class score (every parameter's gradient too, as a user's code does)."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+        self.model = model
+        self.activations: Tensor | None = None
+        self.gradients: Tensor | None = None
+        self.handle = layer.register_forward_hook(self._keep_output)
+
+    def _keep_output(self, module: nn.Module, inputs: object, output: Tensor) -> None:
+        if not output.requires_grad:  # a forward without gradients (inference mode) passes by
+            return
+        self.activations = output.detach()
+        output.register_hook(self._keep_gradient)
+
+    def _keep_gradient(self, gradient: Tensor) -> None:
+        self.gradients = gradient.detach()
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """B×h×w maps for the predicted classes."""
+        self.model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            outputs = self.model(images)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs
+            logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum().backward()
+        assert self.activations is not None and self.gradients is not None
+        weights = self.gradients.mean(dim=(2, 3), keepdim=True)
+        return F.relu((weights * self.activations).sum(dim=1))
+
+
 @dataclass
 class TorchPeer:
     """A trained model as a PyTorch user holds it: the module, its serving graph and spec."""
@@ -77,6 +121,7 @@ class TorchPeer:
     limits: ImageLimits
     layer: nn.Module
     layer_name: str
+    hooked: HookedGradCAM
 
     @classmethod
     def load(cls, model_dir: Path = DEFAULT_MODEL_DIR) -> TorchPeer:
@@ -87,7 +132,8 @@ class TorchPeer:
             raise TypeError(f"{checkpoint.architecture} has no last_conv: Grad-CAM has no layer to hook")
         layer_name = next(name for name, module in model.named_modules() if module is layer)
         graph = ServingGraph(model, export_spec(checkpoint)).eval()
-        return cls(model, graph, graph.spec, gateway_limits(), layer, layer_name)
+        hooked = HookedGradCAM(model, layer)
+        return cls(model, graph, graph.spec, gateway_limits(), layer, layer_name, hooked)
 
     def prepare(self, image_bytes: bytes) -> tuple[Tensor, PreparedInput]:
         """The gateway's preprocessing: bytes → the 1×C×H×W tensor it would send, and geometry."""
@@ -100,11 +146,13 @@ class TorchPeer:
         with torch.inference_mode():
             return self.graph.named_outputs(images)
 
-    def explain(self, image_bytes: bytes) -> tuple[Tensor, Tensor, PreparedInput]:
+    def explain(
+        self, image_bytes: bytes, method: GradCamMethod = "hooks"
+    ) -> tuple[Tensor, Tensor, PreparedInput]:
         """Bytes → Grad-CAM of the predicted class at `layer` (h×w), the same map upsampled to
         the input and min-max scaled (H×W, what a user overlays), and the prepared input."""
         images, prepared = self.prepare(image_bytes)
-        cells = grad_cam(self.model, self.layer, images)
+        cells = self.hooked(images) if method == "hooks" else grad_cam(self.model, self.layer, images)
         upsampled = F.interpolate(
             cells[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False
         )
@@ -114,7 +162,11 @@ class TorchPeer:
 
 
 def gradcam_bench(
-    image_bytes: bytes, seconds: float = 5.0, threads: int = 1, model_dir: Path = DEFAULT_MODEL_DIR
+    image_bytes: bytes,
+    seconds: float = 5.0,
+    threads: int = 1,
+    model_dir: Path = DEFAULT_MODEL_DIR,
+    method: GradCamMethod = "hooks",
 ) -> dict[str, Any]:
     """Grad-CAM per image (bytes → gateway preprocessing → forward + backward → heatmap on the
     input) for ``seconds`` on ``threads`` torch threads: throughput, latency quantiles, the map
@@ -123,15 +175,16 @@ def gradcam_bench(
     peer = TorchPeer.load(model_dir)
     load = os.getloadavg()[0]  # others' work on the same cores skews every figure
     with torch_threads(threads):
-        timing = time_calls(lambda: peer.explain(image_bytes), seconds)
+        timing = time_calls(lambda: peer.explain(image_bytes, method), seconds)
         preprocess = time_calls(lambda: peer.prepare(image_bytes), seconds / 5)
-        cells, _, prepared = peer.explain(image_bytes)
+        cells, _, prepared = peer.explain(image_bytes, method)
         agreement = map_agreement(peer, image_bytes)
     values = cells.numpy()
     peak_x, peak_y, _ = peak_in_original(values, prepared.geometry)
     return {
-        "peer": "Grad-CAM, PyTorch (forward hook + autograd), batch 1",
+        "peer": f"Grad-CAM in PyTorch ({METHOD_NOTES[method]}), batch 1",
         "model": peer.spec.architecture,
+        "method": method,
         "layer": peer.layer_name,
         "threads": threads,
         "torch": torch.__version__,
@@ -182,7 +235,7 @@ def map_agreement(peer: TorchPeer, image_bytes: bytes) -> dict[str, Any]:
     with torch.inference_mode():
         outputs = peer.graph.named_outputs(images)
     predicted = int(outputs[peer.spec.logits_name][0].argmax())
-    gradcam = grad_cam(peer.model, peer.layer, images)[0]
+    gradcam = grad_cam(peer.model, peer.layer, images)[0]  # either method's map (tests: equal)
     references: dict[str, Tensor] = {}
     if CAM_OUTPUT in outputs:
         references[f"{CAM_OUTPUT} (ReLU, class {predicted})"] = torch.relu(outputs[CAM_OUTPUT][0, predicted])

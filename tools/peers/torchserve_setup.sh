@@ -36,20 +36,19 @@ started=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install --quiet --upgrade pip
-# torch first and pinned, and kept pinned while the rest resolves (a constraint, not a hope)
+# torch first and pinned, and kept pinned while the rest resolves (a constraint, not a hope);
+# pyyaml because TorchServe's worker imports yaml without declaring it
 constraints=$(mktemp)
-trap 'rm -f "$constraints"' EXIT
+build_log=$(mktemp)
+trap 'rm -f "$constraints" "$build_log"' EXIT
 echo "$TORCH" >"$constraints"
 "${PIP[@]}" install --quiet "$TORCH"
 "${PIP[@]}" install --quiet -c "$constraints" \
   "torchserve==$TORCHSERVE_VERSION" "torch-model-archiver==$TORCHSERVE_VERSION" "captum==$CAPTUM_VERSION" \
-  "pyyaml>=6,<7" \
-  "numpy>=1.26,<3" "pillow>=11.3,<14" "pydantic>=2.7,<3" "pydantic-settings>=2.3,<3" "tqdm>=4.66,<5"
-# (pyyaml: TorchServe's worker imports yaml without declaring it)
+  "pyyaml>=6,<7" "numpy>=1.26,<3" "pillow>=11.3,<14" "pydantic>=2.7,<3" "pydantic-settings>=2.3,<3" \
+  "tqdm>=4.66,<5"
 # attnserve's code for the handler, without its serving dependencies (gRPC, Triton client, ...);
 # setuptools' build warnings are shown only if the install fails
-build_log=$(mktemp)
-trap 'rm -f "$constraints" "$build_log"' EXIT
 "${PIP[@]}" install --quiet --no-deps -e "$ROOT" >"$build_log" 2>&1 || { cat "$build_log"; exit 1; }
 
 "$VENV/bin/python" - <<'PY'
