@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from attnserve.errors import Overloaded, TooLarge
-from attnserve.prediction import ENCODED_FORMS, IMAGE_FORMS, MapForm
+from attnserve.prediction import ENCODED_FORMS, MapForm
 from attnserve.settings import GatewaySettings
 from attnserve.spec import AttentionKind, ColorMode, ModelSpec
 from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, fit_within, jpeg_draft_scale
@@ -91,7 +91,7 @@ def estimate_cost(
     settings: GatewaySettings,
 ) -> Cost:
     """The memory a request needs from its header (``None``: a tensor input, small)."""
-    draws = bool(attention.maps) and bool(attention.forms & IMAGE_FORMS)
+    draws = attention.draws
     if header is None:
         size = (spec.preprocess.input_size[1], spec.preprocess.input_size[0])
         render = render_bytes(spec, attention, size) if draws else 0

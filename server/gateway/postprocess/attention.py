@@ -43,6 +43,11 @@ class AttentionRequest:
         return self.render is None or name in self.render
 
     @property
+    def draws(self) -> bool:
+        """Some map is asked for in an image form (drawn: the costly part of postprocessing)."""
+        return bool(self.maps) and bool(self.forms & IMAGE_FORMS)
+
+    @property
     def needs_image(self) -> bool:
         """An overlay is asked for: the original is kept (at the render size) to draw on."""
         return MapForm.OVERLAY_PNG in self.forms and bool(self.maps)
