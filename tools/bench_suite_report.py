@@ -43,20 +43,24 @@ class Figures:
 
 def render_markdown(results: dict[str, Any], args: Namespace) -> str:
     figures = Figures(results)
+    settings = results.get("settings") or vars(args)
+    loads = list(settings["loads"])
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `tools/bench_suite.py` ({results['wall_s']:.0f} s run, {args.seconds:g} s per point, "
-        f"{args.repeats} round(s) per point, median by throughput). Model `{results['model']}`, "
+        f"Written by `tools/bench_suite.py` ({results['wall_s']:.0f} s run, "
+        f"{settings['seconds']:g} s per point "
+        f"after {settings['warmup']:g} s of warm-up, {settings['repeats']} rounds per point alternating "
+        f"between paths, the median round by throughput). Model `{results['model']}`, "
         f"{results['image']}; the load generator, the gateway, Triton and the peers share one 2-core "
         "machine, so every figure includes the client's own CPU. Ratios are to the in-process "
-        "pipeline measured in the same run.",
+        "pipeline measured in the same run. Raw figures: `docs/benchmarks.json`.",
         "",
     ]
-    lines += throughput_table(figures, args.loads)
+    lines += throughput_table(figures, loads)
     lines += cpu_table(figures)
-    lines += latency_table(figures, min(args.loads))
-    lines += targets_table(figures, min(args.loads))
+    lines += latency_table(figures, min(loads))
+    lines += targets_table(figures, min(loads))
     lines += sizes_table(results.get("sizes", {}))
     lines += ["", "## Peers", ""]
     for name, peer in results.get("peers", {}).items():
@@ -80,9 +84,12 @@ def throughput_table(figures: Figures, loads: list[int]) -> list[str]:
                 figures.best(mode, name),
                 figures.ratio(figures.best(mode, name), figures.best(mode, IN_PROCESS)),
             )
-            cells.append(
-                "–" if point is None or ratio is None else f"{point['throughput']:.0f} ({ratio:.2f}×)"
-            )
+            if point is None or ratio is None:
+                cells.append("–")
+                continue
+            refused = sum(point["errors"].values())
+            note = f", {refused:,} refused" if refused else ""
+            cells.append(f"{point['throughput']:.0f} ({ratio:.2f}×{note})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
