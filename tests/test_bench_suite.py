@@ -28,9 +28,13 @@ def test_the_suite_runs_every_path_in_smoke_mode(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     paths = {mode: set(figures["paths"]) for mode, figures in results["modes"].items()}
     assert paths["maps raw"] == {
-        "in-process pipeline", "hand loop", "triton (tritonclient)", "gateway gRPC", "gateway HTTP"
+        "in-process pipeline", "hand loop", "triton (tritonclient)", "triton (perf_analyzer)", "gateway gRPC",
+        "gateway HTTP",
     }  # fmt: skip
     assert paths["overlay jpeg"] == {"in-process pipeline", "gateway gRPC", "gateway HTTP"}
+    # Triton's perf_analyzer, from the tritonclient 2.51 wheel (PyPI): its figures when it runs
+    for point in results["modes"]["maps raw"]["paths"].pop("triton (perf_analyzer)").values():
+        assert point["throughput"] > 0 and point["p50_ms"] <= point["p99_ms"]
     for mode, figures in results["modes"].items():
         for name, points in figures["paths"].items():
             for point in points.values():

@@ -369,7 +369,35 @@ async def measure_mode(
     for path in paths:
         if path.close is not None:
             await path.close()
-    return {"postprocess_ms_c1": post, "paths": {p.name: p.figures for p in paths}}
+    figures = {"postprocess_ms_c1": post, "paths": {p.name: p.figures for p in paths}}
+    if mode == "maps raw":  # Triton's own tool on the same model, every output
+        figures["paths"]["triton (perf_analyzer)"] = perf_analyzer_points(context, tensor.shape[1:])
+    return figures
+
+
+def perf_analyzer_points(context: Context, shape: tuple[int, ...]) -> dict[str, Any]:
+    from peers.perf_analyzer import perf_analyzer_bench
+
+    from attnserve.server.triton.runtime import ensure_runtime
+
+    library_dir = ensure_runtime(Settings().triton).library_dir
+    points: dict[str, Any] = {}
+    for load in context.args.loads:
+        point = perf_analyzer_bench(
+            f"127.0.0.1:{context.served.triton_grpc_port}",
+            context.args.model,
+            shape,
+            load,
+            max(context.args.seconds, 1.0),
+            library_dir,
+        )
+        if "skipped" in point:
+            print(f"  perf_analyzer skipped: {point['skipped']}", flush=True)
+            return {}
+        figures = f"{point['throughput']:8.1f}/s  p50 {point['p50_ms']:7.2f} ms"
+        print(f"  {'triton (perf_analyzer)':<28} c={load:<3} {figures}", flush=True)
+        points[str(load)] = point
+    return points
 
 
 async def measure_sizes(context: Context) -> dict[str, Any]:
