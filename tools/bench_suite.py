@@ -25,9 +25,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: as the
 
 import argparse  # noqa: E402
 import asyncio
+import dataclasses
 import io
 import json
-import os
 import statistics
 import sys
 import threading
@@ -508,9 +508,15 @@ def main() -> None:
 
 
 def _summary(point: dict[str, Any]) -> Summary:
-    """A point of the JSON as a `Summary` again (nulls were NaNs; the CPU figures stay out)."""
-    fields = {k: (float("nan") if v is None else v) for k, v in point.items() if k != "cpu_ms_per_answer"}
-    return Summary(**fields)
+    """A point of the JSON as a `Summary` again, for the plot: nulls were NaNs; what a path did
+    not measure (perf_analyzer reports no counts) is NaN or 0; other figures stay out."""
+    values: dict[str, Any] = {}
+    for field_ in dataclasses.fields(Summary):
+        value = point.get(field_.name)
+        if value is None:
+            value = {"label": "", "errors": {}, "requests": 0, "ok": 0}.get(field_.name, float("nan"))
+        values[field_.name] = value
+    return Summary(**values)
 
 
 if __name__ == "__main__":
