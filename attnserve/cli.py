@@ -211,6 +211,9 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         forms=args.forms,
         omit_attention=args.omit_attention,
         render_max_side=args.render_max_side,
+        image_encoding=args.image_encoding,
+        image_quality=args.image_quality,
+        map_dtype=args.map_dtype,
     )
 
     async def run() -> list[Any]:
@@ -391,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--omit-attention", action="store_true", help="predictions only")
     sub.add_argument(
         "--render-max-side", type=int, default=0, help="image forms' longest side (0: the gateway's)"
+    )
+    sub.add_argument(
+        "--image-encoding",
+        choices=["png", "jpeg", "webp"],
+        default="png",
+        help="of the image forms (default png)",
+    )
+    sub.add_argument("--image-quality", type=int, help="JPEG/WebP quality 1-100 (default 85 / 80)")
+    sub.add_argument(
+        "--map-dtype", choices=["float32", "float16", "uint8"], default="float32", help="of the tensor forms"
     )
     load = sub.add_mutually_exclusive_group()
     load.add_argument(

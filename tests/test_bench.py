@@ -257,6 +257,28 @@ def test_bench_command_against_the_real_gateway(
         assert image.format == "PNG"
 
 
+def test_bench_command_asks_for_compact_answers(gateway: GatewayThread) -> None:
+    """The request's encodings reach the gateway: a JPEG overlay answer is far smaller than the
+    PNG one, float16 raw maps smaller than float32."""
+
+    def bytes_per_answer(*flags: str) -> float:
+        document = _bench(
+            "--server", gateway.address, "--requests", "4", "--concurrency", "1", "--warmup", "0",
+            "--maps", "primary", "--json", *flags,
+        )  # fmt: skip
+        (point,) = document["series"]["gateway"]  # type: ignore[index]
+        assert point["ok"] == 4
+        return float(point["bytes_per_answer"])
+
+    png = bytes_per_answer("--forms", "overlay_png")
+    assert (
+        bytes_per_answer("--forms", "overlay_png", "--image-encoding", "jpeg", "--image-quality", "60")
+        < png / 3
+    )
+    all_raw = ("--maps", "spatial_stage1", "spatial_product")
+    assert bytes_per_answer(*all_raw, "--map-dtype", "float16") < bytes_per_answer(*all_raw)
+
+
 def test_bench_command_counts_errors_by_code(gateway: GatewayThread) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "attnserve", "bench", "--server", gateway.address, "--model", "no-such-model",
