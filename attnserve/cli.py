@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnserve.errors import AttnserveError, SetupError
+from attnserve.errors import AttnserveError, InvalidInput, SetupError
 from attnserve.request_ids import configure_logging
 from attnserve.settings import DEFAULT_GATEWAY_ADDRESS, SAMPLE_IMAGE, Settings
 
@@ -199,7 +199,10 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.clients._common import build_request
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
-    bound = Bound(args.duration if args.duration or not args.requests else None, args.requests)
+    try:
+        bound = Bound.of(args.duration, args.requests)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     if args.rate:
         plan = LoadPlan(bound, rates=tuple(args.rate), warmup_s=args.warmup, poisson=args.poisson)
     else:

@@ -181,6 +181,12 @@ def test_poisson_arrivals_are_seeded() -> None:
     assert len(set(round(g, 9) for g in gaps)) > 40  # not evenly spaced
 
 
+def test_a_run_without_a_bound_lasts_the_default_duration() -> None:
+    assert Bound.of(None, None) == Bound(duration_s=10.0)
+    assert Bound.of(None, 50) == Bound(requests=50)
+    assert Bound.of(2.0, 50) == Bound(duration_s=2.0, requests=50)
+
+
 def test_bounds_and_plans_refuse_nonsense() -> None:
     with pytest.raises(ValueError):
         Bound()

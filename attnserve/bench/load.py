@@ -48,6 +48,13 @@ class Bound:
         if self.requests is not None and self.requests <= 0:
             raise ValueError(f"the number of requests must be positive, got {self.requests}")
 
+    @classmethod
+    def of(cls, duration_s: float | None, requests: int | None, default_duration_s: float = 10.0) -> Bound:
+        """The bound a user's options ask for: ``default_duration_s`` when they give neither."""
+        if duration_s is None and requests is None:
+            duration_s = default_duration_s
+        return cls(duration_s, requests)
+
     def open(self, started: float, sent: int, now: float) -> bool:
         """May another request start?"""
         if self.requests is not None and sent >= self.requests:
