@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from attnserve.transform import ImageLimits
 
 
 def _source_checkout() -> Path | None:
@@ -132,6 +136,15 @@ class GatewaySettings(BaseModel):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """The limits an image is checked against, from its header, before decoding."""
+        from attnserve.transform import ImageLimits  # not at import: numpy loads after server/blas.py
+
+        return ImageLimits(
+            self.max_image_bytes, self.max_image_pixels, self.max_image_side, self.max_decoded_image_bytes
+        )
 
 
 class Settings(BaseSettings):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import grpc
 import numpy as np
@@ -27,6 +28,7 @@ from attnserve.prediction import ImageEncoding, MapDType, MapForm, PredictionReq
 from attnserve.v1 import attnserve_pb2 as pb
 
 ImageLike = bytes | str | Path | np.ndarray
+E = TypeVar("E", bound=StrEnum)
 """Encoded image bytes, a path to an image file, or a preprocessed float32 tensor (C, H, W)."""
 
 
@@ -84,11 +86,13 @@ class Credentials:
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
         return None if self.api_key is None else (("authorization", f"Bearer {self.api_key}"),)
 
-    def channel(self, api: Any, address: str) -> Any:
-        """A channel to ``address`` from ``api`` (`grpc` or `grpc.aio`): TLS when asked."""
+    def channel(self, api: Any, address: str, extra_options: Sequence[tuple[str, Any]] = ()) -> Any:
+        """A channel to ``address`` from ``api`` (`grpc` or `grpc.aio`): TLS when asked;
+        ``extra_options`` beside the clients' own `CHANNEL_OPTIONS`."""
+        options = [*CHANNEL_OPTIONS, *extra_options]
         if self.uses_tls:
-            return api.secure_channel(address, self.grpc_credentials(), options=CHANNEL_OPTIONS)
-        return api.insecure_channel(address, options=CHANNEL_OPTIONS)
+            return api.secure_channel(address, self.grpc_credentials(), options=options)
+        return api.insecure_channel(address, options=options)
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
         def read(path: Path | None) -> bytes | None:
@@ -170,16 +174,8 @@ def prediction_request(
         chosen = frozenset(MapForm(form) for form in forms)
     except ValueError as exc:
         raise InvalidInput(f"{exc}; forms are {', '.join(f.value for f in MapForm)}") from None
-    try:
-        encoding = ImageEncoding(str(image_encoding).lower())
-    except ValueError:
-        raise InvalidInput(
-            f"unknown image_encoding {image_encoding!r}; use {', '.join(ImageEncoding)}"
-        ) from None
-    try:
-        dtype = MapDType(str(map_dtype).lower())
-    except ValueError:
-        raise InvalidInput(f"unknown map_dtype {map_dtype!r}; use {', '.join(MapDType)}") from None
+    encoding = _option(ImageEncoding, image_encoding, "image_encoding")
+    dtype = _option(MapDType, map_dtype, "map_dtype")
     return PredictionRequest(
         image=data,
         tensor=tensor,
@@ -197,6 +193,14 @@ def prediction_request(
         image_quality=image_quality,
         map_dtype=dtype,
     )
+
+
+def _option(choices: type[E], value: object, name: str) -> E:
+    """``value`` (a member or its name, any case) as a member of ``choices``; else `InvalidInput`."""
+    try:
+        return choices(str(value).lower())
+    except ValueError:
+        raise InvalidInput(f"unknown {name} {value!r}; use {', '.join(choices)}") from None
 
 
 def build_request(image: ImageLike, **options: Unpack[PredictOptions]) -> pb.PredictRequest:

@@ -30,7 +30,6 @@ import io
 import json
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from bench_suite_report import render_markdown  # noqa: E402
 from attnserve._io import atomic_open, atomic_write_text  # noqa: E402
 from attnserve.bench import OK, Bound, Summary, closed_loop, plot_png  # noqa: E402
 from attnserve.bench.inprocess import HandLoop, OnnxRuntimeBackend  # noqa: E402
+from attnserve.bench.processes import CpuMeter, MemorySampler  # noqa: E402
 from attnserve.bench.targets import GrpcTarget, HttpTarget  # noqa: E402
 from attnserve.clients._common import build_request  # noqa: E402
 from attnserve.codec import request_from_proto  # noqa: E402
@@ -200,75 +200,6 @@ async def measure(
         path.figures = {str(load): median(path, load) for load in path.points}
 
 
-class CpuMeter:
-    """CPU time (user + system) used by this process (the load generator, and the in-process
-    paths), by the gateway process and by Triton (its server and backend stubs), from /proc."""
-
-    def __init__(self, gateway_pid: int | None) -> None:
-        self.gateway_pid = gateway_pid
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def _process(self, pid: int) -> tuple[int, float]:
-        """(parent pid, CPU seconds)."""
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return int(fields[1]), (int(fields[11]) + int(fields[12])) / self.tick
-
-    def snapshot(self) -> dict[str, float]:
-        usage = os.times()
-        figures = {"this process": usage.user + usage.system}
-        if self.gateway_pid is None:
-            return figures
-        processes: dict[int, tuple[int, float]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    processes[int(entry)] = self._process(int(entry))
-                except (OSError, IndexError, ValueError):
-                    continue
-        descendants, frontier = set(), {self.gateway_pid}
-        while frontier:
-            frontier = {pid for pid, (parent, _) in processes.items() if parent in frontier} - descendants
-            descendants |= frontier
-        figures["gateway"] = processes.get(self.gateway_pid, (0, 0.0))[1]
-        figures["triton"] = sum(processes[pid][1] for pid in descendants)
-        return figures
-
-    def since(self, before: dict[str, float]) -> dict[str, float]:
-        now = self.snapshot()
-        return {name: now[name] - before.get(name, 0.0) for name in now}
-
-
-class MemorySampler:
-    """The gateway process's resident memory, sampled every 20 ms in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> MemorySampler:
-        self.peak = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 async def postprocess_ms(core: Any, image: bytes, options: dict[str, Any], calls: int) -> float:
     """Median of the pipeline's own postprocessing time for one request at a time."""
     request = request_from_proto(build_request(image, **options))
@@ -282,19 +213,14 @@ async def postprocess_ms(core: Any, image: bytes, options: dict[str, Any], calls
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from attnserve.demo import serving
     from attnserve.server.gateway.preprocess import preprocess_image
-    from attnserve.spec import SPEC_PARAMETER, ModelSpec
-    from attnserve.transform import ImageLimits
 
     settings = Settings()
     repository = settings.triton.model_repository
     backend = OnnxRuntimeBackend(repository, threads=2)
     model = args.model
-    config = backend._configs[model]
-    spec = ModelSpec.from_json(config.parameters[SPEC_PARAMETER].string_value)
+    config, spec = backend.config(model), backend.spec(model)
     image = photo(SIZES["0.3 MP"])
-    tensor = preprocess_image(image, spec.preprocess, ImageLimits(1 << 26, 1 << 27, 1 << 16, 1 << 30)).tensor[
-        None
-    ]
+    tensor = preprocess_image(image, spec.preprocess, settings.gateway.image_limits).tensor[None]
     all_outputs = [o.name for o in config.output]
     results: dict[str, Any] = {
         "model": model,
@@ -369,10 +295,10 @@ async def measure_mode(
     for path in paths:
         if path.close is not None:
             await path.close()
-    figures = {"postprocess_ms_c1": post, "paths": {p.name: p.figures for p in paths}}
+    measured: dict[str, Any] = {p.name: p.figures for p in paths}
     if mode == "maps raw":  # Triton's own tool on the same model, every output
-        figures["paths"]["triton (perf_analyzer)"] = perf_analyzer_points(context, tensor.shape[1:])
-    return figures
+        measured["triton (perf_analyzer)"] = perf_analyzer_points(context, tensor.shape[1:])
+    return {"postprocess_ms_c1": post, "paths": measured}
 
 
 def perf_analyzer_points(context: Context, shape: tuple[int, ...]) -> dict[str, Any]:

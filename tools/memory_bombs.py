@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from attnserve.bench.processes import status_kib
 from attnserve.clients import Client
 from attnserve.demo import serving
 from attnserve.errors import AttnserveError
@@ -69,10 +70,7 @@ def bombs() -> dict[str, tuple[bytes, dict[str, Any]]]:
 
 def memory_of(pid: int) -> tuple[float, float]:
     """(resident MiB, peak resident MiB) of a process."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    return status_kib(pid, "VmRSS") / 1024, status_kib(pid, "VmHWM") / 1024
 
 
 def main() -> dict[str, Any]:

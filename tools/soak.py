@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from attnserve.bench.processes import status
 from attnserve.clients import Client
 from attnserve.demo import serving
 from attnserve.errors import AttnserveError
@@ -37,8 +38,7 @@ JUNK = [b"", b"not an image", SAMPLE[:200], b"GIF89a" + bytes(100)]
 
 def process_sample(pid: int) -> tuple[float, int, int]:
     """(resident MiB, open file descriptors, threads) of a process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    fields = status(pid)
     rss_mib = int(fields["VmRSS"].split()[0]) / 1024
     return rss_mib, len(os.listdir(f"/proc/{pid}/fd")), int(fields["Threads"])
 

@@ -23,6 +23,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve.errors import ModelNotReady
 from attnserve.server.gateway.backend import RepositoryModel
+from attnserve.server.gateway.catalog import model_info_from_config
+from attnserve.spec import ModelSpec
 
 
 def _parameter(config: mc.ModelConfig, key: str, default: str) -> str:
@@ -66,11 +68,23 @@ class OnnxRuntimeBackend:
     async def repository_index(self) -> list[RepositoryModel]:
         return [RepositoryModel(name, self._versions[name], "READY", "") for name in self._configs]
 
-    async def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+    def config(self, name: str) -> mc.ModelConfig:
         try:
             return self._configs[name]
         except KeyError:
             raise ModelNotReady(f"no model {name!r} in the repository") from None
+
+    def spec(self, name: str) -> ModelSpec:
+        """The model's attnserve spec, read from its config as the gateway's catalog reads it."""
+        return model_info_from_config(self.config(name), self._versions[name]).spec
+
+    def session(self, name: str) -> Any:
+        """The model's onnxruntime session."""
+        self.config(name)
+        return self._sessions[name]
+
+    async def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.config(name)
 
     async def infer(
         self,
@@ -97,12 +111,9 @@ class HandLoop:
     nothing but the work is done."""
 
     def __init__(self, backend: OnnxRuntimeBackend, model: str, threads: int = 2) -> None:
-        from attnserve.spec import SPEC_PARAMETER, ModelSpec
-
-        config = backend._configs[model]
-        self.spec = ModelSpec.from_json(config.parameters[SPEC_PARAMETER].string_value)
-        self.session = backend._sessions[model]
-        self.outputs = [o.name for o in config.output]
+        self.spec = backend.spec(model)
+        self.session = backend.session(model)
+        self.outputs = [o.name for o in backend.config(model).output]
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="hand-loop")
 
     def __call__(self, data: bytes, maps: bool) -> tuple[list[int], list[tuple[int, int]]]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 import grpc.aio
 import httpx
 
 from attnserve import codec
-from attnserve.clients._common import CHANNEL_OPTIONS, NO_CREDENTIALS, Credentials
+from attnserve.clients._common import NO_CREDENTIALS, Credentials
 from attnserve.v1 import attnserve_pb2 as pb
 
 from .stats import OK
@@ -51,8 +51,11 @@ class GrpcTarget:
     ) -> None:
         if connections < 1:
             raise ValueError(f"connections must be at least 1, got {connections}")
-        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-        self._channels = [_channel(credentials, address, options) for _ in range(connections)]
+        # a subchannel pool of its own per channel: one TCP connection each
+        separate = [("grpc.use_local_subchannel_pool", 1)]
+        self._channels: list[grpc.aio.Channel] = [
+            credentials.channel(grpc.aio, address, separate) for _ in range(connections)
+        ]
         self._calls = itertools.cycle(
             [
                 channel.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=None)
@@ -75,12 +78,6 @@ class GrpcTarget:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
-
-
-def _channel(credentials: Credentials, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
-    if credentials.uses_tls:
-        return grpc.aio.secure_channel(address, credentials.grpc_credentials(), options=options)
-    return grpc.aio.insecure_channel(address, options=options)
 
 
 class HttpTarget:

@@ -32,7 +32,7 @@ from attnserve.prediction import (
 )
 from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec
-from attnserve.transform import ImageLimits, fit_within, probe_image
+from attnserve.transform import fit_within, probe_image
 
 from .admission import Admission, answer_bytes, estimate_cost
 from .backend import InferenceBackend
@@ -163,12 +163,7 @@ class Pipeline:
         self.catalog = catalog
         self.backend = backend
         self.metrics = metrics
-        self.limits = ImageLimits(
-            settings.max_image_bytes,
-            settings.max_image_pixels,
-            settings.max_image_side,
-            settings.max_decoded_image_bytes,
-        )
+        self.limits = settings.image_limits
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="attnserve-cpu")
         self.render_executor = ThreadPoolExecutor(
             settings.render_threads, thread_name_prefix="attnserve-render"

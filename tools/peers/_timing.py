@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
+from attnserve.bench import Recorder
 
 
 @dataclass
@@ -21,18 +21,18 @@ class Timing:
     """Failed calls by what failed (an HTTP status code)."""
 
     def figures(self) -> dict[str, object]:
-        latencies = np.asarray(self.latencies_ms or [float("nan")])
+        """The suite's own summary (`attnserve.bench.Recorder`: nearest-rank percentiles), rounded."""
+        recorder = Recorder()
+        for ms in self.latencies_ms:
+            recorder.record(ms / 1e3)
+        for code, count in self.errors.items():
+            for _ in range(count):
+                recorder.record(0.0, code)
+        summary = recorder.summary(self.elapsed_s).to_json()
         return {
-            "requests": len(self.latencies_ms) + sum(self.errors.values()),
-            "ok": len(self.latencies_ms),
-            "elapsed_s": round(self.elapsed_s, 3),
-            "throughput": round(len(self.latencies_ms) / self.elapsed_s, 2),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 3),
-            "p90_ms": round(float(np.percentile(latencies, 90)), 3),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-            "max_ms": round(float(latencies.max()), 3),
-            "mean_ms": round(float(latencies.mean()), 3),
-            "errors": dict(sorted(self.errors.items())),
+            key: round(value, 3) if isinstance(value, float) else value
+            for key, value in summary.items()
+            if key not in ("label", "offered", "bytes_per_answer")
         }
 
 

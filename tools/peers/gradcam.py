@@ -58,17 +58,6 @@ METHOD_NOTES: dict[str, str] = {
 }
 
 
-def gateway_limits() -> ImageLimits:
-    """The image limits of a gateway with default settings."""
-    gateway = GatewaySettings()
-    return ImageLimits(
-        gateway.max_image_bytes,
-        gateway.max_image_pixels,
-        gateway.max_image_side,
-        gateway.max_decoded_image_bytes,
-    )
-
-
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch's intra-op threads set for the block, restored after it."""
@@ -133,7 +122,7 @@ class TorchPeer:
         layer_name = next(name for name, module in model.named_modules() if module is layer)
         graph = ServingGraph(model, export_spec(checkpoint)).eval()
         hooked = HookedGradCAM(model, layer)
-        return cls(model, graph, graph.spec, gateway_limits(), layer, layer_name, hooked)
+        return cls(model, graph, graph.spec, GatewaySettings().image_limits, layer, layer_name, hooked)
 
     def prepare(self, image_bytes: bytes) -> tuple[Tensor, PreparedInput]:
         """The gateway's preprocessing: bytes → the 1×C×H×W tensor it would send, and geometry."""

@@ -33,7 +33,6 @@ from ts.torch_handler.base_handler import BaseHandler
 from attnserve.export.checkpoint import export_spec, load_checkpoint
 from attnserve.server.gateway.preprocess import preprocess_image
 from attnserve.settings import GatewaySettings
-from attnserve.transform import ImageLimits
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +55,7 @@ class AttnserveHandler(BaseHandler):
         self.model = checkpoint.model.eval()
         self.map_location = "cpu"
         self.device = torch.device("cpu")
-        gateway = GatewaySettings()
-        self.limits = ImageLimits(
-            gateway.max_image_bytes,
-            gateway.max_image_pixels,
-            gateway.max_image_side,
-            gateway.max_decoded_image_bytes,
-        )
+        self.limits = GatewaySettings().image_limits
         self.ig = IntegratedGradients(self.logits)
         self.initialized = True
         logger.info("attnserve %s loaded, %d torch threads", self.spec.architecture, torch.get_num_threads())
