@@ -85,12 +85,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         recipe=overrides,
     )
     result = train(config, progress_bar=not args.quiet)
-    for variant, test in result.metrics["test"].items():
-        samples = test["samples"]
-        print(f"{variant} test split: accuracy {test['accuracy']:.2%} on {samples} images (scans 1497-1796)")
-        for name, quality in test["attention"].items():
-            print(f"  {name:<16} " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
-        print(f"  chance energy {test['chance_energy']:.3f}")
+    for line in result.summary:
+        print(line)
     print(f"checkpoint {result.checkpoint_path}\nmetrics    {result.metrics_path}")
     return 0
 

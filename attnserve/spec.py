@@ -73,10 +73,38 @@ class PreprocessSpec(_Frozen):
 
 
 class Task(StrEnum):
-    """What a model's answer is; the gateway picks the postprocessor by it."""
+    """What a model's answer is; the gateway picks the postprocessor by it (`TASK_OUTPUTS` says
+    which graph outputs carry the answer, by role)."""
 
     CLASSIFICATION = "classification"
     """Logits over `labels` → the top-k classes."""
+    SEMANTIC_SEGMENTATION = "semantic_segmentation"
+    """Per-pixel logits over `labels` (index 0 the background) on the input's field of view → a
+    label image in original pixels and each class's area."""
+    INSTANCE_SEGMENTATION = "instance_segmentation"
+    """Detections, each a box, a score, a class (an index into `labels`) and a mask over its box →
+    instances in original pixels (box, mask, polygons). Rows scored 0 are padding."""
+
+
+DETECTION_AXIS = "detection"
+"""The axis of detections: its length varies from image to image (dynamic in ONNX, -1 in
+Triton's config); padding rows, if any, have score 0."""
+
+TASK_OUTPUTS: dict[Task, dict[str, tuple[str, ...]]] = {
+    Task.CLASSIFICATION: {"logits": ("class",)},
+    Task.SEMANTIC_SEGMENTATION: {"logits": ("class", "y", "x")},
+    Task.INSTANCE_SEGMENTATION: {
+        "boxes": (DETECTION_AXIS, "box"),
+        "scores": (DETECTION_AXIS,),
+        "classes": (DETECTION_AXIS,),
+        "masks": (DETECTION_AXIS, "mask_y", "mask_x"),
+    },
+}
+"""Each task's outputs by *role*, with their axes (without the batch axis). Boxes are (x0, y0, x1,
+y1) as fractions of the input's field of view (as attention boxes are); classes are float class
+indices; masks are probabilities over each detection's own box (mask_y, mask_x span the box), for
+the class detected; y, x span the input's field of view. A role's graph output is named as the
+role unless `ModelSpec.task_output_names` says otherwise (classification: `logits_name`)."""
 
 
 class AttentionKind(StrEnum):
@@ -202,6 +230,9 @@ class ModelSpec(_Frozen):
     task: Task = Task.CLASSIFICATION
     input_name: str = "image"
     logits_name: str = "logits"
+    task_output_names: dict[str, str] = Field(
+        default_factory=dict, description="graph output name by task role, where it is not the role's own"
+    )
     preprocess: PreprocessSpec
     labels: tuple[str, ...]
     attention: tuple[AttentionSpec, ...]
@@ -217,14 +248,41 @@ class ModelSpec(_Frozen):
             raise ValueError(f"output names repeat: {outputs}")
         if self.primary_attention is not None and self.primary_attention not in names:
             raise ValueError(f"primary attention {self.primary_attention!r} is not one of {names}")
-        if len(self.labels) < 2:
-            raise ValueError("a classifier needs at least two labels")
+        roles = TASK_OUTPUTS[self.task]
+        if unknown := sorted(set(self.task_output_names) - set(roles)):
+            raise ValueError(f"{self.task.value} has no output roles {unknown}; its roles: {sorted(roles)}")
+        least = 1 if self.task is Task.INSTANCE_SEGMENTATION else 2
+        if len(self.labels) < least:
+            raise ValueError(f"a {self.task.value} model needs at least {least} labels")
         return self
+
+    def task_output(self, role: str) -> str:
+        """The graph output that plays ``role`` in the task's answer (e.g. "logits", "boxes")."""
+        if role not in TASK_OUTPUTS[self.task]:
+            raise KeyError(f"{self.task.value} has no output role {role!r}")
+        default = self.logits_name if role == "logits" else role
+        return self.task_output_names.get(role, default)
 
     @property
     def task_outputs(self) -> tuple[str, ...]:
-        """The graph outputs the task's answer is read from (classification: the logits)."""
-        return (self.logits_name,)
+        """The graph outputs the task's answer is read from, in role order (classification: the
+        logits)."""
+        return tuple(self.task_output(role) for role in TASK_OUTPUTS[self.task])
+
+    def output_axes(self, name: str) -> tuple[str, ...]:
+        """The axes (without the batch axis) of any output: a task role's or an attention's;
+        auxiliary outputs have none declared (an empty tuple)."""
+        for role, axes in TASK_OUTPUTS[self.task].items():
+            if self.task_output(role) == name:
+                return axes
+        for attention in self.attention:
+            if attention.name == name:
+                return attention.axes
+        return ()
+
+    def dynamic_axes(self, name: str) -> tuple[int, ...]:
+        """Positions (without the batch axis) of an output's axes whose length varies per image."""
+        return tuple(i for i, axis in enumerate(self.output_axes(name)) if axis == DETECTION_AXIS)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -241,8 +299,25 @@ class ModelSpec(_Frozen):
         missing = [name for name in self.output_names if name not in dims]
         if missing:
             raise ValueError(f"the spec names outputs the model lacks: {missing}")
-        if dims[self.logits_name] != (len(self.labels),):
-            raise ValueError(f"{self.logits_name}: {dims[self.logits_name]} is not ({len(self.labels)},)")
+        for role, axes in TASK_OUTPUTS[self.task].items():
+            name = self.task_output(role)
+            shape = dims[name]
+            if len(shape) != len(axes):
+                raise ValueError(f"{name}: dims {shape} do not match the {role} axes {axes}")
+            if "class" in axes and shape[axes.index("class")] != len(self.labels):
+                raise ValueError(f"{name}: {shape} has no class axis of {len(self.labels)}")
+            if BOX_AXIS in axes and shape[-1] != 4:
+                raise ValueError(f"{name}: boxes need 4 values (x0, y0, x1, y1), not {shape[-1]}")
+            counts = {shape[i] for i, axis in enumerate(axes) if axis == DETECTION_AXIS}
+            if len(counts) > 1:
+                raise ValueError(f"{name}: its detection axes differ in length: {shape}")
+        detections = {
+            dims[self.task_output(role)][0]
+            for role, axes in TASK_OUTPUTS[self.task].items()
+            if axes[:1] == (DETECTION_AXIS,)
+        }
+        if len(detections) > 1:
+            raise ValueError(f"the task's outputs disagree on the number of detections: {sorted(detections)}")
         for attention in self.attention:
             shape = dims[attention.name]
             if len(shape) != len(attention.axes):

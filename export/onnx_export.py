@@ -16,6 +16,7 @@ import onnx
 import torch
 
 from attnserve.errors import AttnserveError
+from attnserve.spec import ModelSpec
 
 from .data import ClutteredDigits
 from .models import ServingGraph
@@ -67,7 +68,7 @@ def export_onnx(graph: ServingGraph) -> bytes:
             buffer,  # type: ignore[arg-type]  # file-like objects are accepted
             input_names=[spec.input_name],
             output_names=list(spec.output_names),
-            dynamic_axes={name: {0: "batch"} for name in (spec.input_name, *spec.output_names)},
+            dynamic_axes=dynamic_axes(spec),
             opset_version=OPSET,
             dynamo=False,
         )
@@ -76,9 +77,24 @@ def export_onnx(graph: ServingGraph) -> bytes:
     return model_bytes
 
 
+def dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
+    """The batch axis of every input and output, and the axes whose length varies per image
+    (detections), by name as ONNX wants them."""
+    axes: dict[str, dict[int, str]] = {spec.input_name: {0: "batch"}}
+    for name in spec.output_names:
+        axes[name] = {0: "batch", **{1 + i: f"{name}_detections" for i in spec.dynamic_axes(name)}}
+    return axes
+
+
 def parity_inputs(graph: ServingGraph, batch_size: int, seed: int) -> np.ndarray:
     """Real validation canvases (the attention maps then have structure) plus one noise image;
-    noise only, for inputs no digit canvas fits (not square, or under 40 px)."""
+    noise only, for inputs no digit canvas fits (not square, or under 40 px). A model may bring
+    its own (``model.parity_inputs(batch_size, seed)``: e.g. a detector, whose number of
+    detections on noise is arbitrary)."""
+    own = getattr(graph.model, "parity_inputs", None)
+    if callable(own):
+        inputs: np.ndarray = own(batch_size, seed)
+        return inputs
     spec = graph.spec.preprocess
     height, width = spec.input_size
     rng = np.random.default_rng(seed)

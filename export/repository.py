@@ -32,7 +32,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve.errors import InvalidInput
-from attnserve.spec import SPEC_PARAMETER, ModelSpec
+from attnserve.spec import SPEC_PARAMETER, ModelSpec, Task
 
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
@@ -53,7 +53,8 @@ def build_config(
     output_dims: dict[str, tuple[int, ...]],
     options: ServingOptions,
 ) -> mc.ModelConfig:
-    """Triton's model config for an exported classifier; ``output_dims`` exclude the batch."""
+    """Triton's model config for an exported model; ``output_dims`` exclude the batch (detection
+    axes become -1)."""
     config = mc.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size)
     channels = spec.preprocess.channels
     height, width = spec.preprocess.input_size
@@ -61,9 +62,12 @@ def build_config(
         mc.ModelInput(name=spec.input_name, data_type=mc.TYPE_FP32, dims=[channels, height, width])
     )
     for output_name in spec.output_names:
-        output = mc.ModelOutput(name=output_name, data_type=mc.TYPE_FP32, dims=list(output_dims[output_name]))
-        if output_name == spec.logits_name:
-            output.label_filename = LABELS_FILE
+        dims = list(output_dims[output_name])
+        for axis in spec.dynamic_axes(output_name):
+            dims[axis] = -1  # detections: as many as the image has
+        output = mc.ModelOutput(name=output_name, data_type=mc.TYPE_FP32, dims=dims)
+        if spec.task is Task.CLASSIFICATION and output_name == spec.logits_name:
+            output.label_filename = LABELS_FILE  # Triton's classification extension
         config.output.append(output)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
     config.instance_group.append(

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from attnserve._io import atomic_write_text
+from attnserve.spec import Task
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import ModelBatch, Split, concatenate, make_dataset, model_batch
@@ -43,40 +43,10 @@ from .models import (
     serving_spec,
 )
 from .scoring import run_graph, score
+from .training import TrainConfig, TrainResult, one_cycle_lr, register_trainer, trainer_for
 
 EVALUATION_VARIANTS = ("standard", "small", "mixed")
 _CHUNK = 2_000
-
-
-@dataclass
-class TrainConfig:
-    architecture: str = "cbam"
-    out_dir: Path = Path("runs/cbam")
-    seed: int = 0
-    threads: int = 2
-    val_samples: int = 1_000
-    test_samples: int = 1_000
-    evaluate_on: tuple[str, ...] = EVALUATION_VARIANTS
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the architecture's recipe (train_samples, max_seconds, max_steps, ...)."""
-
-
-@dataclass
-class TrainResult:
-    checkpoint_path: Path
-    metrics_path: Path
-    metrics: dict[str, Any]
-
-
-def one_cycle_lr(progress: float, max_lr: float, warmup_share: float) -> float:
-    """Cosine warm-up from max_lr/25 to max_lr, then cosine annealing to ~0."""
-    start, end = max_lr / 25.0, max_lr / 1e4
-    if progress < warmup_share:
-        phase = progress / warmup_share
-        return start + (max_lr - start) * (1 - math.cos(math.pi * phase)) / 2
-    phase = min(1.0, (progress - warmup_share) / (1 - warmup_share))
-    return end + (max_lr - end) * (1 + math.cos(math.pi * phase)) / 2
 
 
 def build_batch(
@@ -101,6 +71,14 @@ def training_step(
 
 
 def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
+    """Trains ``config.architecture`` with the trainer registered for its task."""
+    from . import task_trainers  # noqa: F401  (registers the trainers of the other tasks)
+
+    return trainer_for(get_entry(config.architecture).spec.task)(config, progress_bar)
+
+
+@register_trainer(Task.CLASSIFICATION)
+def train_classifier(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     entry = get_entry(config.architecture)
@@ -221,7 +199,28 @@ def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
         ),
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(checkpoint_path, metrics_path, metrics)
+    return TrainResult(checkpoint_path, metrics_path, metrics, _summary(metrics))
 
 
-__all__ = ["EVALUATION_VARIANTS", "TrainConfig", "TrainResult", "TrainingRecipe", "one_cycle_lr", "train"]
+def _summary(metrics: dict[str, Any]) -> list[str]:
+    lines = []
+    for variant, test in metrics["test"].items():
+        samples = test["samples"]
+        lines.append(
+            f"{variant} test split: accuracy {test['accuracy']:.2%} on {samples} images (scans 1497-1796)"
+        )
+        for name, quality in test["attention"].items():
+            lines.append(f"  {name:<16} " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
+        lines.append(f"  chance energy {test['chance_energy']:.3f}")
+    return lines
+
+
+__all__ = [
+    "EVALUATION_VARIANTS",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingRecipe",
+    "one_cycle_lr",
+    "train",
+    "train_classifier",
+]

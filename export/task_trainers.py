@@ -1,0 +1,1 @@
+"""Imports the trainers of every task other than classification, so they register."""
