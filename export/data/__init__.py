@@ -11,9 +11,11 @@ from .cluttered_digits import (
     digit_preprocess,
 )
 from .model_batch import ModelBatch, concatenate, model_batch
+from .scenes import SCENE_LABELS, DigitScenes, Scene, scene_preprocess
 from .variants import VARIANTS, DataVariant, DigitDataset, ReshapedDigits, make_dataset
 
 __all__ = [
+    "SCENE_LABELS",
     "SPLITS",
     "VARIANTS",
     "ClutteredDigits",
@@ -21,8 +23,10 @@ __all__ = [
     "DigitBatch",
     "DigitDataset",
     "DigitSample",
+    "DigitScenes",
     "ModelBatch",
     "ReshapedDigits",
+    "Scene",
     "Split",
     "as_photo",
     "concatenate",
@@ -30,4 +34,5 @@ __all__ = [
     "digit_preprocess",
     "make_dataset",
     "model_batch",
+    "scene_preprocess",
 ]
