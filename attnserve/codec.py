@@ -20,14 +20,17 @@ from attnserve.model_info import ListedModel, ModelStatus
 from attnserve.prediction import (
     AttentionMap,
     Box,
+    ClassArea,
     ClassScore,
     Glimpse,
     ImageEncoding,
     ImageInfo,
+    Instance,
     MapDType,
     MapForm,
     Prediction,
     PredictionRequest,
+    Segmentation,
     Timings,
 )
 from attnserve.spec import AttentionKind
@@ -178,6 +181,12 @@ def request_to_proto(request: PredictionRequest) -> pb.PredictRequest:
     if request.image_quality is not None:
         options.image_quality = request.image_quality
     options.map_dtype = map_dtype_to_proto(request.map_dtype)
+    if request.score_threshold is not None or request.max_instances or request.task_overlay:
+        task = message.task  # set only when used: a classifier's request is the message it always was
+        if request.score_threshold is not None:
+            task.score_threshold = request.score_threshold
+        task.max_instances = request.max_instances
+        task.overlay = request.task_overlay
     return message
 
 
@@ -215,6 +224,9 @@ def request_from_proto(message: pb.PredictRequest) -> PredictionRequest:
         image_encoding=encoding_from_proto(options.image_encoding),
         image_quality=options.image_quality if options.HasField("image_quality") else None,
         map_dtype=map_dtype_from_proto(options.map_dtype),
+        score_threshold=message.task.score_threshold if message.task.HasField("score_threshold") else None,
+        max_instances=message.task.max_instances,
+        task_overlay=message.task.overlay,
     )
 
 
@@ -233,7 +245,25 @@ def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
             width=prediction.image.width, height=prediction.image.height, format=prediction.image.format
         ),
         request_id=prediction.request_id,
+        task=prediction.task,
+        task_overlay=prediction.task_overlay,
+        task_overlay_encoding=prediction.task_overlay_encoding.value
+        if prediction.task_overlay_encoding
+        else "",
+        instances=[_instance_to_proto(instance) for instance in prediction.instances],
     )
+    if (segmentation := prediction.segmentation) is not None:
+        response.segmentation.CopyFrom(
+            pb.Segmentation(
+                width=segmentation.width,
+                height=segmentation.height,
+                label_png=segmentation.label_png,
+                areas=[
+                    pb.ClassArea(index=a.index, label=a.label, pixels=a.pixels, share=a.share)
+                    for a in segmentation.areas
+                ],
+            )
+        )
     for a in prediction.attention:
         item = response.attention.add(
             name=a.name,
@@ -305,6 +335,55 @@ def prediction_from_proto(response: pb.PredictResponse) -> Prediction:
         image=ImageInfo(response.image.width, response.image.height, response.image.format),
         timings=Timings(t.preprocess_ms, t.inference_ms, t.postprocess_ms, t.total_ms),
         request_id=response.request_id,
+        task=response.task or "classification",
+        segmentation=_segmentation_from_proto(response.segmentation)
+        if response.HasField("segmentation")
+        else None,
+        instances=[_instance_from_proto(instance) for instance in response.instances],
+        task_overlay=response.task_overlay,
+        task_overlay_encoding=ImageEncoding(response.task_overlay_encoding)
+        if response.task_overlay_encoding
+        else None,
+    )
+
+
+def _segmentation_from_proto(segmentation: pb.Segmentation) -> Segmentation:
+    return Segmentation(
+        width=segmentation.width,
+        height=segmentation.height,
+        label_png=segmentation.label_png,
+        areas=[ClassArea(a.index, a.label, a.pixels, a.share) for a in segmentation.areas],
+    )
+
+
+def _instance_to_proto(instance: Instance) -> pb.Instance:
+    return pb.Instance(
+        class_index=instance.class_index,
+        label=instance.label,
+        score=instance.score,
+        box=_box_to_proto(instance.box),
+        mask_png=instance.mask_png,
+        mask_x=instance.mask_origin[0],
+        mask_y=instance.mask_origin[1],
+        rle=pb.MaskRle(size=list(instance.rle_size), counts=instance.rle_counts),
+        polygons=[pb.Polygon(xy=[v for point in polygon for v in point]) for polygon in instance.polygons],
+        area=instance.area,
+    )
+
+
+def _instance_from_proto(instance: pb.Instance) -> Instance:
+    size = tuple(instance.rle.size)
+    return Instance(
+        class_index=instance.class_index,
+        label=instance.label,
+        score=instance.score,
+        box=_box_from_proto(instance.box),
+        mask_png=instance.mask_png,
+        mask_origin=(instance.mask_x, instance.mask_y),
+        rle_counts=list(instance.rle.counts),
+        rle_size=(size[0], size[1]) if len(size) == 2 else (0, 0),
+        polygons=[list(zip(p.xy[0::2], p.xy[1::2], strict=True)) for p in instance.polygons],
+        area=instance.area,
     )
 
 

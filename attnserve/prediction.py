@@ -100,6 +100,12 @@ class PredictionRequest:
     """Quality of a lossy encoding, 1–100; None: the encoding's default."""
     map_dtype: MapDType = MapDType.FLOAT32
     """Data type of RAW and UPSAMPLED."""
+    score_threshold: float | None = None
+    """Instance segmentation: detections scored below it are left out; None: the default (0.5)."""
+    max_instances: int = 0
+    """Instance segmentation: at most this many, best first; 0: the gateway's limit."""
+    task_overlay: bool = False
+    """Segmentation and instances: also draw the answer on the image."""
 
 
 @dataclass
@@ -167,6 +173,74 @@ class AttentionMap:
 
 
 @dataclass
+class ClassArea:
+    """Semantic segmentation: how much of the image a class covers."""
+
+    index: int
+    label: str
+    pixels: int
+    """In original pixels."""
+    share: float
+    """Of the image's pixels."""
+
+
+@dataclass
+class Segmentation:
+    """Semantic segmentation: the class of every pixel."""
+
+    width: int
+    height: int
+    """The label image's size: the original's, or the render size where that is smaller."""
+    label_png: bytes
+    """8-bit grey PNG, each pixel its class index (0: background)."""
+    areas: list[ClassArea] = field(default_factory=list)
+    """The classes present, largest first."""
+
+    def label_image(self) -> NDArray[np.uint8]:
+        """The label image as an H×W array of class indices."""
+        return _decode_grey_png(self.label_png)
+
+
+Polygon = list[tuple[float, float]]
+"""A closed outline, (x, y) points in original pixels; the last point joins the first."""
+
+
+@dataclass
+class Instance:
+    """Instance segmentation: one detected object, in original image pixels."""
+
+    class_index: int
+    label: str
+    score: float
+    box: Box
+    mask_png: bytes
+    """8-bit grey PNG over the box's whole pixels, 255 inside."""
+    mask_origin: tuple[int, int]
+    """(x, y) of the mask's top-left pixel in the original image."""
+    rle_counts: list[int]
+    """The mask over the whole image, COCO's uncompressed RLE (column-major, 0-runs first)."""
+    rle_size: tuple[int, int]
+    """(height, width) of the RLE's image."""
+    polygons: list[Polygon] = field(default_factory=list)
+    """The mask's outer outlines, largest first."""
+    area: int = 0
+    """The mask's pixels."""
+
+    def mask(self) -> NDArray[np.bool_]:
+        """The mask over its box's pixels (starting at `mask_origin`)."""
+        return _decode_grey_png(self.mask_png) > 127
+
+
+def _decode_grey_png(data: bytes) -> NDArray[np.uint8]:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+@dataclass
 class Timings:
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
@@ -190,6 +264,15 @@ class Prediction:
     image: ImageInfo
     timings: Timings = field(default_factory=Timings)
     request_id: str = ""
+    task: str = "classification"
+    """The model's task (`attnserve.spec.Task`); `predictions` belong to classification."""
+    segmentation: Segmentation | None = None
+    """Semantic segmentation's answer."""
+    instances: list[Instance] = field(default_factory=list)
+    """Instance segmentation's answer, best first."""
+    task_overlay: bytes = b""
+    """The answer drawn on the image, when asked, encoded as `task_overlay_encoding` says."""
+    task_overlay_encoding: ImageEncoding | None = None
 
     def attention_map(self, name: str) -> AttentionMap:
         for attention in self.attention:

@@ -58,6 +58,12 @@ class PredictOptions(TypedDict, total=False):
     image_encoding: ImageEncoding | str
     """png (the default), jpeg or webp: how heatmap_png and overlay_png are encoded (a map's
     ``image_encoding`` says which it carries)."""
+    score_threshold: float | None
+    """Instance segmentation: the lowest score kept; None: 0.5."""
+    max_instances: int
+    """Instance segmentation: at most this many instances; 0: the gateway's limit (100)."""
+    task_overlay: bool
+    """Segmentation and instances: also return the answer drawn on the image (``task_overlay``)."""
     image_quality: int | None
     """Quality of jpeg or webp, 1–100; None: 85 for jpeg, 80 for webp."""
     map_dtype: MapDType | str
@@ -156,6 +162,9 @@ def prediction_request(
     image_encoding: ImageEncoding | str = ImageEncoding.PNG,
     image_quality: int | None = None,
     map_dtype: MapDType | str = MapDType.FLOAT32,
+    score_threshold: float | None = None,
+    max_instances: int = 0,
+    task_overlay: bool = False,
 ) -> PredictionRequest:
     """The domain request for one image; a file that cannot be read, an unknown form, encoding
     or dtype is `InvalidInput` (ranges are the gateway's to check)."""
@@ -192,6 +201,9 @@ def prediction_request(
         image_encoding=encoding,
         image_quality=image_quality,
         map_dtype=dtype,
+        score_threshold=score_threshold,
+        max_instances=max_instances,
+        task_overlay=task_overlay,
     )
 
 

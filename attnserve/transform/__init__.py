@@ -26,6 +26,7 @@ from .geometry import (
     map_to_original,
     map_to_size,
     peak_in_original,
+    stack_to_size,
 )
 from .model_input import (
     ModelInput,
@@ -58,6 +59,7 @@ __all__ = [
     "jpeg_draft_scale",
     "map_to_original",
     "map_to_size",
+    "stack_to_size",
     "normalize",
     "normalize_pixels",
     "peak_in_original",

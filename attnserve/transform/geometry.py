@@ -129,6 +129,20 @@ def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _resampling(
+    geometry: ResizeGeometry, map_h: int, map_w: int, size: tuple[int, int]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """The row (out_h × map_h) and column (out_w × map_w) bilinear weights that resample a map
+    over the model input's field of view onto the original shown at ``size``."""
+    out_w, out_h = size
+    xs = (np.arange(out_w) + 0.5) * (geometry.width / out_w)
+    ys = (np.arange(out_h) + 0.5) * (geometry.height / out_h)
+    x_in, y_in = geometry.to_input(xs, ys)
+    grid_x = x_in * (map_w / geometry.input_width) - 0.5
+    grid_y = y_in * (map_h / geometry.input_height) - 0.5
+    return interpolation_matrix(out_h, map_h, grid_y), interpolation_matrix(out_w, map_w, grid_x)
+
+
 def map_to_size(
     values: NDArray[np.float32], geometry: ResizeGeometry, size: tuple[int, int]
 ) -> NDArray[np.float32]:
@@ -138,16 +152,17 @@ def map_to_size(
     Separable bilinear resampling as two small matrix products (size × map side each), so the
     cost and memory grow with the rendered sides, not with the original's.
     """
-    map_h, map_w = values.shape
-    out_w, out_h = size
-    xs = (np.arange(out_w) + 0.5) * (geometry.width / out_w)
-    ys = (np.arange(out_h) + 0.5) * (geometry.height / out_h)
-    x_in, y_in = geometry.to_input(xs, ys)
-    grid_x = x_in * (map_w / geometry.input_width) - 0.5
-    grid_y = y_in * (map_h / geometry.input_height) - 0.5
-    rows = interpolation_matrix(out_h, map_h, grid_y)
-    cols = interpolation_matrix(out_w, map_w, grid_x)
+    rows, cols = _resampling(geometry, values.shape[0], values.shape[1], size)
     result: NDArray[np.float32] = rows @ values.astype(np.float32) @ cols.T
+    return result
+
+
+def stack_to_size(
+    values: NDArray[np.float32], geometry: ResizeGeometry, size: tuple[int, int]
+) -> NDArray[np.float32]:
+    """`map_to_size` for a stack of maps (n×h×w → n×height×width), the weights computed once."""
+    rows, cols = _resampling(geometry, values.shape[1], values.shape[2], size)
+    result: NDArray[np.float32] = np.matmul(np.matmul(rows, values.astype(np.float32)), cols.T)
     return result
 
 

@@ -90,7 +90,7 @@ class AttentionOptions(_message.Message):
     def __init__(self, maps: _Optional[_Iterable[str]] = ..., formats: _Optional[_Iterable[_Union[MapFormat, str]]] = ..., target_class: _Optional[int] = ..., omit: _Optional[bool] = ..., render: _Optional[_Iterable[str]] = ..., render_max_side: _Optional[int] = ..., image_encoding: _Optional[_Union[ImageEncoding, str]] = ..., image_quality: _Optional[int] = ..., map_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "model_version", "image", "tensor", "top_k", "attention", "request_id")
+    __slots__ = ("model", "model_version", "image", "tensor", "top_k", "attention", "request_id", "task")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class PredictRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     image: bytes
@@ -105,7 +106,18 @@ class PredictRequest(_message.Message):
     top_k: int
     attention: AttentionOptions
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., attention: _Optional[_Union[AttentionOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    task: TaskOptions
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., attention: _Optional[_Union[AttentionOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., task: _Optional[_Union[TaskOptions, _Mapping]] = ...) -> None: ...
+
+class TaskOptions(_message.Message):
+    __slots__ = ("score_threshold", "max_instances", "overlay")
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    score_threshold: float
+    max_instances: int
+    overlay: bool
+    def __init__(self, score_threshold: _Optional[float] = ..., max_instances: _Optional[int] = ..., overlay: _Optional[bool] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("index", "label", "score")
@@ -187,6 +199,68 @@ class AttentionMap(_message.Message):
     image_encoding: str
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., upsampled: _Optional[_Union[Tensor, _Mapping]] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., peak: _Optional[_Union[Point, _Mapping]] = ..., peak_value: _Optional[float] = ..., class_index: _Optional[int] = ..., class_label: _Optional[str] = ..., normalization: _Optional[str] = ..., flat: _Optional[bool] = ..., contrast: _Optional[float] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., path: _Optional[_Iterable[_Union[Glimpse, _Mapping]]] = ..., block: _Optional[str] = ..., image_encoding: _Optional[str] = ...) -> None: ...
 
+class ClassArea(_message.Message):
+    __slots__ = ("index", "label", "pixels", "share")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PIXELS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    label: str
+    pixels: int
+    share: float
+    def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., pixels: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
+
+class Segmentation(_message.Message):
+    __slots__ = ("width", "height", "label_png", "areas")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_PNG_FIELD_NUMBER: _ClassVar[int]
+    AREAS_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    label_png: bytes
+    areas: _containers.RepeatedCompositeFieldContainer[ClassArea]
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., label_png: _Optional[bytes] = ..., areas: _Optional[_Iterable[_Union[ClassArea, _Mapping]]] = ...) -> None: ...
+
+class Polygon(_message.Message):
+    __slots__ = ("xy",)
+    XY_FIELD_NUMBER: _ClassVar[int]
+    xy: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, xy: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class MaskRle(_message.Message):
+    __slots__ = ("size", "counts")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    size: _containers.RepeatedScalarFieldContainer[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, size: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Instance(_message.Message):
+    __slots__ = ("class_index", "label", "score", "box", "mask_png", "mask_x", "mask_y", "rle", "polygons", "area")
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_PNG_FIELD_NUMBER: _ClassVar[int]
+    MASK_X_FIELD_NUMBER: _ClassVar[int]
+    MASK_Y_FIELD_NUMBER: _ClassVar[int]
+    RLE_FIELD_NUMBER: _ClassVar[int]
+    POLYGONS_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    class_index: int
+    label: str
+    score: float
+    box: Box
+    mask_png: bytes
+    mask_x: int
+    mask_y: int
+    rle: MaskRle
+    polygons: _containers.RepeatedCompositeFieldContainer[Polygon]
+    area: int
+    def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., mask_png: _Optional[bytes] = ..., mask_x: _Optional[int] = ..., mask_y: _Optional[int] = ..., rle: _Optional[_Union[MaskRle, _Mapping]] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ..., area: _Optional[int] = ...) -> None: ...
+
 class Timings(_message.Message):
     __slots__ = ("preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")
     PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
@@ -210,7 +284,7 @@ class ImageInfo(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "model_version", "predictions", "attention", "timings", "image", "request_id")
+    __slots__ = ("model", "model_version", "predictions", "attention", "timings", "image", "request_id", "task", "segmentation", "instances", "task_overlay", "task_overlay_encoding")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +292,11 @@ class PredictResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    TASK_OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    TASK_OVERLAY_ENCODING_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     predictions: _containers.RepeatedCompositeFieldContainer[ClassScore]
@@ -225,7 +304,12 @@ class PredictResponse(_message.Message):
     timings: Timings
     image: ImageInfo
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMap, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    task: str
+    segmentation: Segmentation
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    task_overlay: bytes
+    task_overlay_encoding: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMap, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., task_overlay: _Optional[bytes] = ..., task_overlay_encoding: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")

@@ -60,7 +60,8 @@ class AttentionServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Predict(self, request, context):
-        """One image (encoded bytes or a raw tensor) -> top-k classes and attention maps.
+        """One image (encoded bytes or a raw tensor) -> the task's answer (top-k classes, a
+        segmentation or instances, as the model's task is) and attention maps.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -30,7 +30,7 @@ from attnserve.spec import AttentionKind, ColorMode, ModelSpec
 from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, fit_within, jpeg_draft_scale
 
 from .metrics import GatewayMetrics
-from .postprocess import AttentionRequest
+from .postprocess import AttentionRequest, TaskOptions, task_draws
 
 MIB = 2**20
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La", "P"})
@@ -83,21 +83,50 @@ def render_bytes(spec: ModelSpec, attention: AttentionRequest, size: tuple[int, 
     return kept_image + 15 * pixels + encoder + 3 * answer
 
 
+def task_answer_bytes(spec: ModelSpec, task: TaskOptions, size: tuple[int, int], png_bytes: float) -> int:
+    """A drawn task answer's images at the render ``size``: a segmentation's label PNG (at most
+    a byte a pixel) and the overlay, when asked (counted as an attention overlay is). Instance
+    masks are small PNGs of their boxes, counted with the label image's byte a pixel."""
+    if not task_draws(spec.task):
+        return 0
+    pixels = size[0] * size[1]
+    return pixels + (math.ceil(png_bytes * pixels) if task.overlay else 0)
+
+
+def task_render_bytes(
+    spec: ModelSpec, task: TaskOptions, original: tuple[int, int], size: tuple[int, int]
+) -> int:
+    """Drawing a task's answer: instance masks are pasted in original pixels (a float sample, the
+    mask, its PNG: 6 bytes a pixel at most, one instance at a time); a segmentation's labels and
+    their PNG at the render size (its scores go in 64-row strips); the overlay keeps the image
+    and draws a copy (7 bytes a rendered pixel); the answer held three times at its peak."""
+    if not task_draws(spec.task):
+        return 0
+    rendered = size[0] * size[1]
+    drawing = 6 * original[0] * original[1] + 3 * rendered + (7 * rendered if task.overlay else 0)
+    return drawing + 3 * task_answer_bytes(spec, task, size, png_bytes=2.0)
+
+
 def estimate_cost(
     header: ImageHeader | None,
     spec: ModelSpec,
     attention: AttentionRequest,
     render_max_side: int,
     settings: GatewaySettings,
+    task: TaskOptions | None = None,
 ) -> Cost:
     """The memory a request needs from its header (``None``: a tensor input, small)."""
-    draws = attention.draws
+    task = task or TaskOptions()
+    draws = attention.draws or task_draws(spec.task)
     if header is None:
         size = (spec.preprocess.input_size[1], spec.preprocess.input_size[0])
-        render = render_bytes(spec, attention, size) if draws else 0
+        render = render_bytes(spec, attention, size) if attention.draws else 0
+        render += task_render_bytes(spec, task, size, size)
         return Cost(render, draws, size if draws else None)
     scale = 1.0
-    if header.format == "JPEG" and not attention.needs_image:  # decoded at a reduced DCT scale
+    if header.format == "JPEG" and not (
+        attention.needs_image or task.overlay
+    ):  # decoded at a reduced DCT scale
         wanted = jpeg_draft_scale(header.width, header.height, spec.preprocess)
         scale = 1.0 / 2 ** min(3, math.floor(math.log2(1.0 / wanted)))
     pixels = math.ceil(header.pixels * scale * scale)
@@ -111,7 +140,9 @@ def estimate_cost(
     if not draws:
         return Cost(memory, memory >= settings.heavy_request_bytes)
     size = fit_within(header.width, header.height, render_max_side)
-    return Cost(memory + render_bytes(spec, attention, size), True, size)
+    render = render_bytes(spec, attention, size) if attention.draws else 0
+    render += task_render_bytes(spec, task, (header.width, header.height), size)
+    return Cost(memory + render, True, size)
 
 
 class Ticket:

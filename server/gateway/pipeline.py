@@ -31,15 +31,16 @@ from attnserve.prediction import (
     Timings,
 )
 from attnserve.settings import GatewaySettings
-from attnserve.spec import ModelSpec
+from attnserve.spec import ModelSpec, Task
 from attnserve.transform import fit_within, probe_image
 
-from .admission import Admission, answer_bytes, estimate_cost
+from .admission import Admission, answer_bytes, estimate_cost, task_answer_bytes
 from .backend import InferenceBackend
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
 from .outputs import check_output_shapes
-from .postprocess import AttentionRequest, TaskOptions, postprocess
+from .postprocess import AttentionRequest, TaskOptions, postprocess, task_draws
+from .postprocess.tasks import DEFAULT_SCORE_THRESHOLD, MAX_INSTANCES
 from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 from .render import ImageEncoder
 
@@ -61,11 +62,41 @@ def resolve_top_k(top_k: int | None, spec: ModelSpec, limit: int) -> int:
 
 
 def resolve_task_options(request: PredictionRequest, spec: ModelSpec, top_k_limit: int) -> TaskOptions:
-    """Checks the task's options (top_k, the class to explain) against the model's spec."""
+    """Checks the task's options against the model's spec: top_k and the class to explain
+    (classification), the score threshold and the number of instances (instance segmentation),
+    a drawn answer (segmentation, instances). Another task's options are refused, by name."""
+    task = spec.task
+    classifies = task is Task.CLASSIFICATION
+    foreign = [
+        name
+        for name, given, applies in (
+            ("top_k", request.top_k is not None, classifies),
+            ("score_threshold", request.score_threshold is not None, task is Task.INSTANCE_SEGMENTATION),
+            ("max_instances", request.max_instances != 0, task is Task.INSTANCE_SEGMENTATION),
+            ("overlay (task options)", request.task_overlay, not classifies),
+        )
+        if given and not applies
+    ]
+    if foreign:
+        hint = " (a classifier's explanation is drawn by attention formats OVERLAY_PNG)" if classifies else ""
+        raise InvalidInput(f"{', '.join(foreign)} does not apply to a {task.value} model{hint}")
     target = request.target_class
     if target is not None and not 0 <= target < len(spec.labels):
         raise InvalidInput(f"target_class {target} is outside 0..{len(spec.labels) - 1}")
-    return TaskOptions(resolve_top_k(request.top_k, spec, top_k_limit), target)
+    threshold = DEFAULT_SCORE_THRESHOLD if request.score_threshold is None else request.score_threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise InvalidInput(f"score_threshold must be in [0, 1], got {threshold}")
+    if not 0 <= request.max_instances <= MAX_INSTANCES:
+        raise InvalidInput(
+            f"max_instances must be 0–{MAX_INSTANCES} (0: {MAX_INSTANCES}), got {request.max_instances}"
+        )
+    return TaskOptions(
+        top_k=resolve_top_k(request.top_k, spec, top_k_limit) if classifies else 0,
+        target_class=target,
+        score_threshold=threshold,
+        max_instances=request.max_instances or MAX_INSTANCES,
+        overlay=request.task_overlay,
+    )
 
 
 def resolve_attention(request: PredictionRequest, spec: ModelSpec) -> AttentionRequest:
@@ -129,7 +160,11 @@ def _resolve_map_names(requested: tuple[str, ...], spec: ModelSpec) -> list[str]
 
 
 def check_response_size(
-    attention: AttentionRequest, spec: ModelSpec, render_size: tuple[int, int], limit: int
+    attention: AttentionRequest,
+    spec: ModelSpec,
+    render_size: tuple[int, int],
+    limit: int,
+    task: TaskOptions | None = None,
 ) -> None:
     """Refuses, once the image's size is known and before postprocessing, image forms that
     cannot fit in ``limit`` bytes (a front's message limit): UPSAMPLED maps at the render size
@@ -137,6 +172,7 @@ def check_response_size(
     (most compress better than that; the front checks the real answer again).
     """
     size = answer_bytes(spec, attention, render_size, png_bytes=1.0)
+    size += task_answer_bytes(spec, task or TaskOptions(), render_size, png_bytes=1.0)
     if size > limit:
         width, height = render_size
         raise TooLarge(
@@ -214,18 +250,19 @@ class Pipeline:
         attention = resolve_attention(request, spec)
         render_side = request.render_max_side or self.settings.render_max_side
         header = probe_image(request.image, self.limits) if request.image is not None else None
-        cost = estimate_cost(header, spec, attention, render_side, self.settings)
+        cost = estimate_cost(header, spec, attention, render_side, self.settings, options)
         with self.admission.admit(model.name, cost):
             loop = asyncio.get_running_loop()
             executor = self.render_executor if cost.heavy else self.executor
 
+            keep_image = attention.needs_image or options.overlay
             prepared = await loop.run_in_executor(
-                executor, self._prepare, request, spec, attention.needs_image, render_side
+                executor, self._prepare, request, spec, keep_image, render_side
             )
             geometry = prepared.geometry
             render_size = fit_within(geometry.width, geometry.height, render_side)
             if response_limit_bytes is not None:
-                check_response_size(attention, spec, render_size, response_limit_bytes)
+                check_response_size(attention, spec, render_size, response_limit_bytes, options)
             preprocessed = time.perf_counter()
 
             timeout = self.settings.triton_timeout_s
@@ -253,7 +290,7 @@ class Pipeline:
                     "normalised pixels (see the model's preprocessing mean and std)"
                 )
             work = (first, spec, geometry, options, attention, prepared.image, render_size)
-            if attention.draws:
+            if attention.draws or task_draws(spec.task):
                 answer = await loop.run_in_executor(executor, postprocess, *work)
             else:  # numbers only (cbam's 8 maps raw: ~0.4 ms): cheaper here than a thread hand-off
                 answer = postprocess(*work)
@@ -273,6 +310,11 @@ class Pipeline:
                     total_ms=(finished - started) * 1e3,
                 ),
                 request_id=request.request_id,
+                task=spec.task.value,
+                segmentation=answer.task.segmentation,
+                instances=answer.task.instances,
+                task_overlay=answer.task.overlay,
+                task_overlay_encoding=answer.task.overlay_encoding,
             )
 
     def _prepare(

@@ -243,3 +243,69 @@ def _inside(box: tuple[float, float, float, float], image: Image.Image) -> tuple
         min(max(x1 - 1, x0), image.width - 1),
         min(max(y1 - 1, y0), image.height - 1),
     )
+
+
+SEGMENT_ALPHA = 0.5
+"""Opacity of a class's colour over the image in drawn segmentations and instance masks."""
+
+
+def class_colours(count: int) -> NDArray[np.uint8]:
+    """A colour per class index along Turbo; index 0 (the background) black, never drawn."""
+    colours = np.zeros((max(count, 1), 3), dtype=np.uint8)
+    for index in range(1, count):
+        colours[index] = _colour(index - 1, count - 1)
+    return colours
+
+
+def draw_segmentation(
+    image: Image.Image, labels: NDArray[np.uint8], colours: NDArray[np.uint8]
+) -> NDArray[np.uint8]:
+    """Each pixel's class colour blended onto the RGB image (the background, 0, left as it is)."""
+    base = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    if base.shape[:2] != labels.shape:
+        raise ValueError(f"image {base.shape[:2]} and labels {labels.shape} differ in size")
+    weight = int(round(SEGMENT_ALPHA * 256))
+    result = base.copy()
+    for top in range(0, base.shape[0], STRIP_ROWS):
+        rows = slice(top, top + STRIP_ROWS)
+        strip = labels[rows]
+        painted = strip > 0
+        if not painted.any():
+            continue
+        blended = base[rows][painted].astype(np.uint16) * (256 - weight)
+        blended += colours[strip[painted]].astype(np.uint16) * weight + 128
+        result[rows][painted] = (blended >> 8).astype(np.uint8)
+    return result
+
+
+@dataclass(frozen=True)
+class DrawnInstance:
+    """One instance as drawn: its box (render pixels), its mask over ``rect`` and its caption."""
+
+    box: tuple[float, float, float, float]
+    rect: tuple[int, int, int, int]
+    mask: NDArray[np.bool_]
+    colour: tuple[int, int, int]
+    caption: str
+
+
+def draw_instances(image: Image.Image, instances: list[DrawnInstance]) -> NDArray[np.uint8]:
+    """Instances on the RGB image: masks tinted in their class's colour, boxes outlined and
+    captioned (label and score), the best drawn last (on top)."""
+    canvas = np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    weight = int(round(SEGMENT_ALPHA * 256))
+    for instance in reversed(instances):
+        x0, y0, x1, y1 = instance.rect
+        region = canvas[y0:y1, x0:x1]
+        inside = region[instance.mask].astype(np.uint16) * (256 - weight)
+        inside += np.array(instance.colour, dtype=np.uint16) * weight + 128
+        region[instance.mask] = (inside >> 8).astype(np.uint8)
+    drawn = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(drawn)
+    width = _stroke(drawn)
+    for instance in reversed(instances):
+        draw.rectangle(_inside(instance.box, drawn), outline=instance.colour, width=width)
+        draw.text(
+            (instance.box[0] + width + 1, instance.box[1] + width), instance.caption, fill=instance.colour
+        )
+    return np.asarray(drawn, dtype=np.uint8)

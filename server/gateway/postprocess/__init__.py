@@ -2,7 +2,7 @@
 
 Pure functions of (outputs, spec, geometry, request); the image is only needed for overlays.
 The task's postprocessor is chosen by ``spec.task`` and each map's builder by its attention
-kind, both through registries (`tasks`, `attention`).
+kind, both through registries (`tasks` with `segmentation` and `instances`, `attention`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,19 @@ from attnserve.prediction import AttentionMap
 from attnserve.spec import ModelSpec
 from attnserve.transform import ResizeGeometry
 
+from . import instances, segmentation  # noqa: F401  (register their tasks)
 from .attention import AttentionRequest, MapContext, build_attention_map, register_attention_kind
 from .display import DisplayMap, to_display
-from .tasks import TaskOptions, TaskResult, register_task, softmax, task_postprocessor, top_k
+from .tasks import (
+    TaskContext,
+    TaskOptions,
+    TaskResult,
+    register_task,
+    softmax,
+    task_draws,
+    task_postprocessor,
+    top_k,
+)
 
 
 @dataclass
@@ -42,7 +52,8 @@ def postprocess(
 
     Image forms are drawn at ``render_size`` (width, height; default the original's), on
     ``image`` which must be that size."""
-    result = task_postprocessor(spec.task)(outputs, spec, options)
+    task_context = TaskContext(options, geometry, request.encoder, image, render_size)
+    result = task_postprocessor(spec.task)(outputs, spec, task_context)
     context = MapContext(geometry, request, result.selection, spec.labels, image, render_size)
     maps = [
         build_attention_map(spec.attention_by_name(name), outputs[name], context) for name in request.maps
@@ -55,6 +66,7 @@ __all__ = [
     "AttentionRequest",
     "DisplayMap",
     "MapContext",
+    "TaskContext",
     "TaskOptions",
     "TaskResult",
     "build_attention_map",
@@ -62,6 +74,7 @@ __all__ = [
     "register_attention_kind",
     "register_task",
     "softmax",
+    "task_draws",
     "to_display",
     "top_k",
 ]

@@ -1,9 +1,12 @@
 """One postprocessor per task, chosen by the model spec's `task` through a registry.
 
-A task postprocessor reads the task's own outputs (for classification: the logits) and returns
-the task's answer plus the *selection* it implies for attention stacks (classification selects
-the class to explain; see `attnserve.attention`). Adding a task is one registered function
-here and a field in the answer, not an edit of the pipeline or of the other tasks.
+A task postprocessor reads the task's own outputs (`attnserve.spec.TASK_OUTPUTS`: for
+classification the logits; for segmentation per-pixel logits; for instances boxes, scores,
+classes and masks) and returns the task's answer plus the *selection* it implies for attention
+stacks (classification selects the class to explain; see `attnserve.attention`). Adding a task
+is one registered function (in its own module: `segmentation`, `instances`) and a field in the
+answer, not an edit of the pipeline or of the other tasks. A task that draws (its answer holds
+images) says so when it registers, so that admission counts it as rendering work.
 """
 
 from __future__ import annotations
@@ -14,18 +17,48 @@ from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from attnserve.errors import InvalidInput
-from attnserve.prediction import ClassScore
+from attnserve.prediction import ClassScore, ImageEncoding, Instance, Segmentation
 from attnserve.spec import ModelSpec, Task
+from attnserve.transform import ResizeGeometry
+
+from ..render import ImageEncoder
+
+DEFAULT_SCORE_THRESHOLD = 0.5
+MAX_INSTANCES = 100
 
 
 @dataclass(frozen=True)
 class TaskOptions:
     """The request's options that concern the task's answer, resolved against the spec."""
 
-    top_k: int
+    top_k: int = 0
+    """Classification: how many classes."""
     target_class: int | None = None
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    """Instances: the lowest score kept."""
+    max_instances: int = MAX_INSTANCES
+    overlay: bool = False
+    """Draw the answer on the image (segmentation, instances)."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task postprocessor may need besides the outputs."""
+
+    options: TaskOptions
+    geometry: ResizeGeometry
+    encoder: ImageEncoder = ImageEncoder()
+    image: Image.Image | None = None
+    """The oriented original (RGB) at `render_size`, present when an overlay was asked for."""
+    render_size: tuple[int, int] | None = None
+    """(width, height) of drawn answers; None: the original's size."""
+
+    @property
+    def rendered(self) -> tuple[int, int]:
+        return self.render_size or (self.geometry.width, self.geometry.height)
 
 
 @dataclass
@@ -34,30 +67,54 @@ class TaskResult:
     """Classification: the top-k classes, best first."""
     selection: dict[str, int] = field(default_factory=dict)
     """Index to show on leading attention axes, by axis name (e.g. ``{"class": 6}``)."""
+    segmentation: Segmentation | None = None
+    instances: list[Instance] = field(default_factory=list)
+    overlay: bytes = b""
+    """The answer drawn on the image, when asked."""
+    overlay_encoding: ImageEncoding | None = None
 
 
 Outputs = Mapping[str, NDArray[np.float32]]
-TaskPostprocessor = Callable[[Outputs, ModelSpec, TaskOptions], TaskResult]
+TaskPostprocessor = Callable[[Outputs, ModelSpec, TaskContext], TaskResult]
 P = TypeVar("P", bound=TaskPostprocessor)
 
-_TASKS: dict[Task, TaskPostprocessor] = {}
+
+@dataclass(frozen=True)
+class _Registered:
+    postprocessor: TaskPostprocessor
+    draws: bool
 
 
-def register_task(task: Task) -> Callable[[P], P]:
+_TASKS: dict[Task, _Registered] = {}
+
+
+def register_task(task: Task, *, draws: bool = False) -> Callable[[P], P]:
+    """Registers the postprocessor of ``task``; ``draws``: its answer holds images (rendering
+    work, admitted as such)."""
+
     def decorate(postprocessor: P) -> P:
         if task in _TASKS:
             raise ValueError(f"a postprocessor for the task {task.value!r} is registered already")
-        _TASKS[task] = postprocessor
+        _TASKS[task] = _Registered(postprocessor, draws)
         return postprocessor
 
     return decorate
 
 
-def task_postprocessor(task: Task) -> TaskPostprocessor:
+def _registered(task: Task) -> _Registered:
     try:
         return _TASKS[task]
     except KeyError:
         raise InvalidInput(f"this gateway cannot postprocess the task {task.value!r}") from None
+
+
+def task_postprocessor(task: Task) -> TaskPostprocessor:
+    return _registered(task).postprocessor
+
+
+def task_draws(task: Task) -> bool:
+    """Whether the task's answer holds images (drawn whatever the attention request)."""
+    return _registered(task).draws
 
 
 def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -74,8 +131,9 @@ def top_k(logits: NDArray[np.float32], labels: tuple[str, ...], k: int) -> list[
 
 
 @register_task(Task.CLASSIFICATION)
-def classification(outputs: Outputs, spec: ModelSpec, options: TaskOptions) -> TaskResult:
+def classification(outputs: Outputs, spec: ModelSpec, context: TaskContext) -> TaskResult:
     """Logits → top-k classes; class-conditioned maps show the top-1 class or the target."""
+    options = context.options
     predictions = top_k(outputs[spec.logits_name], spec.labels, options.top_k)
     shown = predictions[0].index if options.target_class is None else options.target_class
     return TaskResult(predictions=predictions, selection={"class": shown})
