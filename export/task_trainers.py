@@ -1,1 +1,3 @@
 """Imports the trainers of every task other than classification, so they register."""
+
+from . import train_instances  # noqa: F401

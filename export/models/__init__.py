@@ -1,6 +1,6 @@
 """Registered attention architectures. Importing this package registers every family."""
 
-from . import cbam, racnn, ram, ran, se  # noqa: F401  (registers their architectures)
+from . import cbam, mask_rcnn, racnn, ram, ran, se  # noqa: F401  (registers their architectures)
 from ._cam import CAM_OUTPUT, has_gap_linear_head
 from ._registry import ModelEntry, create_model, get_entry, get_spec, list_models, register_model
 from ._serving import ServingGraph, serving_spec
