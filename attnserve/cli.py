@@ -169,9 +169,9 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
             model=args.model,
             top_k=args.top_k,
             target_class=args.target_class,
-            pictures=PictureRequest(args.map, args.overlay, args.heatmap),
+            pictures=PictureRequest(args.map, args.overlay, args.heatmap, map_overlay=args.map_overlay),
             as_json=args.json,
-            image_encoding=args.image_encoding or encoding_for(args.overlay, args.heatmap),
+            image_encoding=args.image_encoding or encoding_for(args.overlay, args.heatmap, args.map_overlay),
         )
     return 0
 
@@ -371,7 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", help="model name (default: the gateway's default)")
     sub.add_argument("--top-k", type=int)
     sub.add_argument("--target-class", type=int, help="class to explain in class activation maps")
-    sub.add_argument("--overlay", type=Path, help="write the attention overlay here (.png, .jpg, .webp)")
+    sub.add_argument(
+        "--overlay",
+        type=Path,
+        help="write the answer drawn on the image here (.png, .jpg, .webp): a classifier's attention "
+        "overlay; a segmentation's classes or the instances' masks and boxes",
+    )
+    sub.add_argument(
+        "--map-overlay", type=Path, help="write the attention map's overlay here (segmentation and instances)"
+    )
     sub.add_argument("--heatmap", type=Path, help="write the attention heatmap here (.png, .jpg, .webp)")
     sub.add_argument(
         "--image-encoding",

@@ -33,17 +33,22 @@ def encoding_for(*paths: Path | None) -> str:
 
 @dataclass(frozen=True)
 class PictureRequest:
-    """Which map to draw (a name or "primary") and where to write its overlay and heatmap."""
+    """Which map to draw (a name or "primary") and where to write the pictures.
+
+    ``overlay`` is the answer drawn on the image: for a classifier its attention map's overlay,
+    for segmentation and instances the task's own drawing (classes, masks and boxes), whose map
+    overlay then goes to ``map_overlay``."""
 
     map: str = "primary"
     overlay: Path | None = None
     heatmap: Path | None = None
     draw: bool = False
     """Draw the overlay even when it is not written to a file (the caller uses it)."""
+    map_overlay: Path | None = None
 
     @property
     def wanted(self) -> bool:
-        return self.overlay is not None or self.heatmap is not None or self.draw
+        return any(path is not None for path in (self.overlay, self.heatmap, self.map_overlay)) or self.draw
 
 
 def predict_to_console(
@@ -59,41 +64,49 @@ def predict_to_console(
 ) -> Prediction:
     """Predicts ``image`` with every map raw, writes the asked pictures (encoded as
     ``image_encoding``: png, jpeg or webp), prints the result."""
+    info = client.get_model(model or "")
+    classifies = info.task in ("", "classification")
+    drawn_answer = not classifies and (pictures.overlay is not None or pictures.draw)
+    map_overlay = pictures.map_overlay or (pictures.overlay if classifies else None)
     forms = [MapForm.RAW]
-    if pictures.overlay or pictures.draw:
+    if map_overlay or pictures.draw:
         forms.append(MapForm.OVERLAY_PNG)
     if pictures.heatmap:
         forms.append(MapForm.HEATMAP_PNG)
     prediction = client.predict(
         image,
         model=model,
-        top_k=top_k,
+        top_k=top_k if classifies else None,
         forms=forms,
         render=[pictures.map] if pictures.wanted else [],
         target_class=target_class,
         image_encoding=image_encoding,
+        task_overlay=drawn_answer,
     )
     rendered = next((a for a in prediction.attention if a.overlay_png or a.heatmap_png), None)
+    written: list[tuple[Path, str]] = []
     if rendered is not None:
-        if pictures.overlay:
-            write_file(pictures.overlay, rendered.overlay_png)
-        if pictures.heatmap:
-            write_file(pictures.heatmap, rendered.heatmap_png)
+        for path, data in ((map_overlay, rendered.overlay_png), (pictures.heatmap, rendered.heatmap_png)):
+            if path is not None and data:
+                write_file(path, data)
+                written.append((path, rendered.name))
+    if drawn_answer and pictures.overlay is not None and prediction.task_overlay:
+        write_file(pictures.overlay, prediction.task_overlay)
+        written.append((pictures.overlay, f"the {prediction.task.replace('_', ' ')}"))
     if as_json:
         document = summary_json(prediction)
         if rendered is not None:
             document["overlay"] = {
                 "map": rendered.name,
-                "path": str(pictures.overlay) if pictures.overlay else None,
+                "path": str(map_overlay) if map_overlay else None,
             }
+        if drawn_answer:
+            document["task_overlay"] = {"path": str(pictures.overlay) if pictures.overlay else None}
         print(json.dumps(document, indent=2))
         return prediction
-    primary = client.get_model(prediction.model).primary_attention
-    print_prediction(prediction, str(image), primary)
-    if rendered is not None:
-        for path in (pictures.overlay, pictures.heatmap):
-            if path:
-                print(f"  wrote {path} ({rendered.name})")
+    print_prediction(prediction, str(image), info.primary_attention)
+    for path, what in written:
+        print(f"  wrote {path} ({what})")
     t = prediction.timings
     print(
         f"  timings: preprocess {t.preprocess_ms:.1f} ms, inference {t.inference_ms:.1f} ms, "
@@ -106,7 +119,19 @@ def print_prediction(prediction: Prediction, source: str, primary: str) -> None:
     image = prediction.image
     size = f"{image.width}×{image.height} {image.format}"
     print(f"{source}: {size} → model {prediction.model} v{prediction.model_version}")
-    print("  " + ", ".join(f"{c.label} {c.score:.3f}" for c in prediction.predictions))
+    if prediction.predictions:
+        print("  " + ", ".join(f"{c.label} {c.score:.3f}" for c in prediction.predictions))
+    if (segmentation := prediction.segmentation) is not None:
+        print(
+            f"  segmentation {segmentation.width}×{segmentation.height}: "
+            + ", ".join(f"{a.label} {a.share:.1%}" for a in segmentation.areas)
+        )
+    if prediction.task == "instance_segmentation":
+        print(f"  {len(prediction.instances)} instance{'' if len(prediction.instances) == 1 else 's'}")
+        for instance in prediction.instances:
+            x0, y0, x1, y1 = instance.box
+            box = f"({x0:.0f}, {y0:.0f})–({x1:.0f}, {y1:.0f}) px"
+            print(f"    {instance.label:<6} {instance.score:.3f}  box {box}  mask {instance.area} px")
     for a in prediction.attention:
         where = _where(a)
         tags = [t for t, on in (("primary", a.name == primary), ("flat", a.flat)) if on]
@@ -146,7 +171,7 @@ def _located(a: AttentionMap) -> dict[str, Any]:
 
 def summary_json(prediction: Prediction) -> dict[str, Any]:
     """The ``predict --json`` document: tensors and PNGs are left out, their presence is not."""
-    return {
+    document: dict[str, Any] = {
         "model": prediction.model,
         "model_version": prediction.model_version,
         "image": vars(prediction.image),
@@ -175,6 +200,31 @@ def summary_json(prediction: Prediction) -> dict[str, Any]:
         "timings": vars(prediction.timings),
         "request_id": prediction.request_id,
     }
+    if prediction.task != "classification":  # a classifier's summary stays as it always was
+        document["task"] = prediction.task
+    if (segmentation := prediction.segmentation) is not None:
+        document["segmentation"] = {
+            "width": segmentation.width,
+            "height": segmentation.height,
+            "areas": [
+                {"index": a.index, "label": a.label, "pixels": a.pixels, "share": round(a.share, 6)}
+                for a in segmentation.areas
+            ],
+        }
+    if prediction.task == "instance_segmentation":
+        document["instances"] = [
+            {
+                "class_index": i.class_index,
+                "label": i.label,
+                "score": round(i.score, 6),
+                "box": [round(v, 2) for v in i.box],
+                "area": i.area,
+                "mask_origin": list(i.mask_origin),
+                "polygons": [[[round(x, 2), round(y, 2)] for x, y in polygon] for polygon in i.polygons],
+            }
+            for i in prediction.instances
+        ]
+    return document
 
 
 def models_to_console(client: AnyClient, as_json: bool = False) -> None:
@@ -190,7 +240,10 @@ def models_to_console(client: AnyClient, as_json: bool = False) -> None:
                 continue
         p = model.preprocess
         print(f"{model.name} v{model.version}{default}: {model.description}")
-        print(f"  input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {len(model.labels)} classes")
+        task = "" if model.task in ("", "classification") else f"{model.task.replace('_', ' ')}, "
+        print(
+            f"  {task}input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {len(model.labels)} classes"
+        )
         for a in model.attention:
             tag = "  [primary]" if a.name == model.primary_attention else ""
             quality = ", ".join(f"{k} {v:.3f}" for k, v in sorted(a.quality.items()))

@@ -143,14 +143,23 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
     return 0
 
 
+def answer_caption(prediction: Prediction) -> str:
+    """The answer in a few words: the top class, the classes segmented, the instances found."""
+    if prediction.predictions:
+        best = prediction.predictions[0]
+        return f"{best.label} ({best.score:.2f})"
+    if prediction.segmentation is not None:
+        found = [a.label for a in prediction.segmentation.areas if a.index != 0]
+        return "classes " + (" ".join(found[:4]) or "none")
+    return f"{len(prediction.instances)} instances"
+
+
 def overlay_tiles(prediction: Prediction) -> list[tuple[str, bytes]]:
-    """The prediction's drawn attention, captioned with the model, its answer and the map."""
-    best = prediction.predictions[0]
-    return [
-        (f"{prediction.model}: {best.label} ({best.score:.2f}) · {a.name}", a.overlay_png)
-        for a in prediction.attention
-        if a.overlay_png
-    ]
+    """The prediction's drawn answer (segmentation, instances) and attention, captioned with the
+    model, its answer and the map."""
+    answer = f"{prediction.model}: {answer_caption(prediction)}"
+    drawn = [(answer, prediction.task_overlay)] if prediction.task_overlay else []
+    return drawn + [(f"{answer} · {a.name}", a.overlay_png) for a in prediction.attention if a.overlay_png]
 
 
 def encode_figure(tiles: list[tuple[str, bytes]], caption: int = 22) -> bytes:

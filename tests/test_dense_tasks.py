@@ -7,7 +7,10 @@ a trained model's quality (the trained models' round trips are in test_dense_mod
 from __future__ import annotations
 
 import io
+import json
+import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -333,3 +336,34 @@ def test_masks_paste_bilinearly_and_their_rle_is_cocos() -> None:
     counts = rle_counts(mask, (10, 20), (40, 40))
     runs = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
     assert np.array_equal(runs.reshape(40, 40).T, full)
+
+
+def test_the_cli_prints_and_writes_each_tasks_answer(
+    clients: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attnserve.console import PictureRequest, predict_to_console
+
+    image = tmp_path / "scene.png"
+    image.write_bytes(encoded(scene()))
+    drawn, weights = tmp_path / "drawn.jpg", tmp_path / "weights.png"
+    pictures = PictureRequest(overlay=drawn, map_overlay=weights)
+    predict_to_console(
+        clients["grpc"], image, model="toy_segmenter", pictures=pictures, image_encoding="jpeg"
+    )  # type: ignore[arg-type]
+    printed = capsys.readouterr().out
+    share = re.search(r"segmentation 200×100: background \d+\.\d%, bright (\d+\.\d)%", printed)
+    assert share is not None and abs(float(share.group(1)) - 8.0) < 1.0, printed  # 40×40 of 200×100
+    assert f"wrote {drawn} (the semantic segmentation)" in printed
+    with Image.open(drawn) as picture:
+        assert picture.format == "JPEG" and picture.size == (200, 100)
+    assert weights.stat().st_size > 0  # the per-scale weights' overlay (tiles)
+
+    predict_to_console(clients["grpc"], image, model="toy_detector", as_json=True)  # type: ignore[arg-type]
+    document = json.loads(capsys.readouterr().out)
+    assert document["task"] == "instance_segmentation" and document["predictions"] == []
+    (instance,) = document["instances"]
+    assert instance["label"] == "bright" and np.allclose(instance["box"], RECT, atol=3.5)
+    assert len(instance["polygons"]) == 1 and len(instance["polygons"][0]) >= 4
+
+    predict_to_console(clients["grpc"], image, model="cbam", as_json=True)  # type: ignore[arg-type]
+    assert "task" not in json.loads(capsys.readouterr().out)  # a classifier's summary as it was

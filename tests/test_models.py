@@ -13,7 +13,11 @@ from attnserve.export.models import (
     list_models,
     register_model,
 )
-from attnserve.spec import AttentionKind
+from attnserve.spec import AttentionKind, Task
+
+CLASSIFIERS = [n for n in list_models() if get_spec(n).task is Task.CLASSIFICATION]
+"""The dense models' own tests check their outputs and training (test_attention_to_scale.py,
+test_mask_rcnn.py, test_partitioned_fcn.py); their export parity is checked with everyone's."""
 
 
 def _graph(name: str) -> ServingGraph:
@@ -40,6 +44,18 @@ def test_the_registry_lists_cbam_and_refuses_duplicates_and_unknown_names() -> N
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_every_model_answers_as_its_spec_says(name: str) -> None:
+    graph = _graph(name)
+    spec = graph.spec
+    images = torch.randn(2, spec.preprocess.channels, *spec.preprocess.input_size)
+    with torch.no_grad():
+        outputs = graph.named_outputs(images)
+    assert set(outputs) == set(spec.output_names)
+    assert all(value.shape[0] == 2 for value in outputs.values())
+    spec.check_output_dims({name: tuple(value.shape[1:]) for name, value in outputs.items()})
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_outputs_match_the_spec(name: str) -> None:
     graph = _graph(name)
     spec = graph.spec
@@ -110,7 +126,7 @@ def test_grad_cam_at_a_layer_correlates_with_cam_on_the_same_layer() -> None:
     assert at_last_conv.shape == (4, 8, 8) and (at_last_conv >= 0).all()
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_one_training_step_gives_a_finite_loss_and_gradients(name: str) -> None:
     from attnserve.export.train import training_step
 

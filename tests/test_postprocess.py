@@ -139,18 +139,25 @@ def test_tasks_and_attention_kinds_are_registered_once() -> None:
         register_attention_kind(AttentionKind.SPATIAL)(spatial_map)
 
 
-def test_a_stack_no_task_selects_comes_back_raw_only() -> None:
-    """A per-scale stack (axes scale, y, x): classification selects no scale, so it stays whole."""
+def test_a_stack_no_task_selects_stays_whole_and_is_drawn_as_tiles() -> None:
+    """A per-scale stack (axes scale, y, x): classification selects no scale, so it stays whole:
+    raw as the stack, drawn one tile per scale side by side, its peak in the strongest tile."""
     from attnserve.server.gateway.postprocess import MapContext, build_attention_map
 
     per_scale = SPEC.attention_by_name("spatial_stage3").model_copy(update={"axes": ("scale", "y", "x")})
     values = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
-    request = AttentionRequest(("spatial_stage3",), frozenset({MapForm.RAW, MapForm.OVERLAY_PNG}))
+    values[2, 5, 6] = 2.0  # the strongest cell: scale 2, row 5, column 6
+    forms = frozenset({MapForm.RAW, MapForm.OVERLAY_PNG, MapForm.UPSAMPLED, MapForm.HEATMAP_PNG})
+    request = AttentionRequest(("spatial_stage3",), forms)
     image = Image.new("RGB", (64, 64))
     context = MapContext(ResizeGeometry.identity(64, 64), request, {"class": 2}, SPEC.labels, image)
     result = build_attention_map(per_scale, values, context)
     assert result.raw is not None and result.raw.shape == (3, 8, 8) and result.class_index is None
-    assert result.peak is None and not result.overlay_png
+    assert result.peak == (6.5 * 8, 5.5 * 8) and result.peak_value == 2.0
+    assert result.upsampled is not None and result.upsampled.shape == (3, 64, 64)
+    for drawn in (result.overlay_png, result.heatmap_png):
+        with Image.open(io.BytesIO(drawn)) as tiles:
+            assert tiles.size == (3 * 64 + 2 * 4, 64)  # three tiles, 4 px apart
     one_scale = MapContext(**{**vars(context), "selection": {"scale": 1}})
     selected = build_attention_map(per_scale, values, one_scale)
     assert selected.raw is not None and np.array_equal(selected.raw, values[1])

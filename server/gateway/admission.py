@@ -64,9 +64,10 @@ def answer_bytes(
             for n in attention.maps
             if attention.renders(n) and spec.attention_by_name(n).kind in _DRAWN_KINDS
         )
-    upsampled = attention.map_dtype.itemsize * len(spatial) * pixels if MapForm.UPSAMPLED in forms else 0
+    drawn = sum(attention.tiles.get(n, 1) for n in spatial)  # a stack: a tile per index
+    upsampled = attention.map_dtype.itemsize * drawn * pixels if MapForm.UPSAMPLED in forms else 0
     encoded_per_pixel = png_bytes * attention.encoder.size_share
-    return upsampled + math.ceil(encoded_per_pixel * (len(spatial) * pngs + drawn_on) * pixels)
+    return upsampled + math.ceil(encoded_per_pixel * (drawn * pngs + drawn_on) * pixels)
 
 
 def render_bytes(spec: ModelSpec, attention: AttentionRequest, size: tuple[int, int]) -> int:
@@ -77,8 +78,8 @@ def render_bytes(spec: ModelSpec, attention: AttentionRequest, size: tuple[int, 
     answer = answer_bytes(spec, attention, size, png_bytes=2.0)
     if not answer:
         return 0
-    pixels = size[0] * size[1]
-    kept_image = 4 * pixels if MapForm.OVERLAY_PNG in attention.forms else 0
+    pixels = size[0] * size[1] * max(attention.tiles.values(), default=1)  # a stack: its tiles at once
+    kept_image = 4 * size[0] * size[1] if MapForm.OVERLAY_PNG in attention.forms else 0
     encoder = attention.encoder.working_bytes_per_pixel * pixels if attention.forms & ENCODED_FORMS else 0
     return kept_image + 15 * pixels + encoder + 3 * answer
 

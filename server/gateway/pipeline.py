@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,6 +123,26 @@ def resolve_attention(request: PredictionRequest, spec: ModelSpec) -> AttentionR
         encoder=encoder,
         map_dtype=request.map_dtype,
     )
+
+
+def with_tiles(attention: AttentionRequest, model: ModelInfo) -> AttentionRequest:
+    """The request with the number of tiles each drawn stack will have: the product of its
+    leading axes but the class (which classification selects), from the model's output shapes."""
+    tiles: dict[str, int] = {}
+    spec = model.spec
+    for name in attention.maps:
+        described = spec.attention_by_name(name)
+        if not described.is_spatial or not described.leading_axes:
+            continue
+        shape = model.item_shape(name)
+        count = math.prod(
+            size
+            for axis, size in zip(described.leading_axes, shape, strict=False)
+            if axis != "class" and size > 0
+        )
+        if count > 1:
+            tiles[name] = count
+    return dataclasses.replace(attention, tiles=tiles) if tiles else attention
 
 
 def resolve_image_encoder(request: PredictionRequest) -> ImageEncoder:
@@ -247,7 +268,7 @@ class Pipeline:
             )
         spec = model.spec
         options = resolve_task_options(request, spec, self.settings.max_top_k)
-        attention = resolve_attention(request, spec)
+        attention = with_tiles(resolve_attention(request, spec), model)
         render_side = request.render_max_side or self.settings.render_max_side
         header = probe_image(request.image, self.limits) if request.image is not None else None
         cost = estimate_cost(header, spec, attention, render_side, self.settings, options)

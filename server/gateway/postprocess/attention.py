@@ -9,7 +9,7 @@ the others.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,7 +20,7 @@ from attnserve.attention import select_leading
 from attnserve.errors import InvalidInput
 from attnserve.prediction import IMAGE_FORMS, AttentionMap, Box, Glimpse, MapDType, MapForm
 from attnserve.spec import AttentionKind, AttentionSpec
-from attnserve.transform import ResizeGeometry, boxes_to_original, map_to_size, peak_in_original
+from attnserve.transform import ResizeGeometry, boxes_to_original, peak_in_original, stack_to_size
 
 from ..render import ImageEncoder, colorize, display_levels, draw_boxes, draw_path, overlay
 from .display import DisplayStats, display_stats, display_values
@@ -38,6 +38,8 @@ class AttentionRequest:
     """How HEATMAP_PNG and OVERLAY_PNG are encoded."""
     map_dtype: MapDType = MapDType.FLOAT32
     """The data type of RAW and UPSAMPLED (UINT8: UPSAMPLED only, checked beforehand)."""
+    tiles: Mapping[str, int] = field(default_factory=dict)
+    """Maps that are stacks drawn as tiles (`spatial_map`), by name: how many (1 when absent)."""
 
     def renders(self, name: str) -> bool:
         return self.render is None or name in self.render
@@ -147,27 +149,50 @@ def spatial_map(
 ) -> AttentionMap:
     """A map over the input's field of view: its peak and image forms in original pixels.
 
-    A stack the selection left whole (a leading axis no task selects) comes back raw only.
+    A stack the selection left whole (a leading axis no task selects: per input scale, per
+    word) is drawn as tiles, one per index in order, side by side (UPSAMPLED: the stack); its
+    display values share one normalisation, so tiles compare, and its peak is the highest
+    cell's, in the tile that holds it. Deeper stacks come back raw only.
     """
     _with_display(result, stats := display_stats(values, attention.normalization))
-    if values.ndim != 2:
+    if values.ndim not in (2, 3) or values.size == 0:
         return result
-    x, y, result.peak_value = peak_in_original(values, context.geometry)
+    stack = values if values.ndim == 3 else values[None]
+    strongest = int(np.argmax(stack.reshape(len(stack), -1).max(axis=1)))
+    x, y, result.peak_value = peak_in_original(stack[strongest], context.geometry)
     result.peak = (x, y)
     request = context.request
     if not request.forms & IMAGE_FORMS or not request.renders(attention.name):
         return result
-    display = display_values(values, attention.normalization, stats)
-    upsampled = np.clip(map_to_size(display, context.geometry, context.rendered), 0.0, 1.0)
+    display = display_values(stack, attention.normalization, stats)
+    upsampled = np.clip(stack_to_size(display, context.geometry, context.rendered), 0.0, 1.0)
     if MapForm.UPSAMPLED in request.forms:
-        result.upsampled = as_map_dtype(upsampled, request.map_dtype)
+        result.upsampled = as_map_dtype(upsampled if values.ndim == 3 else upsampled[0], request.map_dtype)
     if MapForm.HEATMAP_PNG in request.forms:
-        result.heatmap_png = request.encoder.encode(colorize(upsampled), photographic=False)
+        tiles = [colorize(tile) for tile in upsampled]
+        result.heatmap_png = request.encoder.encode(_side_by_side(tiles), photographic=False)
     if MapForm.OVERLAY_PNG in request.forms:
         if context.image is None:
             raise ValueError("an overlay needs the original image (preprocess with keep_image=True)")
-        result.overlay_png = request.encoder.encode(overlay(context.image, upsampled))
+        result.overlay_png = request.encoder.encode(
+            _side_by_side([overlay(context.image, t) for t in upsampled])
+        )
     return result
+
+
+TILE_GAP = 4
+"""Pixels of white between the tiles of a drawn stack."""
+
+
+def _side_by_side(tiles: list[NDArray[np.uint8]]) -> NDArray[np.uint8]:
+    if len(tiles) == 1:
+        return tiles[0]
+    height, width = tiles[0].shape[:2]
+    canvas = np.full((height, len(tiles) * (width + TILE_GAP) - TILE_GAP, 3), 255, dtype=np.uint8)
+    for index, tile in enumerate(tiles):
+        left = index * (width + TILE_GAP)
+        canvas[:, left : left + width] = tile
+    return canvas
 
 
 @register_attention_kind(AttentionKind.CHANNEL)

@@ -6,7 +6,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, blob: null, answer: null, models: {}, targetClass: null };
+const state = { image: null, blob: null, answer: null, models: {}, targetClass: null, taskImage: null };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -79,6 +79,8 @@ async function predictBlob(blob, targetClass = null) {
   const model = $("model").value;
   const params = new URLSearchParams([["formats", "RAW"], ["formats", "HEATMAP_PNG"]]);
   if (targetClass !== null) params.set("target_class", targetClass);
+  const task = state.models[model]?.task || "classification";
+  if (task !== "classification") params.set("overlay", "true"); // the answer drawn: classes, masks
   setStatus("Predicting…");
   try {
     const answer = await getJson(`/v1/models/${encodeURIComponent(model)}:predict?${params}`, {
@@ -89,12 +91,38 @@ async function predictBlob(blob, targetClass = null) {
     state.image = await loadImage(blob);
     state.answer = answer;
     await Promise.all((answer.attention || []).map(decodeHeatmap));
+    state.taskImage = answer.task_overlay ? await loadImage(base64Blob(answer.task_overlay, answer.task_overlay_encoding)) : null;
     showAnswer();
     const top = (answer.predictions || [])[0];
-    setStatus(top ? `${answer.model}: ${top.label} (${(top.score * 100).toFixed(1)}%)` : "Done");
+    setStatus(top ? `${answer.model}: ${top.label} (${(top.score * 100).toFixed(1)}%)` : `${answer.model}: ${taskSummary(answer)}`);
   } catch (error) {
     setStatus(error.message, true);
   }
+}
+
+function base64Blob(data, encoding) {
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: `image/${encoding || "png"}` });
+}
+
+// Segmentation: the classes present and their share; instances: how many, of which classes.
+function taskAnswers(answer) {
+  if (answer.segmentation) {
+    return (answer.segmentation.areas || [])
+      .filter((area) => (area.index ?? 0) !== 0)
+      .map((area) => ({ label: area.label, value: `${((area.share || 0) * 100).toFixed(1)}% of the image` }));
+  }
+  return (answer.instances || []).map((instance) => {
+    const box = instance.box || {};
+    const where = `(${Math.round(box.x0 || 0)}, ${Math.round(box.y0 || 0)})–(${Math.round(box.x1 || 0)}, ${Math.round(box.y1 || 0)})`;
+    return { label: instance.label, value: `${((instance.score || 0) * 100).toFixed(1)}% at ${where}` };
+  });
+}
+
+function taskSummary(answer) {
+  if (answer.segmentation) return `${taskAnswers(answer).length} classes found`;
+  const count = (answer.instances || []).length;
+  return `${count} instance${count === 1 ? "" : "s"}`;
 }
 
 async function decodeHeatmap(map) {
@@ -115,6 +143,19 @@ function showAnswer() {
   const list = $("predictions");
   list.replaceChildren();
   const shown = state.targetClass ?? (answer.predictions || [])[0]?.index ?? 0;
+  for (const found of taskAnswers(answer)) {
+    const item = document.createElement("li");
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = found.label;
+    const value = document.createElement("span");
+    value.textContent = ` ${found.value}`;
+    item.append(label, value);
+    list.append(item);
+  }
+  const drawn = $("task-overlay");
+  drawn.hidden = !state.taskImage;
+  if (state.taskImage) drawn.src = state.taskImage.src;
   for (const prediction of answer.predictions || []) {
     const item = document.createElement("li");
     const button = document.createElement("button");
