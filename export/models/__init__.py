@@ -1,6 +1,14 @@
 """Registered attention architectures. Importing this package registers every family."""
 
-from . import cbam, mask_rcnn, racnn, ram, ran, se  # noqa: F401  (registers their architectures)
+from . import (  # noqa: F401  (registers their architectures)
+    cbam,
+    mask_rcnn,
+    partitioned_fcn,
+    racnn,
+    ram,
+    ran,
+    se,
+)
 from ._cam import CAM_OUTPUT, has_gap_linear_head
 from ._registry import ModelEntry, create_model, get_entry, get_spec, list_models, register_model
 from ._serving import ServingGraph, serving_spec
