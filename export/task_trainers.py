@@ -1,3 +1,6 @@
 """Imports the trainers of every task other than classification, so they register."""
 
-from . import train_instances  # noqa: F401
+from . import (
+    train_instances,  # noqa: F401
+    train_segmentation,  # noqa: F401
+)

@@ -1,6 +1,7 @@
 """Registered attention architectures. Importing this package registers every family."""
 
 from . import (  # noqa: F401  (registers their architectures)
+    attention_to_scale,
     cbam,
     mask_rcnn,
     partitioned_fcn,

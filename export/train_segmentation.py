@@ -1,0 +1,436 @@
+"""Training semantic segmentation on digit scenes, on the CPU, within a wall-clock budget.
+
+The trainer of `Task.SEMANTIC_SEGMENTATION` (chosen by `attnserve.export.train.train`). Scenes
+(`attnserve.export.data.scenes`) reach the model through the gateway's own transform: stored as
+8 bits, letterboxed to the input size; the masks follow into input pixels through the same
+geometry. The training set mixes 128 px scenes (some through a camera round trip) with scenes of
+other sizes, because users send other sizes.
+
+The schedule is `train.py`'s: AdamW, one-cycle learning rate over progress = max(step share,
+time share), an EMA of the weights kept if it scores better on the validation split. The test
+split (scans 1497–1796) is scored once, at the end, at the training size and at other sizes
+(through the gateway's geometry: the served logits mapped back onto the scene's own pixels,
+compared there).
+
+Loss: cross-entropy on ``outputs[spec.logits_name]`` (bilinearly upsampled to the targets'
+pixels when coarser) — unless the model defines
+
+    def training_loss(self, images, targets: SegmentationTargets, progress, step) -> TrainingStep
+
+(as Attention to Scale does, adding a loss per scale). ``targets`` carries the semantic and the
+instance masks in model-input pixels, so a model may supervise per instance (e.g. a
+task-partitioned FCN) without another trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from attnserve._io import atomic_write_text
+from attnserve.spec import ModelSpec, PreprocessSpec, Task
+from attnserve.transform import (
+    ResizeGeometry,
+    image_from_pixels,
+    map_to_original,
+    pixels_to_input,
+    to_input_pixels,
+)
+
+from .checkpoint import Checkpoint, save_checkpoint
+from .data import DigitScenes, Scene
+from .models import ServingGraph, TrainingStep, create_model, get_entry, serving_spec
+from .training import TrainConfig, TrainResult, one_cycle_lr, register_trainer
+
+TRAIN_SIZES = (96, 112, 160, 192)
+"""Canvas sizes of the training scenes that are not at the model's input size."""
+EVALUATION_SIZES = (96, 192)
+"""Canvas sizes the test split is also scored at (letterboxed by the gateway's transform)."""
+SIZE_BINS = (0, 16, 24, 32, 44, 10_000)
+"""Digit size bins (the longer side of the visible ink's box, in canvas pixels)."""
+_CHUNK = 1_000
+
+
+@dataclass
+class SegmentationTargets:
+    """What a segmentation model trains on, in model-input pixels (N×H×W each)."""
+
+    semantic: Tensor
+    """int64: 0 background (also letterbox padding), digit d → d + 1."""
+    instances: Tensor
+    """int64: 0 none, k = 1..n the k-th digit of the scene (`Scene.instances`)."""
+    instance_labels: list[Tensor]
+    """Per image, the n digit classes (0..9) of its instances 1..n."""
+
+
+@dataclass
+class SceneBatch:
+    pixels: NDArray[np.uint8]
+    """N×H×W×C, the model input's 8-bit pixels."""
+    semantic: NDArray[np.uint8]
+    """N×H×W, in model-input pixels."""
+    instances: NDArray[np.uint8]
+    instance_labels: list[NDArray[np.int64]]
+    preprocess: PreprocessSpec
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def inputs(self, index: slice | NDArray[np.int64] = slice(None)) -> Tensor:
+        return torch.from_numpy(pixels_to_input(self.pixels[index], self.preprocess))
+
+    def targets(self, index: NDArray[np.int64]) -> SegmentationTargets:
+        return SegmentationTargets(
+            semantic=torch.from_numpy(self.semantic[index].astype(np.int64)),
+            instances=torch.from_numpy(self.instances[index].astype(np.int64)),
+            instance_labels=[torch.from_numpy(self.instance_labels[i]) for i in index],
+        )
+
+
+def mask_to_input(mask: NDArray[Any], geometry: ResizeGeometry) -> NDArray[Any]:
+    """A label image in original pixels sampled (nearest) at each model-input pixel's centre;
+    0 where the input shows letterbox padding."""
+    xs, ys = geometry.to_original(
+        np.arange(geometry.input_width) + 0.5, np.arange(geometry.input_height) + 0.5
+    )
+    cols, rows = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    inside_x = (cols >= 0) & (cols < geometry.width)
+    inside_y = (rows >= 0) & (rows < geometry.height)
+    sampled = mask[np.clip(rows, 0, geometry.height - 1)][:, np.clip(cols, 0, geometry.width - 1)]
+    result: NDArray[Any] = np.where(inside_y[:, None] & inside_x[None, :], sampled, 0)
+    return result
+
+
+def scene_batch(scenes: Sequence[Scene], preprocess: PreprocessSpec) -> SceneBatch:
+    """Scenes → model inputs and input-pixel targets, through the gateway's transform."""
+    height, width = preprocess.input_size
+    count = len(scenes)
+    pixels = np.empty((count, height, width, preprocess.channels), dtype=np.uint8)
+    semantic = np.empty((count, height, width), dtype=np.uint8)
+    instances = np.empty((count, height, width), dtype=np.uint8)
+    for index, scene in enumerate(scenes):
+        pixels[index], geometry = to_input_pixels(image_from_pixels(scene.image), preprocess)
+        semantic[index] = mask_to_input(scene.semantic, geometry)
+        instances[index] = mask_to_input(scene.instances, geometry)
+    return SceneBatch(pixels, semantic, instances, [s.labels for s in scenes], preprocess)
+
+
+def _concatenate(batches: Sequence[SceneBatch]) -> SceneBatch:
+    return SceneBatch(
+        np.concatenate([b.pixels for b in batches]),
+        np.concatenate([b.semantic for b in batches]),
+        np.concatenate([b.instances for b in batches]),
+        [labels for b in batches for labels in b.instance_labels],
+        batches[0].preprocess,
+    )
+
+
+def training_scenes(
+    samples: int, preprocess: PreprocessSpec, seed: int, other_sizes_share: float
+) -> SceneBatch:
+    """``samples`` training scenes: at the input size (30 % through a camera round trip), and a
+    share at `TRAIN_SIZES`, letterboxed as the gateway would."""
+    size = preprocess.input_size[0]
+    parts = [(size, round(samples * (1 - other_sizes_share)))]
+    others = samples - parts[0][1]
+    parts += [
+        (s, others // len(TRAIN_SIZES) + (i < others % len(TRAIN_SIZES))) for i, s in enumerate(TRAIN_SIZES)
+    ]
+    batches = []
+    for part, (canvas, count) in enumerate(parts):
+        scenes = DigitScenes("train", count, canvas_size=canvas, seed=seed * 100 + part, resample_share=0.3)
+        for start in range(0, count, _CHUNK):
+            batches.append(
+                scene_batch([scenes[i] for i in range(start, min(start + _CHUNK, count))], preprocess)
+            )
+    return _concatenate(batches)
+
+
+def training_step(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: Tensor,
+    targets: SegmentationTargets,
+    progress: float,
+    step: int,
+) -> TrainingStep:
+    own = getattr(model, "training_loss", None)
+    if callable(own):
+        result: TrainingStep = own(images, targets, progress, step)
+        return result
+    logits = model(images)[spec.logits_name]
+    if logits.shape[-2:] != targets.semantic.shape[-2:]:
+        logits = F.interpolate(logits, size=targets.semantic.shape[-2:], mode="bilinear", align_corners=False)
+    return TrainingStep(F.cross_entropy(logits, targets.semantic))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _confusion(predicted: NDArray[np.int64], truth: NDArray[Any], classes: int) -> NDArray[np.int64]:
+    counts = np.bincount(
+        truth.astype(np.int64).ravel() * classes + predicted.ravel(), minlength=classes * classes
+    )
+    return counts.reshape(classes, classes)
+
+
+def _iou_scores(confusion: NDArray[np.int64], labels: Sequence[str]) -> dict[str, Any]:
+    true_positive = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - true_positive
+    iou = np.where(union > 0, true_positive / np.maximum(union, 1), np.nan)
+    return {
+        "miou": round(float(np.nanmean(iou)), 4),
+        "digit_miou": round(float(np.nanmean(iou[1:])), 4),
+        "pixel_accuracy": round(float(true_positive.sum() / confusion.sum()), 4),
+        "iou": {label: round(float(value), 4) for label, value in zip(labels, iou, strict=True)},
+    }
+
+
+def _size_bin(size: float) -> str:
+    for low, high in zip(SIZE_BINS[:-1], SIZE_BINS[1:], strict=True):
+        if low <= size < high:
+            return f"{low}-{high}px" if high < SIZE_BINS[-1] else f">={low}px"
+    raise ValueError(size)
+
+
+def evaluate(
+    graph: ServingGraph, scenes: Sequence[Scene], batch_size: int = 50, weights_name: str | None = None
+) -> dict[str, Any]:
+    """Scores scenes as served: each through the gateway's transform, the logits (and scale
+    weights) mapped back onto the scene's own pixels by the same geometry, compared there.
+
+    Besides mIoU over all classes, pixel accuracy and the digits' mIoU: per digit-size bin, the
+    share of each digit's pixels labelled with its class, and (with ``weights_name``, a
+    ``("scale", "y", "x")`` output) the mean weight of each scale over the digit's pixels.
+    """
+    spec = graph.spec
+    classes = len(spec.labels)
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    by_bin: dict[str, dict[str, Any]] = {}
+    graph.eval()
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start : start + batch_size]
+        batch = scene_batch(chunk, spec.preprocess)
+        with torch.no_grad():
+            outputs = graph.named_outputs(batch.inputs())
+        logits = outputs[spec.logits_name].numpy()
+        weights = outputs[weights_name].numpy() if weights_name else None
+        for index, scene in enumerate(chunk):
+            height, width = scene.semantic.shape
+            geometry = ResizeGeometry.for_spec(width, height, spec.preprocess)
+            scores = np.stack([map_to_original(plane, geometry) for plane in logits[index]])
+            predicted = scores.argmax(axis=0)
+            confusion += _confusion(predicted, scene.semantic, classes)
+            scale_maps = (
+                np.stack([map_to_original(plane, geometry) for plane in weights[index]])
+                if weights is not None
+                else None
+            )
+            for k, (label, size) in enumerate(zip(scene.labels, scene.digit_sizes, strict=True), start=1):
+                pixels = scene.instances == k
+                entry = by_bin.setdefault(
+                    _size_bin(float(size)), {"digits": 0, "pixels": 0, "correct": 0, "weights": []}
+                )
+                entry["digits"] += 1
+                entry["pixels"] += int(pixels.sum())
+                entry["correct"] += int((predicted[pixels] == label + 1).sum())
+                if scale_maps is not None:
+                    entry["weights"].append(scale_maps[:, pixels].mean(axis=1))
+    result = _iou_scores(confusion, spec.labels)
+    result["scenes"] = len(scenes)
+    result["by_digit_size"] = {
+        name: {
+            "digits": entry["digits"],
+            "pixel_accuracy": round(entry["correct"] / max(entry["pixels"], 1), 4),
+            **(
+                {"mean_scale_weights": [round(float(w), 4) for w in np.mean(entry["weights"], axis=0)]}
+                if entry["weights"]
+                else {}
+            ),
+        }
+        for name, entry in sorted(
+            by_bin.items(), key=lambda item: int(item[0].strip(">=").split("-")[0].rstrip("px"))
+        )
+    }
+    if weights_name:
+        result["attention"] = {weights_name: scale_weight_quality(result["by_digit_size"])}
+    return result
+
+
+def scale_weight_quality(by_digit_size: dict[str, Any]) -> dict[str, float]:
+    """The mean weight of each scale over digits' pixels, per digit-size bin, as the flat
+    figures export attaches to the attention output (``scale{index}_weight_{bin}``)."""
+    return {
+        f"scale{index}_weight_{name}": weight
+        for name, entry in by_digit_size.items()
+        for index, weight in enumerate(entry.get("mean_scale_weights", []))
+    }
+
+
+def _scale_weights_output(spec: ModelSpec) -> str | None:
+    for attention in spec.attention:
+        if attention.leading_axes == ("scale",) and attention.is_spatial:
+            return attention.name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
+@register_trainer(Task.SEMANTIC_SEGMENTATION)
+def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    entry = get_entry(config.architecture)
+    recipe = dataclasses.replace(entry.recipe, **config.recipe)
+    spec = entry.spec
+    model = create_model(config.architecture, **config.model_kwargs)
+    started = time.monotonic()
+
+    preprocess = spec.preprocess
+    canvas = preprocess.input_size[0]
+    other_share = dict(recipe.data).get("other_sizes", 0.0) / sum(share for _, share in recipe.data)
+    train_data = training_scenes(recipe.train_samples, preprocess, config.seed, other_share)
+    val_scenes = DigitScenes("val", config.val_samples, canvas_size=canvas, seed=config.seed)
+    val_list = [val_scenes[i] for i in range(len(val_scenes))]
+    data_seconds = time.monotonic() - started
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True
+    )
+    model.train()
+    loader_rng = np.random.default_rng(config.seed)
+    step, epoch, train_started, progress = 0, 0, time.monotonic(), 0.0
+    bar = tqdm(total=recipe.max_steps, desc=f"train {config.architecture}", disable=not progress_bar)
+    while progress < 1.0:
+        order = loader_rng.permutation(len(train_data))
+        for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
+            progress = max(step / recipe.max_steps, (time.monotonic() - train_started) / recipe.max_seconds)
+            if progress >= 1.0:
+                break
+            lr = one_cycle_lr(progress, recipe.max_lr, 0.25)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            index = order[start : start + recipe.batch_size]
+            result = training_step(
+                model, spec, train_data.inputs(index), train_data.targets(index), progress, step
+            )
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            if result.update is not None:
+                allowed = {id(p) for p in result.update}
+                for parameter in model.parameters():
+                    if id(parameter) not in allowed:
+                        parameter.grad = None
+            optimizer.step()
+            ema.update_parameters(model)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{result.loss.item():.3f}",
+                lr=f"{lr:.1e}",
+                epoch=epoch,
+                **{k: f"{v:.3f}" for k, v in result.logs.items()},
+            )
+        epoch += 1
+    bar.close()
+    train_seconds = time.monotonic() - train_started
+
+    weights_name = _scale_weights_output(spec)
+    model.eval()
+    last_val = evaluate(ServingGraph(model, spec), val_list, weights_name=weights_name)
+    averaged = ema.module.eval()
+    ema_val = evaluate(ServingGraph(averaged, spec), val_list, weights_name=weights_name)
+    kept = "ema" if ema_val["miou"] >= last_val["miou"] else "last"
+    if kept == "ema":
+        model.load_state_dict(averaged.state_dict())
+    model.eval()
+    graph = ServingGraph(model, spec)
+
+    test: dict[str, Any] = {}
+    for size in (canvas, *EVALUATION_SIZES):
+        scenes = DigitScenes("test", config.test_samples, canvas_size=size, seed=config.seed)
+        test[f"{size}px"] = evaluate(
+            graph, [scenes[i] for i in range(len(scenes))], weights_name=weights_name
+        )
+    metrics: dict[str, Any] = {
+        "architecture": config.architecture,
+        "model_kwargs": config.model_kwargs,
+        "selection": f"{canvas}px",
+        "weights": {"kept": kept, "val_miou_last": last_val["miou"], "val_miou_ema": ema_val["miou"]},
+        "val": {f"{canvas}px": ema_val if kept == "ema" else last_val},
+        "test": test,
+        "train": {
+            "steps": step,
+            "samples": len(train_data),
+            "epochs": round(step * recipe.batch_size / len(train_data), 2),
+            "samples_per_second": round(step * recipe.batch_size / train_seconds, 1),
+            "data_seconds": round(data_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(time.monotonic() - started, 1),
+        },
+        "splits": {"train": "scans 0-1296", "val": "scans 1297-1496", "test": "scans 1497-1796"},
+    }
+    config_json = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    config_json["recipe"] = asdict(recipe)
+    metrics["config"] = config_json
+    metrics["summary"] = _summary(metrics, spec)
+
+    checkpoint_path = config.out_dir / "checkpoint.pt"
+    metrics_path = config.out_dir / "metrics.json"
+    save_checkpoint(
+        checkpoint_path,
+        Checkpoint(
+            architecture=config.architecture,
+            model=model,
+            spec=serving_spec(spec, model),
+            model_kwargs=config.model_kwargs,
+            metrics=metrics,
+            config=config_json,
+        ),
+    )
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    return TrainResult(checkpoint_path, metrics_path, metrics, metrics["summary"])
+
+
+def _summary(metrics: dict[str, Any], spec: ModelSpec) -> list[str]:
+    lines = []
+    for size, scores in metrics["test"].items():
+        lines.append(
+            f"{size} test scenes: mIoU {scores['miou']:.3f}, digit mIoU {scores['digit_miou']:.3f}, "
+            f"pixel accuracy {scores['pixel_accuracy']:.2%} on {scores['scenes']} scenes (scans 1497-1796)"
+        )
+    first = next(iter(metrics["test"].values()))
+    for name, entry in first["by_digit_size"].items():
+        weights = entry.get("mean_scale_weights")
+        shown = f", mean scale weights {weights}" if weights else ""
+        lines.append(
+            f"  digits {name:>8}: {entry['digits']} digits, "
+            f"pixel accuracy {entry['pixel_accuracy']:.2%}{shown}"
+        )
+    return lines
+
+
+__all__ = [
+    "EVALUATION_SIZES",
+    "SceneBatch",
+    "SegmentationTargets",
+    "evaluate",
+    "scene_batch",
+    "train_segmentation",
+]
