@@ -115,7 +115,15 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     _train_extra()
     from attnserve.export.evaluate import evaluate_checkpoint
+    from attnserve.export.models import get_spec
+    from attnserve.spec import Task
 
+    task = get_spec(args.architecture).task
+    if task is not Task.CLASSIFICATION:
+        raise InvalidInput(
+            f"evaluate compares a classifier's maps with Grad-CAM; {args.architecture} is a "
+            f"{task.value} model, whose test figures `attnserve train` writes into its metrics.json"
+        )
     report = evaluate_checkpoint(
         args.checkpoint, args.architecture, samples=args.samples, write=not args.no_write
     )

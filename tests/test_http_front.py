@@ -144,9 +144,12 @@ def test_openapi_document_has_every_proto_field_and_every_option(http: httpx.Cli
     assert {"image/*", "multipart/form-data", "application/json"} <= set(predict["requestBody"]["content"])
     assert set(predict["responses"]) == {"200", "400", "404", "413", "415", "429", "503", "504"}
     # every option of the request, nested ones included, is a parameter (by short or dotted name)
-    assert {o.name for o in OPTIONS.values()} == {"model_version", "top_k", "request_id"} | {
-        f"attention.{f.name}" for f in pb.AttentionOptions.DESCRIPTOR.fields
-    }
+    assert {o.name for o in OPTIONS.values()} == (
+        {"model_version", "top_k", "request_id"}
+        | {f"attention.{f.name}" for f in pb.AttentionOptions.DESCRIPTOR.fields}
+        | {f"task.{f.name}" for f in pb.TaskOptions.DESCRIPTOR.fields}
+    )
+    assert {"score_threshold", "max_instances", "overlay"} <= parameters
 
 
 def test_models_health_metrics_page_and_samples(
