@@ -373,7 +373,13 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
         "model_kwargs": config.model_kwargs,
         "selection": f"{canvas}px",
         "weights": {"kept": kept, "val_miou_last": last_val["miou"], "val_miou_ema": ema_val["miou"]},
-        "val": {f"{canvas}px": ema_val if kept == "ema" else last_val},
+        # without "attention": export picks a primary map by its pointing on the validation
+        # split's figures, which scale weights have none of (their weights by size stay here)
+        "val": {
+            f"{canvas}px": {
+                k: v for k, v in (ema_val if kept == "ema" else last_val).items() if k != "attention"
+            }
+        },
         "test": test,
         "train": {
             "steps": step,

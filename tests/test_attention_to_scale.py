@@ -130,7 +130,8 @@ def test_evaluation_scores_a_perfect_model_as_perfect_at_any_size() -> None:
 
 @pytest.mark.slow
 def test_train_dispatches_by_task_and_writes_metrics(tmp_path: Path) -> None:
-    from attnserve.export.checkpoint import load_checkpoint
+    from attnserve.export.checkpoint import export_spec, load_checkpoint
+    from attnserve.export.scoring import with_measured_quality
     from attnserve.export.train import TrainConfig, train
 
     config = TrainConfig(
@@ -145,4 +146,11 @@ def test_train_dispatches_by_task_and_writes_metrics(tmp_path: Path) -> None:
     assert set(metrics["test"]) == {"128px", "96px", "192px"} and metrics["train"]["steps"] == 2
     assert "mean_scale_weights" in next(iter(metrics["test"]["128px"]["by_digit_size"].values()))
     assert result.summary and "mIoU" in result.summary[0]
-    assert load_checkpoint(result.checkpoint_path).architecture == "attention_to_scale"
+    checkpoint = load_checkpoint(result.checkpoint_path)
+    assert checkpoint.architecture == "attention_to_scale"
+    # export attaches the test split's scale weights by digit size to the attention output
+    spec = with_measured_quality(export_spec(checkpoint), checkpoint.metrics)
+    quality = spec.attention_by_name("scale_weights").quality
+    assert any(key.startswith("scale0_weight_") for key in quality)
+    assert any(key.startswith("96px_scale2_weight_") for key in quality)
+    assert spec.primary_attention == "scale_weights"
