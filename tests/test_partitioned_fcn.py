@@ -121,15 +121,15 @@ def test_the_partitioned_loss_counts_only_inside_the_attention_region() -> None:
 def test_the_served_answer_is_background_where_the_attention_is_closed() -> None:
     model = _model()
     fine = torch.randn(1, 2, 32, 32) * 5
-    attention = torch.zeros(1, 8, 8)
-    attention[0, 2, 3] = 1.0
-    probability = model.served_logits(fine, attention).exp()[:, 1]
+    coarse = torch.full((1, 8, 8), -20.0)
+    coarse[0, 2, 3] = 20.0
+    probability = model.served_logits(fine, coarse).exp()[:, 1]
     region = torch.zeros(1, 32, 32)
     region[0, 4:16, 8:20] = 1  # the open cell dilated by one, on the fine grid
     torch.testing.assert_close(probability * region, torch.sigmoid(fine[:, 1] - fine[:, 0]) * region)
     assert (probability[region == 0] < 1e-5).all()
     unpartitioned = _model(partition=False)
-    assert torch.equal(unpartitioned.served_logits(fine, attention), fine)
+    assert torch.equal(unpartitioned.served_logits(fine, coarse), fine)
 
 
 @pytest.mark.parametrize("partition", [True, False])
@@ -183,6 +183,7 @@ def test_evaluation_scores_a_perfect_model_as_perfect_at_any_size(canvas: int) -
     for reading in ("shallow", "gated"):
         assert result[reading]["f1"] == 1.0 and result[reading]["ap"] == 1.0, result[reading]
     assert result["attention_iou"]["ink_cells"] == 1.0 and 0 < result["attention_iou"]["ink"] < 1
+    assert result["attention"]["attention"]["iou_ink_cells"] == 1.0  # as export attaches it
 
 
 def test_average_precision_and_matching() -> None:

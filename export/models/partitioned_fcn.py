@@ -41,7 +41,11 @@ FINE_STRIDE = 2
 COARSE_STRIDE = 8
 CENTRE_WEIGHT = 5.0
 """Weight of centre pixels in the fine cross-entropy (they are ~3 % of the attention region)."""
-_FLOOR = 1e-6
+
+
+def _log_sigmoid(values: Tensor) -> Tensor:
+    """log σ(x) from elementary operations, exact in both tails (ONNX has no LogSigmoid)."""
+    return torch.clamp(values, max=0.0) - torch.log(1.0 + torch.exp(-torch.abs(values)))
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -149,21 +153,27 @@ class PartitionedFCN(nn.Module):
         early = self.stem(images)
         return self.shallow(early), self.deep(early).squeeze(1)
 
-    def served_logits(self, fine: Tensor, attention: Tensor) -> Tensor:
+    def served_logits(self, fine: Tensor, coarse: Tensor) -> Tensor:
         """The task's logits. Partitioned: log-probabilities of ``p = region · q``, where q is the
         shallow branch's centre probability and region the attention dilated by one cell (the
-        region its loss counted); unpartitioned: the shallow branch's logits as they are."""
+        region its loss counted); unpartitioned: the shallow branch's logits as they are.
+
+        Computed from logits (``1 - p = (1 - region) + region · (1 - q)``, each term a sigmoid)
+        so that neither side loses precision when p is near 0 or 1 (ONNX parity).
+        """
         if not self.partition:
             return fine
-        region = to_grid(dilate(attention), fine.shape[-2:]).clamp_min(_FLOOR)
-        log_centre = (torch.log(region) + F.logsigmoid(fine[:, 1] - fine[:, 0])).clamp_max(-_FLOOR)
-        log_background = torch.log(1.0 - torch.exp(log_centre))
+        region = to_grid(dilate(coarse), fine.shape[-2:])  # dilating logits = dilating sigmoids
+        centre = fine[:, 1] - fine[:, 0]
+        log_centre = _log_sigmoid(region) + _log_sigmoid(centre)
+        outside, missed = _log_sigmoid(-region), _log_sigmoid(region) + _log_sigmoid(-centre)
+        larger = torch.maximum(outside, missed)
+        log_background = larger + torch.log(torch.exp(outside - larger) + torch.exp(missed - larger))
         return torch.stack([log_background, log_centre], dim=1)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         fine, coarse = self.branches(images)
-        attention = torch.sigmoid(coarse)
-        return {"logits": self.served_logits(fine, attention), "attention": attention}
+        return {"logits": self.served_logits(fine, coarse), "attention": torch.sigmoid(coarse)}
 
     def fine_loss(self, fine: Tensor, centres: Tensor, region: Tensor) -> Tensor:
         """Weighted cross-entropy of the fine logits over the pixels where ``region`` is 1 (all of
