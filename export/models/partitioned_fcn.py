@@ -117,7 +117,7 @@ class PartitionedFCN(nn.Module):
 
     A shared stem (stride 2); the shallow branch continues at stride 2 with dilated 3×3
     convolutions (receptive field ~65 input px, so the centre of a 56 px digit is within reach);
-    the deep branch goes down to stride 8 (receptive field ~150 px) and ends in one logit per cell.
+    the deep branch goes down to stride 8 (receptive field ~120 px) and ends in one logit per cell.
     """
 
     def __init__(
