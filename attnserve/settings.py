@@ -78,7 +78,8 @@ class GatewaySettings(BaseModel):
     )
     metrics_port: int = Field(8502, ge=0, le=65535, description="Prometheus /metrics; 0 disables")
     default_model: str | None = Field(
-        None, description="model used when a request names none; default: the only/first model"
+        None,
+        description="model used when a request names none; default: cbam when served, else the first by name",
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")

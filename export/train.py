@@ -16,6 +16,7 @@ averaged weights, the primary attention output) uses validation splits only; the
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import time
 from dataclasses import asdict
@@ -43,7 +44,7 @@ from .models import (
     serving_spec,
 )
 from .scoring import run_graph, score
-from .training import TrainConfig, TrainResult, one_cycle_lr, register_trainer, trainer_for
+from .training import TrainConfig, Trainer, TrainResult, one_cycle_lr, register_trainer, trainer_for
 
 EVALUATION_VARIANTS = ("standard", "small", "mixed")
 _CHUNK = 2_000
@@ -71,10 +72,16 @@ def training_step(
 
 
 def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
-    """Trains ``config.architecture`` with the trainer registered for its task."""
+    """Trains ``config.architecture`` with its recipe's own trainer, or the one registered for
+    its task."""
     from . import task_trainers  # noqa: F401  (registers the trainers of the other tasks)
 
-    return trainer_for(get_entry(config.architecture).spec.task)(config, progress_bar)
+    entry = get_entry(config.architecture)
+    if entry.recipe.trainer:
+        module, _, function = entry.recipe.trainer.partition(":")
+        own: Trainer = getattr(importlib.import_module(module), function)
+        return own(config, progress_bar)
+    return trainer_for(entry.spec.task)(config, progress_bar)
 
 
 @register_trainer(Task.CLASSIFICATION)

@@ -81,7 +81,8 @@ def test_models_lists_attention_outputs(gateway: GatewayThread, capsys: pytest.C
     out = capsys.readouterr().out
     assert "cbam v1  (default)" in out and "spatial_stage3" in out and "[primary]" in out
     assert main(["models", "--server", gateway.address, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["models"][0]["name"] == "cbam"
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["default_model"] == "cbam" and "cbam" in [m["name"] for m in listed["models"]]
 
 
 @pytest.mark.parametrize(

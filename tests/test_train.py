@@ -82,3 +82,20 @@ def test_models_that_train_themselves_train_through_the_command(
 def test_unknown_architecture_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "nonesuch"]) == 1
     assert "unknown architecture 'nonesuch'" in capsys.readouterr().err
+
+
+def test_every_architecture_has_a_trainer_its_own_or_its_tasks() -> None:
+    import importlib
+
+    from attnserve.export import task_trainers  # noqa: F401  (registers the other tasks' trainers)
+    from attnserve.export.models import get_entry, list_models
+    from attnserve.export.training import trainer_for
+
+    for name in list_models():
+        entry = get_entry(name)
+        if entry.recipe.trainer:
+            module, _, function = entry.recipe.trainer.partition(":")
+            assert callable(getattr(importlib.import_module(module), function)), name
+        else:
+            assert callable(trainer_for(entry.spec.task)), name
+    assert get_entry("partitioned_fcn").recipe.trainer.endswith(":train_partitioned")

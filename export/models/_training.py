@@ -30,6 +30,9 @@ class TrainingRecipe:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     ema_decay: float = 0.99
+    trainer: str = ""
+    """"module:function" of a trainer of the architecture's own (its scoring differs from its
+    task's, e.g. keypoints found by a segmenter); empty: the trainer registered for its task."""
 
 
 @dataclass

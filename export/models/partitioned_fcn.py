@@ -245,6 +245,7 @@ class PartitionedFCN(nn.Module):
         primary_reason="its only attention output: where the deep branch tells the shallow one to look",
     ),
     TrainingRecipe(
+        trainer="attnserve.export.evaluate_partitioned:train_partitioned",  # scored as keypoints
         data=(("scenes", 0.75), ("other_sizes", 0.25)),
         selection="scenes",
         train_samples=6_000,

@@ -55,6 +55,11 @@ def model_info_from_config(config: mc.ModelConfig, version: str) -> ModelInfo:
 TRITON_UNAVAILABLE = "Triton is unavailable"
 
 
+HOUSE_DEFAULT_MODEL = "cbam"
+"""The model a request naming none gets when no default is configured and the repository serves
+it (this repository's default model); otherwise the first model by name."""
+
+
 @dataclass
 class ModelCatalog:
     """What Triton serves now, and what it lists but cannot serve; refreshed by the gateway's
@@ -78,6 +83,8 @@ class ModelCatalog:
             return self.configured_default
         # while none is servable (Triton gone), the one that will be, so a call can say why not
         candidates = self.models or self.not_ready
+        if HOUSE_DEFAULT_MODEL in candidates:
+            return HOUSE_DEFAULT_MODEL
         return min(candidates) if candidates else None
 
     async def refresh(self, backend: InferenceBackend) -> None:
