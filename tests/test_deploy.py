@@ -31,6 +31,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from attnserve._net import free_port
 from attnserve.export.repository import read_config
 from attnserve.settings import GatewaySettings
+from attnserve.spec import ModelSpec
 
 from .conftest import REPO_ROOT, triton_settings
 
@@ -192,8 +193,12 @@ def test_repository_is_what_nvidias_onnxruntime_backend_loads(model_dir: Path) -
     assert extra <= _ORT_PARAMETERS, f"parameters only our backend reads: {extra - _ORT_PARAMETERS}"
     # attnserve's own parameters are metadata for the gateway: any backend ignores unknown keys
     assert {k for k in config.parameters if k.startswith("attnserve_")} <= {"attnserve_spec"}
+    spec = ModelSpec.from_json(config.parameters["attnserve_spec"].string_value)
     for tensor in (*config.input, *config.output):
-        assert tensor.data_type == mc.TYPE_FP32 and all(d > 0 for d in tensor.dims)
+        # -1 only on a detection axis (variable, as the native backend allows), fixed elsewhere
+        variable = {i for i, d in enumerate(tensor.dims) if d == -1}
+        assert tensor.data_type == mc.TYPE_FP32 and variable == set(spec.dynamic_axes(tensor.name))
+        assert all(d > 0 for i, d in enumerate(tensor.dims) if i not in variable)
     onnx = pytest.importorskip("onnx")
     graph = onnx.load(str(model_dir / "1" / "model.onnx"), load_external_data=False).graph
     assert {i.name for i in graph.input} == {i.name for i in config.input}

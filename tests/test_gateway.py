@@ -86,12 +86,15 @@ def test_raw_outputs_equal_onnxruntime_for_a_tensor_input(client: Client, model:
     session = ort.InferenceSession(str(DEFAULT_MODEL_REPOSITORY / model / "1" / "model.onnx"))
     names = [o.name for o in session.get_outputs()]
     expected = dict(zip(names, session.run(names, {"image": tensor[None]}), strict=True))
-    prediction = client.predict(tensor, model=model, top_k=10)
+    classifies = info.task == "classification"
+    prediction = client.predict(tensor, model=model, top_k=10 if classifies else None)
     assert prediction.image.format == "TENSOR" and prediction.model == model
-    logits = expected["logits"][0].astype(np.float64)
-    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-    for score in prediction.predictions:
-        assert score.score == pytest.approx(probabilities[score.index], abs=1e-5)
+    assert bool(prediction.predictions) == classifies and prediction.task == info.task
+    if classifies:
+        logits = expected["logits"][0].astype(np.float64)
+        probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        for score in prediction.predictions:
+            assert score.score == pytest.approx(probabilities[score.index], abs=1e-5)
     assert {a.name for a in prediction.attention} == {a.name for a in info.attention}
     for attention in prediction.attention:
         want = expected[attention.name][0]
@@ -120,7 +123,12 @@ def test_every_model_answers_with_its_own_attention_in_original_pixels(client: C
             and 0 <= attention.peak[0] <= width
             and 0 <= attention.peak[1] <= height
         )
-        assert Image.open(io.BytesIO(attention.overlay_png)).size == (width, height), attention.name
+        stacked = (
+            len(attention.axes) == 3 and attention.axes[0] != "class" and attention.axes[1:] == ("y", "x")
+        )
+        tiles = attention.shape[0] if stacked else 1
+        drawn = (tiles * width + (tiles - 1) * 4, height)  # a stack: a tile per index, 4 px apart
+        assert Image.open(io.BytesIO(attention.overlay_png)).size == drawn, attention.name
         for x0, y0, x1, y1 in [*attention.boxes, *(p for g in attention.path for p in g.patches)]:
             assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
         if attention.kind.value == "path":

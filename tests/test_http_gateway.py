@@ -40,21 +40,25 @@ SAMPLE = (SAMPLES_DIR or Path("docs/samples")) / "digit.png"
 @pytest.mark.parametrize("model", SERVED)
 def test_every_model_answers_over_http_as_over_grpc(gateway: GatewayThread, model: str) -> None:
     image = SAMPLE.read_bytes()
-    options = {
-        "model": model,
-        "top_k": 3,
-        "forms": ["raw", "heatmap_png", "overlay_png"],
-        "maps": ["primary"],
-    }
     with Client(gateway.address) as grpc_client, HttpClient(gateway.http_url) as http_client:
+        classifies = grpc_client.get_model(model).task == "classification"
+        options = {
+            "model": model,
+            "forms": ["raw", "heatmap_png", "overlay_png"],
+            "maps": ["primary"],
+            **({"top_k": 3} if classifies else {"task_overlay": True}),
+        }
         over_grpc = prediction_to_json(grpc_client.predict(image, **options))  # type: ignore[arg-type]
         over_http = prediction_to_json(http_client.predict(image, **options))  # type: ignore[arg-type]
     over_grpc.pop("timings"), over_http.pop("timings")
     over_grpc.pop("request_id"), over_http.pop("request_id")  # fresh, so different, IDs
     assert over_http == over_grpc
-    assert over_http["predictions"][0]["label"] == "6" or model == "ram"  # RAM misreads this sample
     (primary,) = over_http["attention"]
     overlay = Image.open(io.BytesIO(base64.b64decode(primary["overlay_png"])))
+    if not classifies:  # the answer drawn, in the sample's pixels
+        assert Image.open(io.BytesIO(base64.b64decode(over_http["task_overlay"]))).size == (320, 256)
+        return
+    assert over_http["predictions"][0]["label"] == "6" or model == "ram"  # RAM misreads this sample
     assert overlay.size == (320, 256)
 
 

@@ -80,7 +80,8 @@ def resolve_task_options(request: PredictionRequest, spec: ModelSpec, top_k_limi
     ]
     if foreign:
         hint = " (a classifier's explanation is drawn by attention formats OVERLAY_PNG)" if classifies else ""
-        raise InvalidInput(f"{', '.join(foreign)} does not apply to a {task.value} model{hint}")
+        article = "an" if task.value[0] in "aeiou" else "a"
+        raise InvalidInput(f"{', '.join(foreign)} does not apply to {article} {task.value} model{hint}")
     target = request.target_class
     if target is not None and not 0 <= target < len(spec.labels):
         raise InvalidInput(f"target_class {target} is outside 0..{len(spec.labels) - 1}")
