@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from attnserve._io import atomic_write_text
 from attnserve.transform import ResizeGeometry, map_to_original
@@ -44,7 +43,7 @@ from .data import DigitScenes, Scene
 from .models import create_model, get_entry, serving_spec
 from .models.partitioned_fcn import KEYPOINT_RADIUS, PartitionedFCN, coarse_targets, dilate, to_grid
 from .train_segmentation import EVALUATION_SIZES, SIZE_BINS, scene_batch, training_scenes, training_step
-from .training import TrainConfig, TrainResult, one_cycle_lr
+from .training import TrainConfig, TrainResult, fit
 
 TOLERANCE_PX = 4.0
 """Model-input pixels (3 original pixels of a 96 px scene, 6 of a 192 px one)."""
@@ -242,44 +241,22 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
     val_list = [val_scenes[i] for i in range(len(val_scenes))]
     data_seconds = time.monotonic() - started
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True
+    fitted = fit(
+        model,
+        recipe,
+        len(train_data),
+        lambda index, progress, step: training_step(
+            model, spec, train_data.inputs(index), train_data.targets(index), progress, step
+        ),
+        seed=config.seed,
+        description=f"train {config.architecture}",
+        progress_bar=progress_bar,
     )
-    model.train()
-    loader_rng = np.random.default_rng(config.seed)
-    step, train_started, progress = 0, time.monotonic(), 0.0
-    bar = tqdm(total=recipe.max_steps, desc=f"train {config.architecture}", disable=not progress_bar)
-    while progress < 1.0:
-        order = loader_rng.permutation(len(train_data))
-        for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
-            progress = max(step / recipe.max_steps, (time.monotonic() - train_started) / recipe.max_seconds)
-            if progress >= 1.0:
-                break
-            lr = one_cycle_lr(progress, recipe.max_lr, 0.25)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            index = order[start : start + recipe.batch_size]
-            result = training_step(
-                model, spec, train_data.inputs(index), train_data.targets(index), progress, step
-            )
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            optimizer.step()
-            ema.update_parameters(model)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{result.loss.item():.3f}",
-                lr=f"{lr:.1e}",
-                **{k: f"{v:.3f}" for k, v in result.logs.items()},
-            )
-    bar.close()
-    train_seconds = time.monotonic() - train_started
+    step, train_seconds = fitted.steps, fitted.seconds
 
     model.eval()
     last_val = evaluate_keypoints(model, val_list)
-    averaged = ema.module.eval()
+    averaged = fitted.averaged.eval()
     assert isinstance(averaged, PartitionedFCN)
     ema_val = evaluate_keypoints(averaged, val_list)
     kept = "ema" if ema_val[reading]["f1"] >= last_val[reading]["f1"] else "last"

@@ -23,11 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from attnserve._io import atomic_write_text
 from attnserve.spec import Task
@@ -44,7 +42,7 @@ from .models import (
     serving_spec,
 )
 from .scoring import run_graph, score
-from .training import TrainConfig, Trainer, TrainResult, one_cycle_lr, register_trainer, trainer_for
+from .training import TrainConfig, Trainer, TrainResult, fit, one_cycle_lr, register_trainer, trainer_for
 
 EVALUATION_VARIANTS = ("standard", "small", "mixed")
 _CHUNK = 2_000
@@ -109,57 +107,23 @@ def train_classifier(config: TrainConfig, progress_bar: bool = True) -> TrainRes
     labels = torch.from_numpy(train_data.labels)
     data_seconds = time.monotonic() - started
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
-    # An exponential moving average of the weights (and BatchNorm statistics); the validation
-    # split decides whether it or the last weights are kept.
-    ema = torch.optim.swa_utils.AveragedModel(
+    fitted = fit(
         model,
-        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay),
-        use_buffers=True,
+        recipe,
+        len(labels),
+        lambda index, progress, step: training_step(
+            model, train_data.inputs(index), labels[index], progress, step, recipe.label_smoothing
+        ),
+        seed=config.seed,
+        description=f"train {config.architecture}",
+        progress_bar=progress_bar,
     )
-    model.train()
-    loader_rng = np.random.default_rng(config.seed)
-    step, epoch, train_started = 0, 0, time.monotonic()
-    bar = tqdm(total=recipe.max_steps, desc=f"train {config.architecture}", disable=not progress_bar)
-    progress = 0.0
-    while progress < 1.0:
-        order = loader_rng.permutation(len(labels))
-        for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
-            progress = max(step / recipe.max_steps, (time.monotonic() - train_started) / recipe.max_seconds)
-            if progress >= 1.0:
-                break
-            lr = one_cycle_lr(progress, recipe.max_lr, 0.25)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            index = order[start : start + recipe.batch_size]
-            result = training_step(
-                model, train_data.inputs(index), labels[index], progress, step, recipe.label_smoothing
-            )
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            if result.update is not None:  # this step may change only these parameters
-                allowed = {id(p) for p in result.update}
-                for parameter in model.parameters():
-                    if id(parameter) not in allowed:
-                        parameter.grad = None
-            optimizer.step()
-            ema.update_parameters(model)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{result.loss.item():.3f}",
-                lr=f"{lr:.1e}",
-                epoch=epoch,
-                **{k: f"{v:.3f}" for k, v in result.logs.items()},
-            )
-        epoch += 1
-    bar.close()
-    train_seconds = time.monotonic() - train_started
+    step, train_seconds = fitted.steps, fitted.seconds
 
     selection = val_data[recipe.selection]
     model.eval()
     last_val = score(run_graph(ServingGraph(model, spec), selection), selection, spec)
-    averaged = ema.module.eval()
+    averaged = fitted.averaged.eval()
     ema_val = score(run_graph(ServingGraph(averaged, spec), selection), selection, spec)
     kept = "ema" if ema_val["accuracy"] >= last_val["accuracy"] else "last"
     if kept == "ema":

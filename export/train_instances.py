@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from tqdm import tqdm
 
 from attnserve._io import atomic_write_text
 from attnserve.spec import PreprocessSpec, Task
@@ -46,7 +45,7 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .data.scenes import DigitScenes, Scene
 from .models import create_model, get_entry, serving_spec
 from .models.mask_rcnn import MaskRCNN
-from .training import TrainConfig, TrainResult, one_cycle_lr, register_trainer
+from .training import TrainConfig, TrainResult, fit, register_trainer
 
 TRAIN_CANVAS = 128
 EVALUATION_CANVASES = (128, 96, 192)
@@ -362,42 +361,23 @@ def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResu
     val_data = make_scenes("val", config.val_samples, TRAIN_CANVAS, config.seed, True, preprocess)
     data_seconds = time.monotonic() - started
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True
+    fitted = fit(
+        model,
+        recipe,
+        len(train_data),
+        lambda index, progress, step: model.detection_loss(
+            train_data.inputs(index), *train_data.targets(index)
+        ),
+        seed=config.seed,
+        description=f"train {config.architecture}",
+        progress_bar=progress_bar,
+        warmup_share=0.15,
+        clip_grad_norm=10.0,
     )
-    model.train()
-    loader_rng = np.random.default_rng(config.seed)
-    step, train_started, progress = 0, time.monotonic(), 0.0
-    bar = tqdm(total=recipe.max_steps, desc=f"train {config.architecture}", disable=not progress_bar)
-    while progress < 1.0:
-        order = loader_rng.permutation(len(train_data))
-        for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
-            progress = max(step / recipe.max_steps, (time.monotonic() - train_started) / recipe.max_seconds)
-            if progress >= 1.0:
-                break
-            lr = one_cycle_lr(progress, recipe.max_lr, 0.15)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            index = order[start : start + recipe.batch_size]
-            result = model.detection_loss(train_data.inputs(index), *train_data.targets(index))
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            ema.update_parameters(model)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{result.loss.item():.3f}",
-                lr=f"{lr:.1e}",
-                **{k: f"{v:.3f}" for k, v in result.logs.items()},
-            )
-    bar.close()
-    train_seconds = time.monotonic() - train_started
+    step, train_seconds = fitted.steps, fitted.seconds
 
     last_val = evaluate(model, val_data)
-    averaged = ema.module
+    averaged = fitted.averaged
     assert isinstance(averaged, MaskRCNN)
     ema_val = evaluate(averaged, val_data)
     kept = "ema" if ema_val["mask_ap50"] >= last_val["mask_ap50"] else "last"

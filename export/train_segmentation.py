@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from attnserve._io import atomic_write_text
 from attnserve.spec import ModelSpec, PreprocessSpec, Task
@@ -52,7 +51,7 @@ from attnserve.transform import (
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import DigitScenes, Scene
 from .models import ServingGraph, TrainingStep, create_model, get_entry, serving_spec
-from .training import TrainConfig, TrainResult, one_cycle_lr, register_trainer
+from .training import TrainConfig, TrainResult, fit, register_trainer
 
 TRAIN_SIZES = (96, 112, 160, 192)
 """Canvas sizes of the training scenes that are not at the model's input size."""
@@ -309,52 +308,23 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
     val_list = [val_scenes[i] for i in range(len(val_scenes))]
     data_seconds = time.monotonic() - started
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True
+    fitted = fit(
+        model,
+        recipe,
+        len(train_data),
+        lambda index, progress, step: training_step(
+            model, spec, train_data.inputs(index), train_data.targets(index), progress, step
+        ),
+        seed=config.seed,
+        description=f"train {config.architecture}",
+        progress_bar=progress_bar,
     )
-    model.train()
-    loader_rng = np.random.default_rng(config.seed)
-    step, epoch, train_started, progress = 0, 0, time.monotonic(), 0.0
-    bar = tqdm(total=recipe.max_steps, desc=f"train {config.architecture}", disable=not progress_bar)
-    while progress < 1.0:
-        order = loader_rng.permutation(len(train_data))
-        for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
-            progress = max(step / recipe.max_steps, (time.monotonic() - train_started) / recipe.max_seconds)
-            if progress >= 1.0:
-                break
-            lr = one_cycle_lr(progress, recipe.max_lr, 0.25)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            index = order[start : start + recipe.batch_size]
-            result = training_step(
-                model, spec, train_data.inputs(index), train_data.targets(index), progress, step
-            )
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            if result.update is not None:
-                allowed = {id(p) for p in result.update}
-                for parameter in model.parameters():
-                    if id(parameter) not in allowed:
-                        parameter.grad = None
-            optimizer.step()
-            ema.update_parameters(model)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{result.loss.item():.3f}",
-                lr=f"{lr:.1e}",
-                epoch=epoch,
-                **{k: f"{v:.3f}" for k, v in result.logs.items()},
-            )
-        epoch += 1
-    bar.close()
-    train_seconds = time.monotonic() - train_started
+    step, train_seconds = fitted.steps, fitted.seconds
 
     weights_name = _scale_weights_output(spec)
     model.eval()
     last_val = evaluate(ServingGraph(model, spec), val_list, weights_name=weights_name)
-    averaged = ema.module.eval()
+    averaged = fitted.averaged.eval()
     ema_val = evaluate(ServingGraph(averaged, spec), val_list, weights_name=weights_name)
     kept = "ema" if ema_val["miou"] >= last_val["miou"] else "last"
     if kept == "ema":

@@ -1,5 +1,6 @@
-"""What every trainer shares: its configuration, its result, the learning-rate schedule, and the
-registry that picks a trainer by the model spec's task (as the gateway picks a postprocessor).
+"""What every trainer shares: its configuration, its result, the learning-rate schedule, the
+training loop (`fit`), and the registry that picks a trainer by the model spec's task (as the
+gateway picks a postprocessor).
 
 `attnserve train NAME` calls `attnserve.export.train.train`, which looks the architecture's task
 up here: classification trains in `train.py`, each other task in its own module, registered with
@@ -9,13 +10,22 @@ up here: classification trains in `train.py`, each other task in its own module,
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from tqdm import tqdm
+
 from attnserve.errors import InvalidInput
 from attnserve.spec import Task
+
+from .models import TrainingRecipe, TrainingStep
 
 
 @dataclass
@@ -74,3 +84,80 @@ def trainer_for(task: Task) -> Trainer:
         return _TRAINERS[task]
     except KeyError:
         raise InvalidInput(f"no trainer is registered for the task {task.value!r}") from None
+
+
+@dataclass
+class Fitted:
+    """What `fit` did: its steps, epochs and seconds, and the moving average of the weights."""
+
+    steps: int
+    epochs: int
+    seconds: float
+    averaged: nn.Module
+    """The exponential moving average of the weights and BatchNorm statistics (`ema_decay`)."""
+
+
+StepLoss = Callable[[NDArray[np.int64], float, int], TrainingStep]
+"""``loss(batch indices, progress, step) -> TrainingStep`` for one batch of the training data."""
+
+
+def fit(
+    model: nn.Module,
+    recipe: TrainingRecipe,
+    samples: int,
+    loss: StepLoss,
+    *,
+    seed: int,
+    description: str,
+    progress_bar: bool = True,
+    warmup_share: float = 0.25,
+    clip_grad_norm: float | None = None,
+) -> Fitted:
+    """The loop every trainer shares: AdamW on a one-cycle learning rate over progress (the
+    larger of the step share and the time share, so a slow machine compresses the schedule
+    rather than overrun), shuffled batches of ``samples`` by a generator seeded with ``seed``,
+    a step's ``update`` restriction honoured, the weights' moving average kept beside."""
+    if samples < recipe.batch_size:  # not one batch: the loop would never progress
+        raise InvalidInput(
+            f"{samples} training samples make no batch of {recipe.batch_size}: ask for more samples"
+        )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True
+    )
+    model.train()
+    loader_rng = np.random.default_rng(seed)
+    step, epoch, started, progress = 0, 0, time.monotonic(), 0.0
+    bar = tqdm(total=recipe.max_steps, desc=description, disable=not progress_bar)
+    while progress < 1.0:
+        order = loader_rng.permutation(samples)
+        for start in range(0, samples - recipe.batch_size + 1, recipe.batch_size):
+            progress = max(step / recipe.max_steps, (time.monotonic() - started) / recipe.max_seconds)
+            if progress >= 1.0:
+                break
+            lr = one_cycle_lr(progress, recipe.max_lr, warmup_share)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            result = loss(order[start : start + recipe.batch_size], progress, step)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            if result.update is not None:  # this step may change only these parameters
+                allowed = {id(p) for p in result.update}
+                for parameter in model.parameters():
+                    if id(parameter) not in allowed:
+                        parameter.grad = None
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+            ema.update_parameters(model)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{result.loss.item():.3f}",
+                lr=f"{lr:.1e}",
+                epoch=epoch,
+                **{k: f"{v:.3f}" for k, v in result.logs.items()},
+            )
+        epoch += 1
+    bar.close()
+    return Fitted(step, epoch, time.monotonic() - started, ema.module)
