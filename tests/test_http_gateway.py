@@ -171,6 +171,35 @@ def test_page_predicts_draws_and_switches_maps(
 
 
 @pytest.mark.browser
+def test_page_shows_a_segmentation_and_instances(gateway: GatewayThread, browser: object) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(gateway.http_url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.select_option("#model", "mask_rcnn")
+    page.set_input_files("#file", str(SAMPLE))
+    page.wait_for_function(
+        "document.getElementById('status').textContent.match(/^mask_rcnn: [0-9]+ instances?$/)",
+        timeout=30_000,
+    )
+    page.wait_for_selector("#task-overlay:not([hidden])")
+    drawn = page.eval_on_selector("#task-overlay", "i => [i.naturalWidth, i.naturalHeight]")
+    assert drawn == [320, 256]  # the answer drawn in the sample's own pixels
+    found = page.eval_on_selector_all("#predictions li .label", "ls => ls.map(l => l.textContent)")
+    assert "6" in found  # the sample's digit, found as an instance
+    page.select_option("#model", "attention_to_scale")
+    _status(page, "attention_to_scale: ")
+    assert page.input_value("#map") == "scale_weights"
+    assert (
+        page.is_visible("#task-overlay")
+        and page.eval_on_selector_all("#predictions li", "ls => ls.length") > 0
+    )
+    assert errors == []
+
+
+@pytest.mark.browser
 def test_page_shows_errors_and_fits_a_phone(gateway: GatewayThread, browser: object, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
     page.goto(gateway.http_url + "/")
