@@ -26,7 +26,6 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from .data import DigitScenes, Scene
 from .models import create_model, get_entry, serving_spec
 from .models.partitioned_fcn import KEYPOINT_RADIUS, PartitionedFCN, coarse_targets, dilate, to_grid
 from .train_segmentation import EVALUATION_SIZES, SIZE_BINS, scene_batch, training_scenes, training_step
-from .training import TrainConfig, TrainResult, fit
+from .training import SPLITS_RECORD, TrainConfig, TrainResult, config_record, fit, training_record
 
 TOLERANCE_PX = 4.0
 """Model-input pixels (3 original pixels of a 96 px scene, 6 of a 192 px one)."""
@@ -252,7 +251,6 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
         description=f"train {config.architecture}",
         progress_bar=progress_bar,
     )
-    step, train_seconds = fitted.steps, fitted.seconds
 
     model.eval()
     last_val = evaluate_keypoints(model, val_list)
@@ -277,19 +275,10 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
         },
         "val": {f"{canvas}px": ema_val if kept == "ema" else last_val},
         "test": test,
-        "train": {
-            "steps": step,
-            "samples": len(train_data),
-            "epochs": round(step * recipe.batch_size / len(train_data), 2),
-            "samples_per_second": round(step * recipe.batch_size / train_seconds, 1),
-            "data_seconds": round(data_seconds, 1),
-            "train_seconds": round(train_seconds, 1),
-            "total_seconds": round(time.monotonic() - started, 1),
-        },
-        "splits": {"train": "scans 0-1296", "val": "scans 1297-1496", "test": "scans 1497-1796"},
+        "train": training_record(fitted, len(train_data), recipe.batch_size, data_seconds, started),
+        "splits": SPLITS_RECORD,
     }
-    config_json = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-    config_json["recipe"] = asdict(recipe)
+    config_json = config_record(config, recipe)
     metrics["config"] = config_json
     metrics["summary"] = summary_lines(metrics)
 

@@ -19,8 +19,6 @@ import dataclasses
 import importlib
 import json
 import time
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +40,18 @@ from .models import (
     serving_spec,
 )
 from .scoring import run_graph, score
-from .training import TrainConfig, Trainer, TrainResult, fit, one_cycle_lr, register_trainer, trainer_for
+from .training import (
+    SPLITS_RECORD,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    config_record,
+    fit,
+    one_cycle_lr,
+    register_trainer,
+    trainer_for,
+    training_record,
+)
 
 EVALUATION_VARIANTS = ("standard", "small", "mixed")
 _CHUNK = 2_000
@@ -118,7 +127,6 @@ def train_classifier(config: TrainConfig, progress_bar: bool = True) -> TrainRes
         description=f"train {config.architecture}",
         progress_bar=progress_bar,
     )
-    step, train_seconds = fitted.steps, fitted.seconds
 
     selection = val_data[recipe.selection]
     model.eval()
@@ -141,19 +149,10 @@ def train_classifier(config: TrainConfig, progress_bar: bool = True) -> TrainRes
         },
         "val": {v: score(run_graph(graph, data), data, graph.spec) for v, data in val_data.items()},
         "test": {v: score(run_graph(graph, data), data, graph.spec) for v, data in test_data.items()},
-        "train": {
-            "steps": step,
-            "samples": len(labels),
-            "epochs": round(step * recipe.batch_size / len(labels), 2),
-            "samples_per_second": round(step * recipe.batch_size / train_seconds, 1),
-            "data_seconds": round(data_seconds, 1),
-            "train_seconds": round(train_seconds, 1),
-            "total_seconds": round(time.monotonic() - started, 1),
-        },
-        "splits": {"train": "scans 0-1296", "val": "scans 1297-1496", "test": "scans 1497-1796"},
+        "train": training_record(fitted, len(labels), recipe.batch_size, data_seconds, started),
+        "splits": SPLITS_RECORD,
     }
-    config_json = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-    config_json["recipe"] = asdict(recipe)
+    config_json = config_record(config, recipe)
     metrics["config"] = config_json
 
     checkpoint_path = config.out_dir / "checkpoint.pt"

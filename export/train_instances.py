@@ -21,8 +21,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,15 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .data.scenes import DigitScenes, Scene
 from .models import create_model, get_entry, serving_spec
 from .models.mask_rcnn import MaskRCNN
-from .training import TrainConfig, TrainResult, fit, register_trainer
+from .training import (
+    SPLITS_RECORD,
+    TrainConfig,
+    TrainResult,
+    config_record,
+    fit,
+    register_trainer,
+    training_record,
+)
 
 TRAIN_CANVAS = 128
 EVALUATION_CANVASES = (128, 96, 192)
@@ -374,7 +381,6 @@ def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResu
         warmup_share=0.15,
         clip_grad_norm=10.0,
     )
-    step, train_seconds = fitted.steps, fitted.seconds
 
     last_val = evaluate(model, val_data)
     averaged = fitted.averaged
@@ -397,19 +403,10 @@ def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResu
         },
         "val": {selection: last_val if kept == "last" else ema_val},
         "test": test,
-        "train": {
-            "steps": step,
-            "samples": len(train_data),
-            "epochs": round(step * recipe.batch_size / len(train_data), 2),
-            "samples_per_second": round(step * recipe.batch_size / train_seconds, 1),
-            "data_seconds": round(data_seconds, 1),
-            "train_seconds": round(train_seconds, 1),
-            "total_seconds": round(time.monotonic() - started, 1),
-        },
-        "splits": {"train": "scans 0-1296", "val": "scans 1297-1496", "test": "scans 1497-1796"},
+        "train": training_record(fitted, len(train_data), recipe.batch_size, data_seconds, started),
+        "splits": SPLITS_RECORD,
     }
-    config_json = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-    config_json["recipe"] = asdict(recipe)
+    config_json = config_record(config, recipe)
     metrics["config"] = config_json
     summary = summary_lines(metrics)
     metrics["summary"] = summary

@@ -28,8 +28,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +50,15 @@ from attnserve.transform import (
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import DigitScenes, Scene
 from .models import ServingGraph, TrainingStep, create_model, get_entry, serving_spec
-from .training import TrainConfig, TrainResult, fit, register_trainer
+from .training import (
+    SPLITS_RECORD,
+    TrainConfig,
+    TrainResult,
+    config_record,
+    fit,
+    register_trainer,
+    training_record,
+)
 
 TRAIN_SIZES = (96, 112, 160, 192)
 """Canvas sizes of the training scenes that are not at the model's input size."""
@@ -319,7 +326,6 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
         description=f"train {config.architecture}",
         progress_bar=progress_bar,
     )
-    step, train_seconds = fitted.steps, fitted.seconds
 
     weights_name = _scale_weights_output(spec)
     model.eval()
@@ -351,19 +357,10 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
             }
         },
         "test": test,
-        "train": {
-            "steps": step,
-            "samples": len(train_data),
-            "epochs": round(step * recipe.batch_size / len(train_data), 2),
-            "samples_per_second": round(step * recipe.batch_size / train_seconds, 1),
-            "data_seconds": round(data_seconds, 1),
-            "train_seconds": round(train_seconds, 1),
-            "total_seconds": round(time.monotonic() - started, 1),
-        },
-        "splits": {"train": "scans 0-1296", "val": "scans 1297-1496", "test": "scans 1497-1796"},
+        "train": training_record(fitted, len(train_data), recipe.batch_size, data_seconds, started),
+        "splits": SPLITS_RECORD,
     }
-    config_json = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-    config_json["recipe"] = asdict(recipe)
+    config_json = config_record(config, recipe)
     metrics["config"] = config_json
     metrics["summary"] = _summary(metrics, spec)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -161,3 +161,30 @@ def fit(
         epoch += 1
     bar.close()
     return Fitted(step, epoch, time.monotonic() - started, ema.module)
+
+
+SPLITS_RECORD = {"train": "scans 0-1296", "val": "scans 1297-1496", "test": "scans 1497-1796"}
+"""How every trainer's data is split by source scan, as metrics.json records it."""
+
+
+def training_record(
+    fitted: Fitted, samples: int, batch_size: int, data_seconds: float, started: float
+) -> dict[str, Any]:
+    """metrics.json's ``train`` section: steps, epochs, throughput and where the time went
+    (``started``: `time.monotonic()` when the trainer began, data included)."""
+    return {
+        "steps": fitted.steps,
+        "samples": samples,
+        "epochs": round(fitted.steps * batch_size / samples, 2),
+        "samples_per_second": round(fitted.steps * batch_size / fitted.seconds, 1),
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(fitted.seconds, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def config_record(config: TrainConfig, recipe: TrainingRecipe) -> dict[str, Any]:
+    """The configuration and the recipe a model was trained with, as plain JSON types."""
+    record: dict[str, Any] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    record["recipe"] = asdict(recipe)
+    return record
