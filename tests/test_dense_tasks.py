@@ -367,3 +367,18 @@ def test_the_cli_prints_and_writes_each_tasks_answer(
 
     predict_to_console(clients["grpc"], image, model="cbam", as_json=True)  # type: ignore[arg-type]
     assert "task" not in json.loads(capsys.readouterr().out)  # a classifier's summary as it was
+
+
+def test_outlines_are_the_outer_ones_and_specks_are_bounded() -> None:
+    from attnserve.server.gateway.postprocess.masks import MAX_OUTLINES, mask_polygons
+
+    yy, xx = np.mgrid[0:28, 0:28]
+    radius = np.hypot(yy - 13.5, xx - 13.5)
+    ring = ((radius < 12) & (radius > 5)).astype(np.float32)
+    (outline,) = mask_polygons(ring, (0.0, 0.0, 28.0, 28.0))  # the hole is not an outline
+    assert max(np.hypot(x - 14.0, y - 14.0) for x, y in outline) > 11
+    discs = ((np.hypot(yy - 7, xx - 7) < 5) | (np.hypot(yy - 20, xx - 20) < 6)).astype(np.float32)
+    larger, smaller = mask_polygons(discs, (0.0, 0.0, 28.0, 28.0))  # largest first
+    assert min(x for x, _ in larger) > 12 and max(x for x, _ in smaller) < 14
+    noise = (np.random.default_rng(0).random((28, 28)) > 0.4).astype(np.float32)
+    assert len(mask_polygons(noise, (0.0, 0.0, 28.0, 28.0))) <= MAX_OUTLINES

@@ -170,14 +170,24 @@ def _contains(outline: NDArray[np.float64], point: NDArray[np.float64]) -> bool:
     return bool(np.count_nonzero(straddles & (point[0] < at)) % 2)
 
 
+MAX_OUTLINES = 16
+"""At most this many outlines per mask, the largest: a noisy mask's specks (73 outlines on a
+random 28×28 grid) would otherwise cost a quarter of a second of nesting tests."""
+MIN_OUTLINE_AREA = 0.5
+"""Outlines enclosing less than this (in grid cells) are specks, not shapes."""
+
+
 def outer_outlines(outlines: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:
-    """The outlines that are not holes (inside an even number of the others), largest first."""
-    outer = [
+    """The outlines that are not holes, largest first: of the `MAX_OUTLINES` largest (specks
+    dropped), those inside an even number of the larger ones (a hole lies inside its outline,
+    which is larger)."""
+    ranked = sorted((o for o in outlines if _area(o) >= MIN_OUTLINE_AREA), key=_area, reverse=True)
+    ranked = ranked[:MAX_OUTLINES]
+    return [
         outline
-        for index, outline in enumerate(outlines)
-        if sum(_contains(other, outline[0]) for k, other in enumerate(outlines) if k != index) % 2 == 0
+        for index, outline in enumerate(ranked)
+        if sum(_contains(larger, outline[0]) for larger in ranked[:index]) % 2 == 0
     ]
-    return sorted(outer, key=_area, reverse=True)
 
 
 def mask_polygons(grid: NDArray[np.float32], box: Box, level: float = MASK_THRESHOLD) -> list[Polygon]:
