@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,10 @@ from attnserve.transform import ResizeGeometry, map_to_original
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import DigitScenes, Scene
-from .models import create_model, get_entry, serving_spec
+from .models import get_entry, serving_spec
 from .models.partitioned_fcn import KEYPOINT_RADIUS, PartitionedFCN, coarse_targets, dilate, to_grid
-from .train_segmentation import EVALUATION_SIZES, SIZE_BINS, scene_batch, training_scenes, training_step
-from .training import SPLITS_RECORD, TrainConfig, TrainResult, config_record, fit, training_record
+from .train_segmentation import EVALUATION_SIZES, SIZE_BINS, fit_on_scenes, scene_batch
+from .training import SPLITS_RECORD, TrainConfig, TrainResult, config_record, training_record
 
 TOLERANCE_PX = 4.0
 """Model-input pixels (3 original pixels of a 96 px scene, 6 of a 192 px one)."""
@@ -222,35 +221,11 @@ def served_reading(model: PartitionedFCN) -> str:
 def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
     """Trains ``partitioned_fcn`` (``config.model_kwargs``: e.g. ``partition=False``) as the
     segmentation trainer does, scored and selected by digit-centre F1 (`evaluate_keypoints`)."""
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    entry = get_entry(config.architecture)
-    recipe = dataclasses.replace(entry.recipe, **config.recipe)
-    spec = entry.spec
-    model = create_model(config.architecture, **config.model_kwargs)
+    run = fit_on_scenes(config, progress_bar)
+    model, recipe, fitted, val_list = run.model, run.recipe, run.fitted, run.validation
     assert isinstance(model, PartitionedFCN)
     reading = served_reading(model)
-    started = time.monotonic()
-
-    preprocess = spec.preprocess
-    canvas = preprocess.input_size[0]
-    other_share = dict(recipe.data).get("other_sizes", 0.0) / sum(share for _, share in recipe.data)
-    train_data = training_scenes(recipe.train_samples, preprocess, config.seed, other_share)
-    val_scenes = DigitScenes("val", config.val_samples, canvas_size=canvas, seed=config.seed)
-    val_list = [val_scenes[i] for i in range(len(val_scenes))]
-    data_seconds = time.monotonic() - started
-
-    fitted = fit(
-        model,
-        recipe,
-        len(train_data),
-        lambda index, progress, step: training_step(
-            model, spec, train_data.inputs(index), train_data.targets(index), progress, step
-        ),
-        seed=config.seed,
-        description=f"train {config.architecture}",
-        progress_bar=progress_bar,
-    )
+    canvas = run.spec.preprocess.input_size[0]
 
     model.eval()
     last_val = evaluate_keypoints(model, val_list)
@@ -275,7 +250,7 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
         },
         "val": {f"{canvas}px": ema_val if kept == "ema" else last_val},
         "test": test,
-        "train": training_record(fitted, len(train_data), recipe.batch_size, data_seconds, started),
+        "train": training_record(fitted, run.samples, recipe.batch_size, run.data_seconds, run.started),
         "splits": SPLITS_RECORD,
     }
     config_json = config_record(config, recipe)
@@ -289,7 +264,7 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
         Checkpoint(
             architecture=config.architecture,
             model=model,
-            spec=serving_spec(spec, model),
+            spec=serving_spec(run.spec, model),
             model_kwargs=config.model_kwargs,
             metrics=metrics,
             config=config_json,

@@ -49,9 +49,10 @@ from attnserve.transform import (
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import DigitScenes, Scene
-from .models import ServingGraph, TrainingStep, create_model, get_entry, serving_spec
+from .models import ServingGraph, TrainingRecipe, TrainingStep, create_model, get_entry, serving_spec
 from .training import (
     SPLITS_RECORD,
+    Fitted,
     TrainConfig,
     TrainResult,
     config_record,
@@ -297,8 +298,25 @@ def _scale_weights_output(spec: ModelSpec) -> str | None:
 # The trainer
 
 
-@register_trainer(Task.SEMANTIC_SEGMENTATION)
-def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
+@dataclass
+class SceneFit:
+    """A segmenter fitted on digit scenes, before its weights are chosen and it is scored."""
+
+    model: nn.Module
+    spec: ModelSpec
+    recipe: TrainingRecipe
+    fitted: Fitted
+    validation: list[Scene]
+    """The validation scenes at the input size, which choose between last and averaged weights."""
+    samples: int
+    data_seconds: float
+    started: float
+    """`time.monotonic()` when training began, data included."""
+
+
+def fit_on_scenes(config: TrainConfig, progress_bar: bool = True) -> SceneFit:
+    """Builds ``config.architecture`` and fits it on training scenes by its recipe (the part
+    every segmentation trainer shares; they differ in how they score)."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     entry = get_entry(config.architecture)
@@ -308,11 +326,12 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
     started = time.monotonic()
 
     preprocess = spec.preprocess
-    canvas = preprocess.input_size[0]
     other_share = dict(recipe.data).get("other_sizes", 0.0) / sum(share for _, share in recipe.data)
     train_data = training_scenes(recipe.train_samples, preprocess, config.seed, other_share)
-    val_scenes = DigitScenes("val", config.val_samples, canvas_size=canvas, seed=config.seed)
-    val_list = [val_scenes[i] for i in range(len(val_scenes))]
+    val_scenes = DigitScenes(
+        "val", config.val_samples, canvas_size=preprocess.input_size[0], seed=config.seed
+    )
+    validation = [val_scenes[i] for i in range(len(val_scenes))]
     data_seconds = time.monotonic() - started
 
     fitted = fit(
@@ -326,6 +345,14 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
         description=f"train {config.architecture}",
         progress_bar=progress_bar,
     )
+    return SceneFit(model, spec, recipe, fitted, validation, len(train_data), data_seconds, started)
+
+
+@register_trainer(Task.SEMANTIC_SEGMENTATION)
+def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
+    run = fit_on_scenes(config, progress_bar)
+    model, spec, recipe, fitted, val_list = run.model, run.spec, run.recipe, run.fitted, run.validation
+    canvas = spec.preprocess.input_size[0]
 
     weights_name = _scale_weights_output(spec)
     model.eval()
@@ -357,7 +384,7 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
             }
         },
         "test": test,
-        "train": training_record(fitted, len(train_data), recipe.batch_size, data_seconds, started),
+        "train": training_record(fitted, run.samples, recipe.batch_size, run.data_seconds, run.started),
         "splits": SPLITS_RECORD,
     }
     config_json = config_record(config, recipe)
