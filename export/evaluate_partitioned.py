@@ -36,12 +36,12 @@ from torch import Tensor
 from attnserve._io import atomic_write_text
 from attnserve.transform import ResizeGeometry, map_to_original
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DigitScenes, Scene
 from .models import get_entry, serving_spec
 from .models.partitioned_fcn import KEYPOINT_RADIUS, PartitionedFCN, coarse_targets, dilate, to_grid
 from .train_segmentation import EVALUATION_SIZES, SIZE_BINS, fit_on_scenes, scene_batch
-from .training import SPLITS_RECORD, TrainConfig, TrainResult, config_record, training_record
+from .training import SPLITS_RECORD, TrainConfig, TrainResult, save_trained, training_record
 
 TOLERANCE_PX = 4.0
 """Model-input pixels (3 original pixels of a 96 px scene, 6 of a 192 px one)."""
@@ -253,25 +253,7 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
         "train": training_record(fitted, run.samples, recipe.batch_size, run.data_seconds, run.started),
         "splits": SPLITS_RECORD,
     }
-    config_json = config_record(config, recipe)
-    metrics["config"] = config_json
-    metrics["summary"] = summary_lines(metrics)
-
-    checkpoint_path = config.out_dir / "checkpoint.pt"
-    metrics_path = config.out_dir / "metrics.json"
-    save_checkpoint(
-        checkpoint_path,
-        Checkpoint(
-            architecture=config.architecture,
-            model=model,
-            spec=serving_spec(run.spec, model),
-            model_kwargs=config.model_kwargs,
-            metrics=metrics,
-            config=config_json,
-        ),
-    )
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(checkpoint_path, metrics_path, metrics, metrics["summary"])
+    return save_trained(config, recipe, model, run.spec, metrics, summary_lines(metrics))
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import time
 from typing import Any
 
@@ -25,10 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnserve._io import atomic_write_text
 from attnserve.spec import Task
 
-from .checkpoint import Checkpoint, save_checkpoint
 from .data import ModelBatch, Split, concatenate, make_dataset, model_batch
 from .models import (
     ServingGraph,
@@ -37,7 +34,6 @@ from .models import (
     TrainsItself,
     create_model,
     get_entry,
-    serving_spec,
 )
 from .scoring import run_graph, score
 from .training import (
@@ -45,10 +41,10 @@ from .training import (
     TrainConfig,
     Trainer,
     TrainResult,
-    config_record,
     fit,
     one_cycle_lr,
     register_trainer,
+    save_trained,
     trainer_for,
     training_record,
 )
@@ -152,24 +148,7 @@ def train_classifier(config: TrainConfig, progress_bar: bool = True) -> TrainRes
         "train": training_record(fitted, len(labels), recipe.batch_size, data_seconds, started),
         "splits": SPLITS_RECORD,
     }
-    config_json = config_record(config, recipe)
-    metrics["config"] = config_json
-
-    checkpoint_path = config.out_dir / "checkpoint.pt"
-    metrics_path = config.out_dir / "metrics.json"
-    save_checkpoint(
-        checkpoint_path,
-        Checkpoint(
-            architecture=config.architecture,
-            model=model,
-            spec=serving_spec(spec, model),
-            model_kwargs=config.model_kwargs,
-            metrics=metrics,
-            config=config_json,
-        ),
-    )
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(checkpoint_path, metrics_path, metrics, _summary(metrics))
+    return save_trained(config, recipe, model, spec, metrics, _summary(metrics))
 
 
 def _summary(metrics: dict[str, Any]) -> list[str]:

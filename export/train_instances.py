@@ -17,7 +17,6 @@ each detection's 28×28 mask pasted into its box (bilinear, threshold 0.5) as th
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from attnserve._io import atomic_write_text
 from attnserve.spec import PreprocessSpec, Task
 from attnserve.transform import (
     ResizeGeometry,
@@ -40,17 +38,16 @@ from attnserve.transform import (
     to_input_pixels,
 )
 
-from .checkpoint import Checkpoint, save_checkpoint
 from .data.scenes import DigitScenes, Scene
-from .models import create_model, get_entry, serving_spec
+from .models import create_model, get_entry
 from .models.mask_rcnn import MaskRCNN
 from .training import (
     SPLITS_RECORD,
     TrainConfig,
     TrainResult,
-    config_record,
     fit,
     register_trainer,
+    save_trained,
     training_record,
 )
 
@@ -406,26 +403,7 @@ def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResu
         "train": training_record(fitted, len(train_data), recipe.batch_size, data_seconds, started),
         "splits": SPLITS_RECORD,
     }
-    config_json = config_record(config, recipe)
-    metrics["config"] = config_json
-    summary = summary_lines(metrics)
-    metrics["summary"] = summary
-
-    checkpoint_path = config.out_dir / "checkpoint.pt"
-    metrics_path = config.out_dir / "metrics.json"
-    save_checkpoint(
-        checkpoint_path,
-        Checkpoint(
-            architecture=config.architecture,
-            model=model,
-            spec=serving_spec(spec, model),
-            model_kwargs=config.model_kwargs,
-            metrics=metrics,
-            config=config_json,
-        ),
-    )
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(checkpoint_path, metrics_path, metrics, summary)
+    return save_trained(config, recipe, model, spec, metrics, summary_lines(metrics))
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:

@@ -25,7 +25,6 @@ task-partitioned FCN) without another trainer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from attnserve._io import atomic_write_text
 from attnserve.spec import ModelSpec, PreprocessSpec, Task
 from attnserve.transform import (
     ResizeGeometry,
@@ -47,17 +45,16 @@ from attnserve.transform import (
     to_input_pixels,
 )
 
-from .checkpoint import Checkpoint, save_checkpoint
 from .data import DigitScenes, Scene
-from .models import ServingGraph, TrainingRecipe, TrainingStep, create_model, get_entry, serving_spec
+from .models import ServingGraph, TrainingRecipe, TrainingStep, create_model, get_entry
 from .training import (
     SPLITS_RECORD,
     Fitted,
     TrainConfig,
     TrainResult,
-    config_record,
     fit,
     register_trainer,
+    save_trained,
     training_record,
 )
 
@@ -387,25 +384,7 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
         "train": training_record(fitted, run.samples, recipe.batch_size, run.data_seconds, run.started),
         "splits": SPLITS_RECORD,
     }
-    config_json = config_record(config, recipe)
-    metrics["config"] = config_json
-    metrics["summary"] = _summary(metrics, spec)
-
-    checkpoint_path = config.out_dir / "checkpoint.pt"
-    metrics_path = config.out_dir / "metrics.json"
-    save_checkpoint(
-        checkpoint_path,
-        Checkpoint(
-            architecture=config.architecture,
-            model=model,
-            spec=serving_spec(spec, model),
-            model_kwargs=config.model_kwargs,
-            metrics=metrics,
-            config=config_json,
-        ),
-    )
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(checkpoint_path, metrics_path, metrics, metrics["summary"])
+    return save_trained(config, recipe, model, spec, metrics, _summary(metrics, spec))
 
 
 def _summary(metrics: dict[str, Any], spec: ModelSpec) -> list[str]:

@@ -9,6 +9,7 @@ up here: classification trains in `train.py`, each other task in its own module,
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -22,10 +23,12 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm import tqdm
 
+from attnserve._io import atomic_write_text
 from attnserve.errors import InvalidInput
-from attnserve.spec import Task
+from attnserve.spec import ModelSpec, Task
 
-from .models import TrainingRecipe, TrainingStep
+from .checkpoint import Checkpoint, save_checkpoint
+from .models import TrainingRecipe, TrainingStep, serving_spec
 
 
 @dataclass
@@ -188,3 +191,32 @@ def config_record(config: TrainConfig, recipe: TrainingRecipe) -> dict[str, Any]
     record: dict[str, Any] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
     record["recipe"] = asdict(recipe)
     return record
+
+
+def save_trained(
+    config: TrainConfig,
+    recipe: TrainingRecipe,
+    model: nn.Module,
+    spec: ModelSpec,
+    metrics: dict[str, Any],
+    summary: list[str],
+) -> TrainResult:
+    """Writes ``checkpoint.pt`` and ``metrics.json`` (with the configuration and the summary)
+    under ``config.out_dir``, each atomically; the model is saved with its serving spec."""
+    metrics["config"] = config_record(config, recipe)
+    metrics["summary"] = summary
+    checkpoint_path = config.out_dir / "checkpoint.pt"
+    metrics_path = config.out_dir / "metrics.json"
+    save_checkpoint(
+        checkpoint_path,
+        Checkpoint(
+            architecture=config.architecture,
+            model=model,
+            spec=serving_spec(spec, model),
+            model_kwargs=config.model_kwargs,
+            metrics=metrics,
+            config=metrics["config"],
+        ),
+    )
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    return TrainResult(checkpoint_path, metrics_path, metrics, summary)
