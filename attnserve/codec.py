@@ -424,6 +424,7 @@ def model_info_to_proto(model: ListedModel) -> pb.ModelInfo:
             resize_mode=prep.resize_mode.value,
             pad_value=prep.pad_value,
             crop_pct=prep.crop_pct,
+            interpolation=prep.interpolation.value,
         ),
         primary_attention=spec.primary_attention or "",
         primary_reason=spec.primary_reason,

@@ -43,6 +43,13 @@ class ResizeMode(StrEnum):
     """Resize the shorter side to input/crop_pct keeping the aspect ratio, crop the centre."""
 
 
+class Interpolation(StrEnum):
+    """How pixels are resampled to the input size (the model's training transform's filter)."""
+
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+
+
 class ColorMode(StrEnum):
     GRAY = "L"
     RGB = "RGB"
@@ -58,6 +65,9 @@ class PreprocessSpec(_Frozen):
     resize_mode: ResizeMode
     pad_value: float = Field(0.0, description="letterbox padding, on pixels scaled to [0, 1]")
     crop_pct: float = Field(1.0, gt=0.0, le=1.0)
+    interpolation: Interpolation = Field(
+        Interpolation.BILINEAR, description="the resampling filter (timm's configs often say bicubic)"
+    )
 
     @property
     def channels(self) -> int:

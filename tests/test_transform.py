@@ -13,7 +13,7 @@ from attnserve.export.data.cluttered_digits import _camera_round_trip
 from attnserve.export.models import get_spec
 from attnserve.export.scoring import canvases_to_input
 from attnserve.server.gateway.preprocess import preprocess_image
-from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
+from attnserve.spec import ColorMode, Interpolation, PreprocessSpec, ResizeMode
 from attnserve.transform import (
     ImageLimits,
     denormalize,
@@ -25,6 +25,7 @@ from attnserve.transform import (
 
 LIMITS = ImageLimits(max_bytes=50_000_000, max_pixels=40_000_000)
 CBAM = get_spec("cbam").preprocess
+BICUBIC = Interpolation.BICUBIC
 
 
 def png(image: Image.Image) -> bytes:
@@ -44,8 +45,9 @@ def through_the_gateway(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         CBAM.model_copy(update={"resize_mode": ResizeMode.STRETCH}),
         CBAM.model_copy(update={"resize_mode": ResizeMode.CENTER_CROP, "crop_pct": 0.875}),
         CBAM.model_copy(update={"input_size": (48, 80), "pad_value": 0.5}),
+        CBAM.model_copy(update={"resize_mode": ResizeMode.CENTER_CROP, "interpolation": BICUBIC}),
     ],
-    ids=["letterbox", "stretch", "center-crop", "wide-input-grey-padding"],
+    ids=["letterbox", "stretch", "center-crop", "wide-input-grey-padding", "bicubic"],
 )
 def test_training_and_the_gateway_make_identical_tensors(spec: PreprocessSpec) -> None:
     """Canvases at the input size, larger, and of other aspect ratios: bit for bit the same."""
@@ -60,6 +62,22 @@ def test_training_and_the_gateway_make_identical_tensors(spec: PreprocessSpec) -
         served = through_the_gateway(shown.image, spec)
         assert trained_on.shape == served.shape == (spec.channels, *spec.input_size)
         assert np.array_equal(trained_on, served) and np.array_equal(evaluated, served)
+
+
+def test_the_interpolation_the_spec_names_is_the_filter_used() -> None:
+    """A bicubic model gets Pillow's bicubic resize of the image, not the bilinear default; a
+    spec written before the field existed reads as bilinear."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (90, 90), dtype=np.uint8))
+    bicubic = CBAM.model_copy(update={"resize_mode": ResizeMode.STRETCH, "interpolation": BICUBIC})
+    served = to_model_input(image, bicubic).tensor
+    expected = normalize(image.resize((64, 64), Image.Resampling.BICUBIC, reducing_gap=3.0), bicubic)
+    bilinear_spec = bicubic.model_copy(update={"interpolation": Interpolation.BILINEAR})
+    bilinear = to_model_input(image, bilinear_spec).tensor
+    assert np.array_equal(served, expected) and not np.array_equal(served, bilinear)
+    legacy = bicubic.model_dump(mode="json")
+    del legacy["interpolation"]
+    assert PreprocessSpec.model_validate(legacy).interpolation is Interpolation.BILINEAR
 
 
 def test_the_training_resample_round_trip_is_the_gateways_resize() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from attnserve.spec import PreprocessSpec
+from attnserve.spec import Interpolation, PreprocessSpec
 
 from .decode import to_color_mode
 from .geometry import ResizeGeometry
@@ -31,7 +31,18 @@ class ModelInput:
     """How the original image's pixels map onto the input (and back)."""
 
 
-def resize_to_input(image: Image.Image, geometry: ResizeGeometry, pad_value: float) -> Image.Image:
+_FILTERS = {
+    Interpolation.BILINEAR: Image.Resampling.BILINEAR,
+    Interpolation.BICUBIC: Image.Resampling.BICUBIC,
+}
+
+
+def resize_to_input(
+    image: Image.Image,
+    geometry: ResizeGeometry,
+    pad_value: float,
+    interpolation: Interpolation = Interpolation.BILINEAR,
+) -> Image.Image:
     """The model input canvas: the source box resized into the destination box, padding around.
 
     ``image`` may be smaller than ``geometry``'s original size (a JPEG decoded at reduced
@@ -42,7 +53,7 @@ def resize_to_input(image: Image.Image, geometry: ResizeGeometry, pad_value: flo
     size = (max(1, dst[2] - dst[0]), max(1, dst[3] - dst[1]))
     sx, sy = image.width / geometry.width, image.height / geometry.height
     box = (src[0] * sx, src[1] * sy, src[2] * sx, src[3] * sy)
-    resized = image.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    resized = image.resize(size, _FILTERS[interpolation], box=box, reducing_gap=3.0)
     if size == (geometry.input_width, geometry.input_height):
         return resized
     pad = int(round(pad_value * 255))
@@ -99,7 +110,7 @@ def to_input_pixels(
     width, height = original_size or image.size
     geometry = ResizeGeometry.for_spec(width, height, spec)
     converted = to_color_mode(image, spec.color_mode, spec.pad_value)
-    return _channels_last(resize_to_input(converted, geometry, spec.pad_value)), geometry
+    return _channels_last(resize_to_input(converted, geometry, spec.pad_value, spec.interpolation)), geometry
 
 
 def to_model_input(

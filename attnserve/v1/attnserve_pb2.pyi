@@ -397,7 +397,7 @@ class AttentionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttentionKind, str]] = ..., axes: _Optional[_Iterable[str]] = ..., shape: _Optional[_Iterable[int]] = ..., description: _Optional[str] = ..., value_range: _Optional[str] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., quality: _Optional[_Mapping[str, float]] = ..., block: _Optional[str] = ...) -> None: ...
 
 class PreprocessInfo(_message.Message):
-    __slots__ = ("height", "width", "color_mode", "mean", "std", "resize_mode", "pad_value", "crop_pct")
+    __slots__ = ("height", "width", "color_mode", "mean", "std", "resize_mode", "pad_value", "crop_pct", "interpolation")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     COLOR_MODE_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +406,7 @@ class PreprocessInfo(_message.Message):
     RESIZE_MODE_FIELD_NUMBER: _ClassVar[int]
     PAD_VALUE_FIELD_NUMBER: _ClassVar[int]
     CROP_PCT_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATION_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     color_mode: str
@@ -414,7 +415,8 @@ class PreprocessInfo(_message.Message):
     resize_mode: str
     pad_value: float
     crop_pct: float
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., color_mode: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize_mode: _Optional[str] = ..., pad_value: _Optional[float] = ..., crop_pct: _Optional[float] = ...) -> None: ...
+    interpolation: str
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., color_mode: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize_mode: _Optional[str] = ..., pad_value: _Optional[float] = ..., crop_pct: _Optional[float] = ..., interpolation: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "ready", "architecture", "description", "task", "labels", "inputs", "outputs", "attention", "preprocess", "primary_attention", "primary_reason", "max_batch_size", "reason")
