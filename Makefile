@@ -7,7 +7,10 @@ OVERLAY ?= overlay.png
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.attnserve-installed
 
-.PHONY: run test setup lint typecheck system-tools proto clean
+BYO_VENV ?= .venv-byo
+BYO_STAMP := $(BYO_VENV)/.attnserve-installed
+
+.PHONY: run test setup byo-setup test-byo lint typecheck system-tools proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +23,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Bring-your-own timm/torchvision models need torch 2.14.1 + torchvision 0.29.1: their own venv
+# (5.6 GB, ~2.5 min from the build machines' disk; see docs/byo.md).
+$(BYO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BYO_VENV)
+	$(BYO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BYO_VENV)/bin/python -m pip install --quiet -e '.[byo-test]'
+	touch $@
+
+byo-setup: $(BYO_STAMP)
+
 run: $(STAMP)
 	$(BIN)/attnserve demo --overlay $(OVERLAY)
 
-test: $(STAMP) lint typecheck system-tools
+test: $(STAMP) lint typecheck system-tools test-byo
 	$(BIN)/python -m pytest
+
+# tests/byo in .venv-byo (in .venv they skip: no timm there)
+test-byo: $(STAMP) $(BYO_STAMP)
+	$(BYO_VENV)/bin/python -m pytest tests/byo
 
 # Debian packages some tests drive: chromium (the web page, headless through Playwright) and
 # promtool (the Prometheus config in deploy/). Installed once; without them those tests skip.
@@ -50,4 +67,4 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. proto/attnserve/v1/attnserve.proto
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	rm -rf $(VENV) $(BYO_VENV) .pytest_cache .mypy_cache .ruff_cache build
