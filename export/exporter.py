@@ -11,7 +11,7 @@ from attnserve.errors import InvalidInput
 
 from .checkpoint import export_spec, load_checkpoint
 from .models import ServingGraph, get_entry
-from .onnx_export import ParityError, ParityReport, check_parity, export_onnx
+from .onnx_export import ExportableGraph, ParityError, ParityReport, check_parity, export_onnx
 from .repository import ServingOptions, build_config, write_model
 from .scoring import with_measured_quality
 
@@ -40,6 +40,17 @@ def export_model(
         )
     spec = with_measured_quality(export_spec(checkpoint), checkpoint.metrics)
     graph = ServingGraph(checkpoint.model, spec)
+    return export_graph(graph, repository, name or architecture, version, options)
+
+
+def export_graph(
+    graph: ExportableGraph,
+    repository: Path,
+    name: str,
+    version: int = 1,
+    options: ServingOptions | None = None,
+) -> ExportResult:
+    """ONNX, parity (refused before anything is written), then an atomic install."""
     model_bytes = export_onnx(graph)
     parity = check_parity(graph, model_bytes)
     if not parity.passed:
@@ -48,14 +59,14 @@ def export_model(
     try:
         graph.spec.check_output_dims(output_dims)
     except ValueError as exc:
-        raise InvalidInput(f"{architecture}: the model's outputs do not fit its spec: {exc}") from None
-    name = name or architecture
+        what = graph.spec.architecture
+        raise InvalidInput(f"{what}: the model's outputs do not fit its spec: {exc}") from None
     config = build_config(name, graph.spec, output_dims, options or ServingOptions())
     model_dir = write_model(repository, name, version, model_bytes, config, graph.spec.labels)
     return ExportResult(model_dir, name, version, parity)
 
 
-def _output_dims(graph: ServingGraph) -> dict[str, tuple[int, ...]]:
+def _output_dims(graph: ExportableGraph) -> dict[str, tuple[int, ...]]:
     """Non-batch dims of every output, from one forward pass (ONNX shape inference leaves
     some, such as a Resize to a computed size, symbolic; Triton's config wants them fixed)."""
     spec = graph.spec

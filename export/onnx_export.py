@@ -10,21 +10,35 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 import torch
+from torch import Tensor, nn
 
 from attnserve.errors import AttnserveError
 from attnserve.spec import ModelSpec
 
 from .data import ClutteredDigits
-from .models import ServingGraph
 from .scoring import canvases_to_input
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (1, 3, 8)
+
+
+class ExportableGraph(Protocol):
+    """What export and the parity check need: an ``nn.Module`` mapping images to its outputs in
+    ``spec.output_names`` order, around ``model`` (`ServingGraph` for registered architectures,
+    `attnserve.export.byo.CapturedGraph` for any other classifier)."""
+
+    spec: ModelSpec
+    model: nn.Module
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, ...]: ...
+
+    def eval(self) -> Any: ...
 
 
 class ParityError(AttnserveError):
@@ -52,13 +66,14 @@ class ParityReport:
         return [f"parity (batch sizes {batches}; tolerance {self.tolerance:.0e}):", *rows]
 
 
-def export_onnx(graph: ServingGraph) -> bytes:
+def export_onnx(graph: ExportableGraph) -> bytes:
     """The serving graph as ONNX bytes: dynamic batch, outputs named as in the spec."""
     spec = graph.spec
     channels = spec.preprocess.channels
     height, width = spec.preprocess.input_size
     example = torch.zeros(2, channels, height, width)
     buffer = io.BytesIO()
+    assert isinstance(graph, nn.Module)
     graph.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
@@ -86,7 +101,7 @@ def dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
     return axes
 
 
-def parity_inputs(graph: ServingGraph, batch_size: int, seed: int) -> np.ndarray:
+def parity_inputs(graph: ExportableGraph, batch_size: int, seed: int) -> np.ndarray:
     """Real validation canvases (the attention maps then have structure) plus one noise image;
     noise only, for inputs no digit canvas fits (not square, or under 40 px). A model may bring
     its own (``model.parity_inputs(batch_size, seed)``: e.g. a detector, whose number of
@@ -106,7 +121,7 @@ def parity_inputs(graph: ServingGraph, batch_size: int, seed: int) -> np.ndarray
 
 
 def check_parity(
-    graph: ServingGraph,
+    graph: ExportableGraph,
     model_bytes: bytes,
     tolerance: float = PARITY_TOLERANCE,
     batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
