@@ -55,7 +55,20 @@ from .repository import (
 
 CPU_PROVIDER = "CPUExecutionProvider"
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-RELATIVE_TOLERANCE = {("cuda", "fp32"): 5e-3, ("tensorrt", "fp32"): 5e-3, ("tensorrt", "fp16"): 2e-2}
+RELATIVE_TOLERANCE = {("cuda", "fp32"): 1e-4, ("tensorrt", "fp32"): 5e-3, ("tensorrt", "fp16"): 2e-2}
+"""Largest difference from the CPU allowed, as a share of each output's largest CPU magnitude.
+cuda fp32 (TF32 off): the H100 measured at most 1e-6 over the 8 models (docs/gpu.md); cuda with
+TF32 on allows `TF32_TOLERANCE` (measured up to 5.9e-2, RA-CNN). The TensorRT figures are
+reasoned, not measured: no TensorRT was there to run."""
+TF32_TOLERANCE = 1e-1
+
+
+def relative_tolerance(accelerator: AcceleratorOptions) -> float:
+    if accelerator.tf32:
+        return TF32_TOLERANCE
+    return RELATIVE_TOLERANCE[(accelerator.target, accelerator.precision)]
+
+
 ACCELERATOR_BATCH_SIZES = (1, 3, 8)
 BACKEND_SOURCE = (
     Path(__file__).resolve().parent.parent / "server" / "triton" / "backends" / "onnxruntime" / "model.py"
@@ -223,7 +236,7 @@ def check_accelerator_parity(
         accelerator.target,
         accelerator.precision,
         [p for p in started if p != CPU_PROVIDER],
-        RELATIVE_TOLERANCE[(accelerator.target, accelerator.precision)],
+        relative_tolerance(accelerator),
         batch_sizes,
         {name: 0.0 for name in output_names},
         {name: 0.0 for name in output_names},

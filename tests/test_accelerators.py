@@ -110,11 +110,14 @@ def test_fp32_tensorrt_without_a_cache_writes_only_what_it_needs() -> None:
     assert not any(key.startswith("trt_engine_cache") for key in tensorrt.parameters)
 
 
-def test_the_cuda_config_puts_instances_on_the_gpu_with_no_accelerator_block() -> None:
+def test_the_cuda_config_puts_instances_on_the_gpu_in_strict_fp32_unless_tf32_is_asked() -> None:
     config = config_for(AcceleratorOptions("cuda"))
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
-    assert not config.HasField("optimization")
+    (cuda,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cuda.name == "cuda" and dict(cuda.parameters) == {"use_tf32": "0"}
     assert accelerator_of(config) == "cuda"
+    with_tf32 = config_for(AcceleratorOptions("cuda", tf32=True))
+    assert not with_tf32.HasField("optimization") and accelerator_of(with_tf32) == "cuda"
 
 
 def test_gpu_optional_writes_kind_auto() -> None:
@@ -222,7 +225,8 @@ def test_fp32_tensorrt_sets_no_precision_flag() -> None:
 
 def test_a_cuda_instance_gets_cuda_then_cpu_even_where_tensorrt_is_installed() -> None:
     config = as_triton_json(config_for(AcceleratorOptions("cuda")))
-    assert choose_providers(config, "GPU", 0, ALL_PROVIDERS) == ([(CUDA, {"device_id": "0"}), (CPU, {})], [])
+    cuda_options = {"use_tf32": "0", "device_id": "0"}  # strict fp32, passed on to onnxruntime
+    assert choose_providers(config, "GPU", 0, ALL_PROVIDERS) == ([(CUDA, cuda_options), (CPU, {})], [])
 
 
 def test_a_gpu_instance_keeps_only_the_providers_onnxruntime_has() -> None:
@@ -316,8 +320,8 @@ def test_the_parity_harness_compares_every_output(monkeypatch: pytest.MonkeyPatc
     assert all(diff == 0.0 for diff in parity.max_abs_diff.values())
     assert all(parity.magnitude[name] > 0 for name in parity.magnitude)
     record = parity.record()
-    assert record["verified"] is True and record["relative_tolerance"] == 5e-3
-    assert "tolerance 5e-03 of each output's magnitude" in parity.lines()[0]
+    assert record["verified"] is True and record["relative_tolerance"] == 1e-4
+    assert "tolerance 1e-04 of each output's magnitude" in parity.lines()[0]
 
     parity.max_abs_diff["cam"] = parity.magnitude["cam"] * 0.01  # a GPU 1 % off on one map
     assert not parity.passed and parity.lines()[-1].endswith("FAIL")

@@ -8,8 +8,8 @@ sessions are built as the served ones are. For every ``<repository>/*/1/model.on
 - each target against CPUExecutionProvider: the largest absolute difference of every output
   (logits and each attention map), also relative to the output's magnitude (its largest
   absolute value on the CPU), the measure attnserve's tolerances use (export/accelerate.py);
-- targets: ``cuda`` (CUDA EP as NVIDIA's backend runs it: TF32 on, exhaustive cuDNN search),
-  ``cuda_strict_fp32`` (``use_tf32=0``, heuristic search: what is left without TF32),
+- targets: ``cuda`` (the CUDA EP as `attnserve export --format cuda` configures it: TF32
+  off), ``cuda_tf32`` (onnxruntime's defaults, TF32 on: ``--format cuda --tf32``),
   ``tensorrt_fp16`` (TensorRT EP with ``trt_fp16_enable``) where TensorRT's libraries are
   present. The CUDA EP has no fp16 switch; without TensorRT no fp16 figure exists, and the
   report says so;
@@ -51,12 +51,21 @@ TENSORRT = "TensorrtExecutionProvider"
 # target -> (model config as Triton hands it to the backend, extra provider options, provider
 # that must come first). `cpu` compares the CPU with itself: the harness's own check.
 TARGETS: dict[str, tuple[dict[str, Any], dict[str, dict[str, str]], str]] = {
-    "cuda": ({"instance_group": [{"kind": "KIND_GPU"}]}, {}, CUDA),
-    "cuda_strict_fp32": (
-        {"instance_group": [{"kind": "KIND_GPU"}]},
-        {CUDA: {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}},
+    # what `attnserve export --format cuda` writes: the CUDA accelerator in strict fp32
+    "cuda": (
+        {
+            "instance_group": [{"kind": "KIND_GPU"}],
+            "optimization": {
+                "execution_accelerators": {
+                    "gpu_execution_accelerator": [{"name": "cuda", "parameters": {"use_tf32": "0"}}]
+                }
+            },
+        },
+        {},
         CUDA,
     ),
+    # onnxruntime's defaults (TF32 on): what `--format cuda --tf32` writes
+    "cuda_tf32": ({"instance_group": [{"kind": "KIND_GPU"}]}, {}, CUDA),
     "tensorrt_fp16": (
         {
             "instance_group": [{"kind": "KIND_GPU"}],
@@ -73,7 +82,7 @@ TARGETS: dict[str, tuple[dict[str, Any], dict[str, dict[str, str]], str]] = {
     ),
     "cpu": ({"instance_group": [{"kind": "KIND_CPU"}]}, {}, CPU),
 }
-DEFAULT_TARGETS = ("cuda", "cuda_strict_fp32", "tensorrt_fp16")
+DEFAULT_TARGETS = ("cuda", "cuda_tf32", "tensorrt_fp16")
 
 
 def load_backend() -> Any:
