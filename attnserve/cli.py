@@ -3,6 +3,7 @@
     attnserve setup                          provision the local Triton runtime
     attnserve train NAME                     train on cluttered digits (CPU, ≤ 10 min)
     attnserve export NAME --checkpoint P     checkpoint → parity-checked ONNX → model_repository/
+    attnserve export --timm NAME [--checkpoint P]   your timm/torchvision model, with its attention
     attnserve evaluate NAME --checkpoint P   attention quality vs Grad-CAM and chance
     attnserve triton                         run Triton alone
     attnserve gateway                        run the gateway alone (against --triton-url)
@@ -96,13 +97,23 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from attnserve.export.exporter import export_model
     from attnserve.export.repository import ServingOptions
 
+    sources = [s for s in (args.architecture, args.timm, args.torchvision) if s]
+    if len(sources) != 1:
+        raise InvalidInput(
+            "name one model: an architecture (attnserve export cbam), --timm NAME or --torchvision NAME"
+        )
     options = ServingOptions(
         max_batch_size=args.max_batch_size, instances=args.instances, intra_op_threads=args.threads
     )
+    repository = args.repository or settings.triton.model_repository
+    if not args.architecture:
+        return _export_foreign(args, repository, options)
+    if args.checkpoint is None:
+        raise InvalidInput(f"exporting {args.architecture} needs --checkpoint (attnserve train writes one)")
     result = export_model(
         args.architecture,
         args.checkpoint,
-        args.repository or settings.triton.model_repository,
+        repository,
         name=args.name,
         version=args.version,
         options=options,
@@ -110,6 +121,51 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     print("\n".join(result.parity.lines()))
     print(f"exported {result.name} version {result.version} to {result.model_dir}")
     return 0
+
+
+def _export_foreign(args: argparse.Namespace, repository: Path, options: Any) -> int:
+    """``--timm NAME`` / ``--torchvision NAME``: a model of theirs with attnserve's export."""
+    from attnserve.export.byo import PreprocessOverrides, export_module, read_labels
+    from attnserve.export.byo import timm_source as from_timm
+    from attnserve.export.byo import torchvision_source as from_torchvision
+    from attnserve.spec import Interpolation
+
+    height_width = args.input_size
+    if height_width is not None and len(height_width) not in (1, 2):
+        raise InvalidInput("--input-size takes SIZE or HEIGHT WIDTH")
+    overrides = PreprocessOverrides(
+        input_size=None if height_width is None else (height_width[0], height_width[-1]),
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        crop_pct=args.crop_pct,
+        interpolation=Interpolation(args.interpolation) if args.interpolation else None,
+    )
+    labels = read_labels(args.labels) if args.labels else None
+    load = from_timm if args.timm else from_torchvision
+    name = args.timm or args.torchvision
+    source = load(name, checkpoint=args.checkpoint, labels=labels, overrides=overrides)
+    result = export_module(
+        source.model,
+        name=args.name or _repository_name(name),
+        preprocess=source.preprocess,
+        labels=source.labels,
+        repository=repository,
+        description=args.description or "",
+        version=args.version,
+        options=options,
+        cam=args.cam,
+        primary_attention=args.primary_attention,
+        architecture=source.architecture,
+        notes=source.notes,
+    )
+    print("\n".join(result.report_lines()))
+    print(f"exported {result.name} version {result.version} to {result.model_dir}")
+    return 0
+
+
+def _repository_name(model_name: str) -> str:
+    """timm's ``resnet50.a1_in1k`` → ``resnet50_a1_in1k``: a Triton model name."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in model_name)
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -338,10 +394,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub = command("export", cmd_export, "export a checkpoint into a Triton model repository")
-    sub.add_argument("architecture")
-    sub.add_argument("--checkpoint", type=Path, required=True)
+    sub.add_argument("architecture", nargs="?", help="a registered architecture (or --timm/--torchvision)")
+    sub.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="an attnserve checkpoint; with --timm/--torchvision a state_dict (.pth/.pt/.safetensors)",
+    )
     sub.add_argument("--repository", type=Path, help="model repository (default: model_repository/)")
     sub.add_argument("--name", help="model name in the repository (default: the architecture)")
+    own = sub.add_argument_group(
+        "your own model (docs/byo.md)",
+        "a timm or torchvision classifier, its attention modules' maps and the in-graph CAM as outputs; "
+        "preprocessing and labels from its pretrained configuration unless given",
+    )
+    chosen = own.add_mutually_exclusive_group()
+    chosen.add_argument("--timm", metavar="NAME", help="a timm model name, e.g. seresnet50")
+    chosen.add_argument(
+        "--torchvision", metavar="NAME", help="a torchvision classification model, e.g. resnet50"
+    )
+    own.add_argument("--labels", type=Path, help="class names, one per line (sets the number of classes)")
+    own.add_argument("--input-size", type=int, nargs="+", metavar="N", help="SIZE or HEIGHT WIDTH")
+    own.add_argument("--mean", type=float, nargs=3, help="per channel, on pixels scaled to [0, 1]")
+    own.add_argument("--std", type=float, nargs=3)
+    own.add_argument("--crop-pct", type=float, help="centre crop: shorter side to input/crop_pct, then crop")
+    own.add_argument("--interpolation", choices=["bilinear", "bicubic"])
+    own.add_argument("--description", help="what the model is, in words")
+    own.add_argument(
+        "--cam",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="require the in-graph CAM (refused unless the head is GAP + linear) / leave it out "
+        "(default: added where it applies)",
+    )
+    own.add_argument("--primary-attention", metavar="OUTPUT", help="the map an overlay shows by default")
     sub.add_argument("--version", type=int, default=1)
     sub.add_argument("--max-batch-size", type=int, default=64)
     sub.add_argument("--instances", type=int, default=1, help="Triton instances (CPU)")
