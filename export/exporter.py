@@ -9,10 +9,11 @@ import torch
 
 from attnserve.errors import InvalidInput
 
+from .accelerate import require_accelerator, verified_record
 from .checkpoint import export_spec, load_checkpoint
 from .models import ServingGraph, get_entry
-from .onnx_export import ExportableGraph, ParityError, ParityReport, check_parity, export_onnx
-from .repository import ServingOptions, build_config, write_model
+from .onnx_export import ExportableGraph, ParityError, ParityReport, check_parity, export_onnx, parity_inputs
+from .repository import ServingOptions, apply_accelerator, build_config, write_model
 from .scoring import with_measured_quality
 
 
@@ -31,6 +32,7 @@ def export_model(
     name: str | None = None,
     version: int = 1,
     options: ServingOptions | None = None,
+    verify_accelerator: bool = True,
 ) -> ExportResult:
     get_entry(architecture)  # an unknown architecture fails before the checkpoint is read
     checkpoint = load_checkpoint(checkpoint_path)
@@ -40,7 +42,7 @@ def export_model(
         )
     spec = with_measured_quality(export_spec(checkpoint), checkpoint.metrics)
     graph = ServingGraph(checkpoint.model, spec)
-    return export_graph(graph, repository, name or architecture, version, options)
+    return export_graph(graph, repository, name or architecture, version, options, verify_accelerator)
 
 
 def export_graph(
@@ -49,8 +51,16 @@ def export_graph(
     name: str,
     version: int = 1,
     options: ServingOptions | None = None,
+    verify_accelerator: bool = True,
 ) -> ExportResult:
-    """ONNX, parity (refused before anything is written), then an atomic install."""
+    """ONNX, parity (refused before anything is written), then an atomic install.
+
+    A GPU target (``options.accelerator``) must run here and match the CPU within its tolerance
+    (`accelerate.verified_record`) before the config is written; ``verify_accelerator=False``
+    writes it unverified, and the config's parity record says so."""
+    options = options or ServingOptions()
+    if verify_accelerator:
+        require_accelerator(options.accelerator)  # before the export work, not after it
     model_bytes = export_onnx(graph)
     parity = check_parity(graph, model_bytes)
     if not parity.passed:
@@ -61,7 +71,15 @@ def export_graph(
     except ValueError as exc:
         what = graph.spec.architecture
         raise InvalidInput(f"{what}: the model's outputs do not fit its spec: {exc}") from None
-    config = build_config(name, graph.spec, output_dims, options or ServingOptions())
+    config = build_config(name, graph.spec, output_dims, options)
+    record = verified_record(
+        model_bytes,
+        config,
+        options.accelerator,
+        lambda batch_size, seed: parity_inputs(graph, batch_size, seed),
+        verify=verify_accelerator,
+    )
+    apply_accelerator(config, options.accelerator, record)
     model_dir = write_model(repository, name, version, model_bytes, config, graph.spec.labels)
     return ExportResult(model_dir, name, version, parity)
 

@@ -33,7 +33,7 @@ from attnserve.export.repository import (
 from attnserve.settings import DEFAULT_MODEL_REPOSITORY
 from attnserve.spec import SPEC_PARAMETER
 
-from .conftest import REPO_ROOT, triton_settings
+from .conftest import REPO_ROOT, MakeCheckpoint, triton_settings
 
 SPEC = get_spec("cbam")
 DIMS = {name: (10,) if name == "logits" else (8, 8) for name in SPEC.output_names}
@@ -431,3 +431,23 @@ def test_gpu_check_says_plainly_when_cuda_is_missing(tmp_path: Path) -> None:
     )
     assert "cuda: CUDAExecutionProvider is not in onnxruntime" in result.stdout
     assert "tensorrt_fp16: TensorrtExecutionProvider is not in onnxruntime" in result.stdout
+
+
+@pytest.mark.skipif(GPU_USABLE.usable, reason="this machine has a usable GPU")
+def test_export_for_a_gpu_target_stops_before_any_work_without_one_and_writes_nothing(
+    tmp_path: Path, make_checkpoint: MakeCheckpoint
+) -> None:
+    from attnserve.export.exporter import export_model
+
+    make_checkpoint(tmp_path / "se.pt", "se")
+    options = ServingOptions(accelerator=AcceleratorOptions("tensorrt", "fp16"))
+    with pytest.raises(accelerate.AcceleratorUnavailable, match="--no-verify"):
+        export_model("se", tmp_path / "se.pt", tmp_path / "repo", options=options)
+    assert not (tmp_path / "repo").exists()
+    repo = tmp_path / "repo"
+    unverified = export_model("se", tmp_path / "se.pt", repo, options=options, verify_accelerator=False)
+    config = read_config(unverified.model_dir / "config.pbtxt")
+    assert accelerator_of(config) == "tensorrt"
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    record = json.loads(config.parameters[ACCELERATOR_PARITY_PARAMETER].string_value)
+    assert record["verified"] is False and record["target"] == "tensorrt"
