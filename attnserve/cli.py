@@ -4,6 +4,7 @@
     attnserve train NAME                     train on cluttered digits (CPU, ≤ 10 min)
     attnserve export NAME --checkpoint P     checkpoint → parity-checked ONNX → model_repository/
     attnserve export --timm NAME [--checkpoint P]   your timm/torchvision model, with its attention
+    attnserve retarget MODEL_DIR --format cuda   rewrite an installed model's config for a GPU
     attnserve evaluate NAME --checkpoint P   attention quality vs Grad-CAM and chance
     attnserve triton                         run Triton alone
     attnserve gateway                        run the gateway alone (against --triton-url)
@@ -103,7 +104,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             "name one model: an architecture (attnserve export cbam), --timm NAME or --torchvision NAME"
         )
     options = ServingOptions(
-        max_batch_size=args.max_batch_size, instances=args.instances, intra_op_threads=args.threads
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        intra_op_threads=args.threads,
+        accelerator=_accelerator(args),
     )
     repository = args.repository or settings.triton.model_repository
     if not args.architecture:
@@ -117,10 +121,60 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name,
         version=args.version,
         options=options,
+        verify_accelerator=not args.no_verify,
     )
     print("\n".join(result.parity.lines()))
     print(f"exported {result.name} version {result.version} to {result.model_dir}")
     return 0
+
+
+def cmd_retarget(args: argparse.Namespace, settings: Settings) -> int:
+    _train_extra()
+    from attnserve.export.accelerate import retarget
+    from attnserve.export.repository import ACCELERATOR_PARITY_PARAMETER, accelerator_of
+
+    config = retarget(args.model_dir, _accelerator(args), verify=not args.no_verify)
+    record = ""
+    if ACCELERATOR_PARITY_PARAMETER in config.parameters:
+        record = f": {config.parameters[ACCELERATOR_PARITY_PARAMETER].string_value}"
+    print(f"{args.model_dir}/config.pbtxt now targets {accelerator_of(config)}{record}")
+    return 0
+
+
+def _accelerator(args: argparse.Namespace) -> Any:
+    from attnserve.export.repository import AcceleratorOptions
+
+    return AcceleratorOptions(
+        target="cpu" if args.format == "onnx" else args.format,
+        precision=args.precision,
+        gpu_required=not args.gpu_optional,
+        workspace_bytes=args.trt_workspace_mib << 20,
+        engine_cache_dir=str(args.trt_engine_cache) if args.trt_engine_cache else None,
+        tf32=args.tf32,
+    )
+
+
+def _add_target_flags(parser: argparse.ArgumentParser) -> None:
+    """Where Triton runs the model (docs/gpu.md); a GPU target is checked on the GPU first."""
+    gpu = parser.add_argument_group("GPU target (docs/gpu.md)")
+    gpu.add_argument(
+        "--format",
+        choices=["onnx", "cuda", "tensorrt"],
+        default="onnx",
+        help="onnx: CPU instances (default); cuda: GPU instances; tensorrt: plus the TensorRT accelerator",
+    )
+    gpu.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="fp16: tensorrt only")
+    gpu.add_argument("--tf32", action="store_true", help="cuda: allow TF32 maths (default: strict fp32)")
+    gpu.add_argument(
+        "--gpu-optional", action="store_true", help="KIND_AUTO: serve on the CPU where Triton sees no GPU"
+    )
+    gpu.add_argument("--trt-workspace-mib", type=int, default=1024, help="TensorRT's workspace")
+    gpu.add_argument("--trt-engine-cache", type=Path, metavar="DIR", help="keep built TensorRT engines here")
+    gpu.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="write a GPU config without running it here against the CPU (recorded as unverified)",
+    )
 
 
 def _export_foreign(args: argparse.Namespace, repository: Path, options: Any) -> int:
@@ -431,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-batch-size", type=int, default=64)
     sub.add_argument("--instances", type=int, default=1, help="Triton instances (CPU)")
     sub.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per instance")
+    _add_target_flags(sub)
+
+    sub = command("retarget", cmd_retarget, "rewrite an installed model's config for a CPU or GPU target")
+    sub.add_argument("model_dir", type=Path, help="e.g. model_repository/cbam")
+    _add_target_flags(sub)
 
     sub = command(
         "evaluate",

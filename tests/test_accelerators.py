@@ -451,3 +451,23 @@ def test_export_for_a_gpu_target_stops_before_any_work_without_one_and_writes_no
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     record = json.loads(config.parameters[ACCELERATOR_PARITY_PARAMETER].string_value)
     assert record["verified"] is False and record["target"] == "tensorrt"
+
+
+@pytest.mark.skipif(GPU_USABLE.usable, reason="this machine has a usable GPU")
+def test_the_retarget_command_refuses_unverifiable_targets_and_round_trips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attnserve.cli import main
+
+    model_dir = tmp_path / "se"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY / "se", model_dir)
+    original = (model_dir / "config.pbtxt").read_bytes()
+    assert main(["retarget", str(model_dir), "--format", "tensorrt", "--precision", "fp16"]) == 1
+    assert "--no-verify" in capsys.readouterr().err
+    assert (model_dir / "config.pbtxt").read_bytes() == original
+    assert main(["retarget", str(model_dir), "--format", "cuda", "--no-verify"]) == 0
+    assert '"verified":false' in capsys.readouterr().out
+    assert accelerator_of(read_config(model_dir / "config.pbtxt")) == "cuda"
+    assert main(["retarget", str(model_dir), "--format", "onnx"]) == 0
+    committed = read_config(DEFAULT_MODEL_REPOSITORY / "se" / "config.pbtxt")
+    assert read_config(model_dir / "config.pbtxt") == committed
