@@ -45,10 +45,15 @@ def lively(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random norm affine parameters and running statistics from three noise batches (no
     gradients, no training); eval mode."""
     generator = torch.Generator().manual_seed(seed)
+    # each residual block's last norm small, as in trained ResNets: at 1 the residual sums grow
+    # ×2 in variance per block (a ResNet-50's logits reach 1e4 and float32 parity fails at 1e-4)
+    blocks = [block for block in model.modules() if hasattr(block, "downsample")]
+    last_norms = {id(getattr(block, "bn3", None) or block.bn2) for block in blocks}
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
+            low, high = (0.1, 0.3) if id(module) in last_norms else (0.5, 1.5)
             with torch.no_grad():
-                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.weight.uniform_(low, high, generator=generator)
                 module.bias.normal_(0.0, 0.1, generator=generator)
             module.reset_running_stats()
             module.momentum = None  # cumulative average over the batches below
