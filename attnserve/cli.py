@@ -211,6 +211,7 @@ def _export_foreign(args: argparse.Namespace, repository: Path, options: Any) ->
         primary_attention=args.primary_attention,
         architecture=source.architecture,
         notes=source.notes,
+        verify_accelerator=not args.no_verify,
     )
     print("\n".join(result.report_lines()))
     print(f"exported {result.name} version {result.version} to {result.model_dir}")

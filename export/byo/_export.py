@@ -14,6 +14,7 @@ from torch import nn
 from attnserve.errors import InvalidInput
 from attnserve.spec import ModelSpec, PreprocessSpec
 
+from ..accelerate import require_accelerator
 from ..exporter import ExportResult, export_graph
 from ..onnx_export import parity_inputs
 from ..repository import ServingOptions
@@ -60,14 +61,18 @@ def export_module(
     quality: Mapping[str, Mapping[str, float]] | None = None,
     architecture: str | None = None,
     notes: Sequence[str] = (),
+    verify_accelerator: bool = True,
 ) -> ModuleExportResult:
     """Exports a classifier with its attention modules' tensors (and the CAM) as named outputs.
 
     Parity is checked (`check_parity`, tolerance 1e-4) before anything is written; the model
     directory is installed atomically. ``primary_attention`` overrides the default map (the
     deepest spatial one, else the CAM); ``quality`` sets measured figures by output name.
-    ``notes`` (e.g. where the weights came from) are carried into the result's report.
+    ``notes`` (e.g. where the weights came from) are carried into the result's report. A GPU
+    target in ``options`` is checked first and verified as in `export_graph`.
     """
+    if verify_accelerator and options is not None:
+        require_accelerator(options.accelerator)  # before the capture and the CAM comparison
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     graph = capture_attention(
@@ -81,7 +86,7 @@ def export_module(
         agreement = measure_cam_agreement(graph)
         seconds["CAM vs Grad-CAM"] = time.perf_counter() - started
     started = time.perf_counter()
-    result = export_graph(graph, repository, name, version, options)
+    result = export_graph(graph, repository, name, version, options, verify_accelerator)
     seconds["ONNX, parity and install"] = time.perf_counter() - started
     return ModuleExportResult(
         result.model_dir,
