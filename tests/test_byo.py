@@ -276,8 +276,10 @@ def test_a_shared_gate_is_left_out_with_a_note() -> None:
 def test_what_the_model_returns_must_fit_the_labels() -> None:
     with pytest.raises(InvalidInput, match="4 outputs but 2 labels"):
         capture_attention(toy(), PREPROCESS, ("a", "b"), name="toy")
-    with pytest.raises(InvalidInput, match="at least 2 distinct labels"):
+    with pytest.raises(InvalidInput, match="labels must be distinct: 'a' appear"):
         capture_attention(toy(), PREPROCESS, ("a", "a", "b", "c"), name="toy")
+    with pytest.raises(InvalidInput, match="at least 2 labels"):
+        capture_attention(toy(), PREPROCESS, ("a",), name="toy")
     with pytest.raises(InvalidInput, match="the model returns"):
         capture_attention(nn.Conv2d(3, 2, 1), PREPROCESS, ("a", "b"), name="conv")
 

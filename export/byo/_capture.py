@@ -314,8 +314,11 @@ def capture_attention(
             be honoured.
     """
     labels = tuple(labels)
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise InvalidInput(f"a classifier needs at least 2 distinct labels, got {len(labels)}")
+    if len(labels) < 2:
+        raise InvalidInput(f"a classifier needs at least 2 labels, got {len(labels)}")
+    if repeated := sorted({label for label in labels if labels.count(label) > 1}):
+        shown = ", ".join(repr(label) for label in repeated[:5])
+        raise InvalidInput(f"labels must be distinct: {shown} appear more than once (of {len(labels)})")
     _check_cpu_float(model)
     model.eval()
     notes: list[str] = []

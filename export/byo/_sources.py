@@ -235,7 +235,12 @@ def _timm_labels(model: nn.Module, notes: list[str]) -> tuple[str, ...]:
         return _numbered(int(getattr(model, "num_classes", 0)), notes)
     notes.append(f"labels: {subset} class names from timm's pretrained configuration")
     info = ImageNetInfo(subset)
-    return tuple(info.index_to_description(i) for i in range(info.num_classes()))
+    names = [info.index_to_description(i) for i in range(info.num_classes())]
+    repeated = {name for name in names if names.count(name) > 1}  # ImageNet-1k: two "crane"s
+    return tuple(
+        f"{name} ({info.index_to_label_name(i)})" if name in repeated else name
+        for i, name in enumerate(names)
+    )
 
 
 def torchvision_source(

@@ -104,6 +104,13 @@ def test_labels_come_from_the_packages_offline() -> None:
 
     imagenet = timm_source("resnet18")
     assert len(imagenet.labels) == 1000 and imagenet.labels[0].startswith("tench")
+    # ImageNet-1k names two classes "crane" (the bird, the machine): told apart by synset, as
+    # a served answer must be (found exporting seresnet50 with its own labels: it was refused)
+    assert len(set(imagenet.labels)) == 1000
+    assert [label for label in imagenet.labels if label.startswith("crane")] == [
+        "crane (n02012849)",
+        "crane (n03126707)",
+    ]
     torchvision = torchvision_source("resnet18")
     assert len(torchvision.labels) == 1000 and torchvision.labels[0] == "tench"
     with pytest.raises(InvalidInput, match="did you mean seresnet18"):
