@@ -6,10 +6,11 @@ output multiplies the features), a head of global average pooling and ``nn.Linea
 attention maps reach the serving graph through the bring-your-own export path, which taps the
 gates' outputs (`attnserve.export.byo`); this file is not in the architecture registry.
 
-The layout is timm's ResNet at a small width: a stem of two stride-2 3×3 convolutions (÷4; a
-third of the cost of timm's 7×7 convolution and max pool on two CPU cores), three
+The layout is timm's ResNet at a small width: a stem of two stride-2 convolutions (÷4; a third
+of the cost of timm's 7×7 convolution and max pool on two CPU cores), three
 stages of one basic block each (32/64/128 channels; CBAM on the residual branch before the
-shortcut is added, as timm places ``attn_layer``), then one more CBAM over the last stage's
+shortcut is added, as timm places ``attn_layer``; every stride-2 step keeps its grid centred on
+its input's, `downsampling_conv`, so maps land where the net looked), then one more CBAM over the last stage's
 output whose spatial gate is a softmax over positions (times h·w, so a uniform map is the
 identity): the head's average pooling is then attention pooling, and the map is where the
 classifier takes its evidence from (`shared/notes/attention-maps.md`: CBAM's last sigmoid gate
@@ -84,12 +85,27 @@ class CbamPool(CbamModule):
         self.spatial = SpatialAttn(SpatialSoftmax())
 
 
+def downsampling_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A stride-2 convolution whose output grid is centred on its input's: a 4×4 kernel, padding
+    1 (output j sees inputs 2j-1 … 2j+2, centred at 2j + 1 in pixel-edge coordinates, where
+    ``align_corners=False`` upsampling puts it). A 3×3 stride-2 kernel is centred half an input
+    pixel up and left of that; over four of them (stride 16) the maps drew 7.5 px down and right
+    of what the net looked at, and the last map's peak missed the digit's box."""
+    return nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+
+
 class BasicBlock(nn.Module):
-    """timm's ``BasicBlock`` with ``attn_layer``: conv-bn-relu, conv-bn, attention, + shortcut."""
+    """timm's ``BasicBlock`` with ``attn_layer``: conv-bn-relu, conv-bn, attention, + shortcut.
+
+    Downsampling blocks use an aligned 4×4 stride-2 convolution, and average pooling before the
+    shortcut's 1×1 convolution (timm's ``avg_down``), so every grid stays centred."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, reduction: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        if stride == 1:
+            self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        else:
+            self.conv1 = downsampling_conv(in_channels, out_channels)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -99,7 +115,8 @@ class BasicBlock(nn.Module):
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
 
@@ -122,10 +139,10 @@ class PhotoCbamNet(nn.Module):
         super().__init__()
         stem_width = widths[0] // 2
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False),
+            downsampling_conv(3, stem_width),
             nn.BatchNorm2d(stem_width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(stem_width, widths[0], 3, stride=2, padding=1, bias=False),
+            downsampling_conv(stem_width, widths[0]),
         )
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = nn.ReLU(inplace=True)
