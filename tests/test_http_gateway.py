@@ -58,7 +58,9 @@ def test_every_model_answers_over_http_as_over_grpc(gateway: GatewayThread, mode
     if not classifies:  # the answer drawn, in the sample's pixels
         assert Image.open(io.BytesIO(base64.b64decode(over_http["task_overlay"]))).size == (320, 256)
         return
-    assert over_http["predictions"][0]["label"] == "6" or model == "ram"  # RAM misreads this sample
+    # RAM misreads this sample; photo_cbam reads digits on photographs (docs/photos.md), not this
+    # white digit on black
+    assert over_http["predictions"][0]["label"] == "6" or model in ("ram", "photo_cbam")
     assert overlay.size == (320, 256)
 
 
