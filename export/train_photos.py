@@ -360,7 +360,8 @@ def export_photo_model(
         repository=repository,
         description=DESCRIPTION,
         quality=metrics["test"]["attention"],
-        primary_attention=primary_map(graph.spec, metrics),
+        primary_attention=(primary := primary_map(graph.spec, metrics))[0],
+        primary_reason=primary[1],
         architecture=NAME,
     )
     photos, _ = photo_data(
@@ -377,12 +378,13 @@ def export_photo_model(
     return result, differences
 
 
-def primary_map(spec: ModelSpec, metrics: dict[str, Any]) -> str | None:
+def primary_map(spec: ModelSpec, metrics: dict[str, Any]) -> tuple[str | None, str]:
     """The map an overlay shows by default, chosen on the validation split by the rule attnserve's
     own models follow (`scoring.with_measured_quality`): among the maps that point at the digit
-    within 5 points of the best, the one with the most energy in the box."""
+    within 5 points of the best, the one with the most energy in the box; and the rule's reason."""
     splits = {"selection": "photos", "val": {"photos": metrics["val"]}, "test": {"photos": metrics["test"]}}
-    return with_measured_quality(spec, splits).primary_attention
+    chosen = with_measured_quality(spec, splits)
+    return chosen.primary_attention, chosen.primary_reason
 
 
 PHOTO_PARITY_SAMPLES = 16

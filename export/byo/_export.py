@@ -62,6 +62,7 @@ def export_module(
     architecture: str | None = None,
     notes: Sequence[str] = (),
     verify_accelerator: bool = True,
+    primary_reason: str = "",
 ) -> ModuleExportResult:
     """Exports a classifier with its attention modules' tensors (and the CAM) as named outputs.
 
@@ -78,7 +79,7 @@ def export_module(
     graph = capture_attention(
         model, preprocess, labels, name=name, description=description, cam=cam, architecture=architecture
     )
-    graph.spec = _with_choices(graph.spec, primary_attention, quality)
+    graph.spec = _with_choices(graph.spec, primary_attention, quality, primary_reason)
     seconds["capture"] = time.perf_counter() - started
     agreement = None
     if graph.head is not None:
@@ -111,6 +112,7 @@ def _with_choices(
     spec: ModelSpec,
     primary_attention: str | None,
     quality: Mapping[str, Mapping[str, float]] | None,
+    primary_reason: str = "",
 ) -> ModelSpec:
     names = [a.name for a in spec.attention]
     update: dict[str, object] = {}
@@ -118,7 +120,7 @@ def _with_choices(
         if primary_attention not in names:
             raise InvalidInput(f"primary attention {primary_attention!r} is not one of the outputs {names}")
         update["primary_attention"] = primary_attention
-        update["primary_reason"] = "chosen by whoever exported the model"
+        update["primary_reason"] = primary_reason or "chosen by whoever exported the model"
     if quality:
         if unknown := sorted(set(quality) - set(names)):
             raise InvalidInput(f"quality figures for outputs the model lacks: {unknown}; it has {names}")
