@@ -23,7 +23,8 @@ from pathlib import Path
 from attnserve._net import free_port
 from attnserve.errors import SetupError
 from attnserve.prediction import Prediction
-from attnserve.settings import Settings
+from attnserve.settings import SAMPLE_IMAGE, Settings
+from attnserve.spec import ColorMode
 
 
 @dataclass
@@ -122,13 +123,14 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
     shown = Path(os.path.relpath(image)) if image.is_absolute() and Path.cwd() in image.parents else image
     with serving(settings) as served, Client(served.address) as client:
         listing = client.list_models()
-        ready = (m.name for m in listing.models if m.ready)
+        ready = {m.name: m.preprocess.color_mode for m in listing.models if m.ready}
         names = sorted(ready, key=lambda n: n != listing.default_model)
         tiles = []
         for index, name in enumerate(names):
             if index:
                 print()
-            prediction = predict_to_console(client, shown, model=name, pictures=PictureRequest(draw=True))
+            sample = sample_for(ready[name], shown, default=image == SAMPLE_IMAGE)
+            prediction = predict_to_console(client, sample, model=name, pictures=PictureRequest(draw=True))
             tiles.extend(overlay_tiles(prediction))
     write_file(overlay, encode_figure(tiles))
     print(f"\nwrote {overlay}: the primary attention of {len(names)} models, side by side")
@@ -141,6 +143,20 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
         f"then open http://127.0.0.1:{settings.gateway.http_port}/"
     )
     return 0
+
+
+PHOTO_SAMPLE = "photo_digit.png"
+"""Beside the sample digit: a digit on a test photograph (chelsea, scan 1497–1796), for colour
+models, which read digits on photographs (photo_cbam misreads a white digit on black)."""
+
+
+def sample_for(color_mode: str, image: Path, default: bool) -> Path:
+    """The image a model (reading ``color_mode``, as its ModelInfo says) is shown: the one asked
+    for, except that the default sample gives way to the photograph beside it for a colour model."""
+    photo = image.with_name(PHOTO_SAMPLE)
+    if default and color_mode == ColorMode.RGB.value and photo.is_file():
+        return photo
+    return image
 
 
 def answer_caption(prediction: Prediction) -> str:
