@@ -73,7 +73,8 @@ def chance_energy(boxes: NDArray[np.floating | np.integer], size: tuple[int, int
     return float(areas.mean() / (size[0] * size[1]))
 
 
-def _inside(points: NDArray[np.floating], boxes: NDArray[np.floating | np.integer]) -> NDArray[np.bool_]:
+def inside_boxes(points: NDArray[np.floating], boxes: NDArray[np.floating | np.integer]) -> NDArray[np.bool_]:
+    """Whether each of N points (x, y) lies in its box (x0, y0, x1, y1), end-exclusive."""
     x, y = points[:, 0], points[:, 1]
     return (x >= boxes[:, 0]) & (x < boxes[:, 2]) & (y >= boxes[:, 1]) & (y < boxes[:, 3])
 
@@ -92,7 +93,7 @@ def box_quality(
     centres = (predicted[:, :2] + predicted[:, 2:]) / 2.0
     return {
         "iou": round(float(np.mean(intersection / np.maximum(area_p + area_b - intersection, 1e-9))), 4),
-        "pointing": round(float(np.mean(_inside(centres, boxes))), 4),
+        "pointing": round(float(np.mean(inside_boxes(centres, boxes))), 4),
         "coverage": round(float(np.mean(intersection / np.maximum(area_b, 1e-9))), 4),
     }
 
@@ -100,6 +101,6 @@ def box_quality(
 def path_quality(centres: NDArray[np.floating], boxes: NDArray[np.floating | np.integer]) -> dict[str, float]:
     """N glimpse paths (N×T×2 centres) against the digit boxes: the share whose final glimpse is
     on the digit (its pointing game), and whose path visits the digit at all."""
-    final = _inside(centres[:, -1], boxes)
-    visited = np.any([_inside(centres[:, t], boxes) for t in range(centres.shape[1])], axis=0)
+    final = inside_boxes(centres[:, -1], boxes)
+    visited = np.any([inside_boxes(centres[:, t], boxes) for t in range(centres.shape[1])], axis=0)
     return {"pointing": round(float(np.mean(final)), 4), "visited": round(float(np.mean(visited)), 4)}

@@ -27,7 +27,7 @@ from attnserve.spec import AttentionKind
 from .attention_quality import map_quality
 from .checkpoint import export_spec, load_checkpoint
 from .data import ModelBatch
-from .gradcam import grad_cam, grad_cam_at_pooled_features
+from .gradcam import grad_cam, grad_cam_at_pooled_features, mean_correlation
 from .models import CAM_OUTPUT, ServingGraph, has_gap_linear_head
 from .scoring import run_graph, score, with_measured_quality
 from .train import EVALUATION_VARIANTS, build_batch
@@ -129,20 +129,6 @@ def _ms_per_image(run: Callable[[Tensor], object], inputs: Tensor, batch_size: i
     for start in range(0, len(images), batch_size):
         run(images[start : start + batch_size])
     return (time.perf_counter() - started) * 1e3 / len(images)
-
-
-def mean_correlation(a: Tensor, b: Tensor) -> float:
-    """Mean per-image Pearson correlation of two N×h×w map sets (images where either is
-    constant are left out: correlation is undefined there)."""
-    x = a.reshape(len(a), -1).double()
-    y = b.reshape(len(b), -1).double()
-    x = x - x.mean(dim=1, keepdim=True)
-    y = y - y.mean(dim=1, keepdim=True)
-    norms = x.norm(dim=1) * y.norm(dim=1)
-    valid = norms > 1e-12
-    if not valid.any():
-        return float("nan")
-    return float(((x * y).sum(dim=1)[valid] / norms[valid]).mean())
 
 
 def evaluate_checkpoint(

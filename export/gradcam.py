@@ -38,8 +38,7 @@ def grad_cam(model: nn.Module, layer: nn.Module, images: Tensor, target: Tensor 
             (gradients,) = torch.autograd.grad(score, activations)
     finally:
         handle.remove()
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * activations).sum(dim=1)).detach()
+    return grad_cam_map(activations, gradients)
 
 
 def grad_cam_at_pooled_features(model: nn.Module, images: Tensor, target: Tensor | None = None) -> Tensor:
@@ -52,5 +51,27 @@ def grad_cam_at_pooled_features(model: nn.Module, images: Tensor, target: Tensor
         classes = logits.argmax(dim=1) if target is None else target
         score = logits.gather(1, classes[:, None]).sum()
         (gradients,) = torch.autograd.grad(score, features)
+    return grad_cam_map(features, gradients)
+
+
+def grad_cam_map(activations: Tensor, gradients: Tensor | None) -> Tensor:
+    """B×h×w Grad-CAM from a layer's B×C×h×w activations and the score's gradients there;
+    zero where the score does not depend on the layer (``gradients`` None)."""
+    if gradients is None:
+        return torch.zeros(activations.shape[0], *activations.shape[-2:])
     weights = gradients.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * features).sum(dim=1)).detach()
+    return F.relu((weights * activations).sum(dim=1)).detach()
+
+
+def mean_correlation(a: Tensor, b: Tensor) -> float:
+    """Mean per-image Pearson correlation of two N×h×w map sets (images where either is
+    constant are left out: correlation is undefined there)."""
+    x = a.reshape(len(a), -1).double()
+    y = b.reshape(len(b), -1).double()
+    x = x - x.mean(dim=1, keepdim=True)
+    y = y - y.mean(dim=1, keepdim=True)
+    norms = x.norm(dim=1) * y.norm(dim=1)
+    valid = norms > 1e-12
+    if not valid.any():
+        return float("nan")
+    return float(((x * y).sum(dim=1)[valid] / norms[valid]).mean())

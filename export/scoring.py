@@ -10,7 +10,7 @@ and by export (the primary map).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from attnserve.transform import image_from_pixels, to_model_input
 
 from .attention_quality import box_quality, chance_energy, map_quality, path_quality
 from .data import ModelBatch
-from .models import ServingGraph
+
+if TYPE_CHECKING:
+    from .onnx_export import ExportableGraph
 
 
 def canvases_to_input(
@@ -40,14 +42,15 @@ def canvases_to_input(
 
 
 @torch.no_grad()
-def run_graph(graph: ServingGraph, batch: ModelBatch, batch_size: int = 250) -> dict[str, Tensor]:
-    """Every named output of the serving graph for a batch, concatenated over chunks."""
+def run_graph(graph: ExportableGraph, batch: ModelBatch, batch_size: int = 250) -> dict[str, Tensor]:
+    """Every output of a serving graph (ours, or a captured one) for a batch, by the spec's
+    names, concatenated over chunks."""
     graph.eval()
-    chunks: dict[str, list[Tensor]] = {}
+    names = graph.spec.output_names
+    chunks: dict[str, list[Tensor]] = {name: [] for name in names}
     for start in range(0, len(batch), batch_size):
-        inputs = batch.inputs(slice(start, start + batch_size))
-        for name, value in graph.named_outputs(inputs).items():
-            chunks.setdefault(name, []).append(value)
+        for name, value in zip(names, graph(batch.inputs(slice(start, start + batch_size))), strict=True):
+            chunks[name].append(value)
     return {name: torch.cat(values) for name, values in chunks.items()}
 
 

@@ -26,17 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from torch import Tensor, nn
+from torch import nn
 
 from attnserve._io import atomic_open, atomic_write_text
 from attnserve.spec import AttentionKind, ModelSpec, Normalization, PreprocessSpec
 
+from .attention_quality import inside_boxes
 from .data import ModelBatch, Split, concatenate, model_batch
 from .data.photos import PHOTO_SPLITS, DigitsOnPhotos, photo_preprocess
 from .models import TrainingRecipe, TrainingStep
 from .models.photo_cbam import PHOTO_LABELS, CbamModule, CbamPool, PhotoCbamNet
 from .onnx_export import PARITY_TOLERANCE
-from .scoring import score, with_measured_quality
+from .scoring import run_graph, score, with_measured_quality
 from .training import TrainConfig, fit, training_record
 
 if TYPE_CHECKING:
@@ -164,18 +165,6 @@ def capture(model: PhotoCbamNet, preprocess: PreprocessSpec | None = None) -> Ca
 
 
 @torch.no_grad()
-def graph_outputs(graph: CapturedGraph, batch: ModelBatch, batch_size: int = 250) -> dict[str, Tensor]:
-    """Every named output of a captured graph for a batch, concatenated over chunks."""
-    graph.eval()
-    names = graph.spec.output_names
-    chunks: dict[str, list[Tensor]] = {name: [] for name in names}
-    for start in range(0, len(batch), batch_size):
-        for name, value in zip(names, graph(batch.inputs(slice(start, start + batch_size))), strict=True):
-            chunks[name].append(value)
-    return {name: torch.cat(values) for name, values in chunks.items()}
-
-
-@torch.no_grad()
 def accuracy(model: nn.Module, batch: ModelBatch, batch_size: int = 250) -> float:
     model.eval()
     predicted = [
@@ -188,9 +177,8 @@ def accuracy(model: nn.Module, batch: ModelBatch, batch_size: int = 250) -> floa
 def centre_pointing(boxes: NDArray[np.floating], size: tuple[int, int]) -> float:
     """The pointing game of a map that always peaks at the input's centre."""
     height, width = size
-    cx, cy = width / 2.0, height / 2.0
-    inside = (boxes[:, 0] <= cx) & (cx < boxes[:, 2]) & (boxes[:, 1] <= cy) & (cy < boxes[:, 3])
-    return round(float(inside.mean()), 4)
+    centres = np.tile([width / 2.0, height / 2.0], (len(boxes), 1))
+    return round(float(inside_boxes(centres, boxes).mean()), 4)
 
 
 def evaluate(
@@ -200,7 +188,7 @@ def evaluate(
     the baselines: a uniform map (its energy and its pointing chance, the box's share of the
     input) and a centre prior (a map peaking at the input's centre)."""
     spec = graph.spec
-    outputs = graph_outputs(graph, batch)
+    outputs = run_graph(graph, batch)
     result = score(outputs, batch, spec)
     result["baselines"] = {
         "uniform": {"pointing": result["chance_energy"], "energy": result["chance_energy"]},
@@ -367,7 +355,7 @@ def export_photo_model(
     photos, _ = photo_data(
         "test", PHOTO_PARITY_SAMPLES, seed=PHOTO_PARITY_SEED, preprocess=photo_preprocess()
     )
-    expected = graph_outputs(graph, photos)
+    expected = run_graph(graph, photos)
     session = ort.InferenceSession(str(result.model_dir / str(result.version) / "model.onnx"))
     names = list(graph.spec.output_names)
     served = session.run(names, {"image": photos.inputs().numpy()})

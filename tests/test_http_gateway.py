@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,6 +118,16 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
+def _open_page(browser: object, gateway: GatewayThread) -> tuple[Any, list[str]]:
+    """The page in a desktop-sized tab, and the script errors and console errors it raises."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(gateway.http_url + "/")
+    return page, errors
+
+
 def _status(page: object, prefix: str) -> None:
     page.wait_for_function(  # type: ignore[attr-defined]
         "p => document.getElementById('status').textContent.startsWith(p)", arg=prefix, timeout=30_000
@@ -127,11 +138,7 @@ def _status(page: object, prefix: str) -> None:
 def test_page_predicts_draws_and_switches_maps(
     gateway: GatewayThread, browser: object, tmp_path: Path
 ) -> None:
-    page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.goto(gateway.http_url + "/")
+    page, errors = _open_page(browser, gateway)
     page.wait_for_selector("#model option", state="attached")
     assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == SERVED
     assert page.input_value("#model") == "cbam"
@@ -174,11 +181,7 @@ def test_page_predicts_draws_and_switches_maps(
 
 @pytest.mark.browser
 def test_page_shows_a_segmentation_and_instances(gateway: GatewayThread, browser: object) -> None:
-    page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.goto(gateway.http_url + "/")
+    page, errors = _open_page(browser, gateway)
     page.wait_for_selector("#model option", state="attached")
     page.select_option("#model", "mask_rcnn")
     page.set_input_files("#file", str(SAMPLE))

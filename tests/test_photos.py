@@ -19,7 +19,8 @@ from attnserve.export.data.photos import (
     photo_preprocess,
 )
 from attnserve.export.repository import read_config
-from attnserve.export.train_photos import CHECKPOINT_DIR, NAME, capture, graph_outputs, load_photo_checkpoint
+from attnserve.export.scoring import run_graph
+from attnserve.export.train_photos import CHECKPOINT_DIR, NAME, capture, load_photo_checkpoint
 from attnserve.spec import SPEC_PARAMETER, ModelSpec
 from attnserve.transform import image_from_pixels
 
@@ -91,7 +92,7 @@ def test_the_served_model_is_the_checkpoint_with_its_spec() -> None:
     assert spec.primary_attention == "layer3_attn_spatial" and "cam" in spec.output_names
     dataset = DigitsOnPhotos("test", 4, seed=22)
     batch = model_batch([dataset[i] for i in range(len(dataset))], spec.preprocess)
-    expected = graph_outputs(graph, batch)
+    expected = run_graph(graph, batch)
     session = onnxruntime.InferenceSession(str(MODEL_DIR / "1" / "model.onnx"))
     served = session.run(list(spec.output_names), {spec.input_name: batch.inputs().numpy()})
     for name, value in zip(spec.output_names, served, strict=True):

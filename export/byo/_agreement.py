@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..gradcam import grad_cam_map, mean_correlation
 from ..models._cam import class_activation_maps
 from ._capture import CapturedGraph
 
@@ -107,15 +108,15 @@ def cam_agreement(graph: CapturedGraph, images: Tensor) -> CamAgreement:
     rows = torch.arange(len(classes))
     with torch.no_grad():
         cam = F.relu(class_activation_maps(features, head.classifier)[rows, classes])
-        at_pool = _grad_cam(features, gradients[0])
+        at_pool = grad_cam_map(features, gradients[0])
         pooled_diff = float((cam - at_pool).abs().max())
-        pooled_corr, _ = _mean_correlation(cam, at_pool)
+        pooled_corr = mean_correlation(cam, at_pool)
         if conv is None:
             return CamAgreement(len(images), head.pool_path, pooled_diff, pooled_corr, None, math.nan, 0.0, 0)
-        at_conv = _grad_cam(conv[1], gradients[1])
+        at_conv = grad_cam_map(conv[1], gradients[1])
         if at_conv.shape[-2:] != cam.shape[-2:]:
             at_conv = F.interpolate(at_conv[:, None], size=cam.shape[-2:], mode="bilinear")[:, 0]
-        conv_corr, flat = _mean_correlation(cam, at_conv)
+        conv_corr, flat = mean_correlation(cam, at_conv), _flat_maps(at_conv)
         same_peak = cam.flatten(1).argmax(1) == at_conv.flatten(1).argmax(1)
         peaks = same_peak & (at_conv.flatten(1).amax(1) > _ZERO)
     return CamAgreement(
@@ -147,24 +148,7 @@ def _last_convolution(
     return None
 
 
-def _grad_cam(activations: Tensor, gradients: Tensor | None) -> Tensor:
-    if gradients is None:  # the score does not depend on this layer
-        return torch.zeros(activations.shape[0], *activations.shape[-2:])
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * activations).sum(dim=1)).detach()
-
-
-def _mean_correlation(first: Tensor, second: Tensor) -> tuple[float, int]:
-    """Mean per-image Pearson correlation over images where both maps vary; and how many
-    images have a flat (constant) second map."""
-    values: list[float] = []
-    flat = 0
-    for a, b in zip(first.flatten(1).double(), second.flatten(1).double(), strict=True):
-        a, b = a - a.mean(), b - b.mean()
-        if float(b.norm()) <= _ZERO:
-            flat += 1
-            continue
-        if float(a.norm()) <= _ZERO:
-            continue
-        values.append(float((a @ b) / (a.norm() * b.norm())))
-    return (sum(values) / len(values) if values else math.nan), flat
+def _flat_maps(maps: Tensor) -> int:
+    """How many of N×h×w maps are constant (no correlation is defined with them)."""
+    centred = maps.flatten(1).double()
+    return int(((centred - centred.mean(dim=1, keepdim=True)).norm(dim=1) <= _ZERO).sum())

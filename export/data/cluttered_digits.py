@@ -191,7 +191,7 @@ class ClutteredDigits:
             f0y, f0x = int(cy * scale), int(cx * scale)
             extent = max(2, int(round(crop * scale)))
             fragment = fragment[f0y : f0y + extent, f0x : f0x + extent]
-            fy, fx = self._place_fragment(rng, fragment.shape, (top, left, digit_px), size)
+            fy, fx = _place_fragment(rng, fragment.shape, (top, left, digit_px), (size, size))
             region = canvas[fy : fy + fragment.shape[0], fx : fx + fragment.shape[1]]
             np.maximum(region, fragment, out=region)
 
@@ -209,26 +209,6 @@ class ClutteredDigits:
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         return DigitSample(canvas, int(targets[scan]), box, mask, scan, tuple(clutter_scans))
 
-    @staticmethod
-    def _place_fragment(
-        rng: np.random.Generator, shape: tuple[int, ...], digit: tuple[int, int, int], size: int
-    ) -> tuple[int, int]:
-        """A position for a clutter fragment that covers at most a third of it with the digit.
-
-        Clutter is there to distract, not to erase the digit: heavy overlap makes the label
-        unknowable, which measures nothing about attention.
-        """
-        top, left, digit_px = digit
-        height, width = shape
-        for _ in range(10):
-            fy = int(rng.integers(0, size - height + 1))
-            fx = int(rng.integers(0, size - width + 1))
-            overlap_y = max(0, min(fy + height, top + digit_px) - max(fy, top))
-            overlap_x = max(0, min(fx + width, left + digit_px) - max(fx, left))
-            if overlap_y * overlap_x * 3 <= height * width:
-                break
-        return fy, fx
-
     def batch(self, start: int = 0, stop: int | None = None) -> DigitBatch:
         """Samples ``start..stop`` stacked into arrays (canvases of one size only)."""
         stop = self.num_samples if stop is None else min(stop, self.num_samples)
@@ -240,6 +220,27 @@ class ClutteredDigits:
             masks=np.stack([s.mask for s in samples]),
             scan_indices=np.array([s.scan_index for s in samples], dtype=np.int64),
         )
+
+
+def _place_fragment(
+    rng: np.random.Generator, shape: tuple[int, ...], digit: tuple[int, int, int], canvas: tuple[int, int]
+) -> tuple[int, int]:
+    """A position on a ``canvas`` (height, width) for a clutter fragment that covers at most a
+    third of it with the digit's square (``digit``: top, left, side).
+
+    Clutter is there to distract, not to erase the digit: heavy overlap makes the label
+    unknowable, which measures nothing about attention.
+    """
+    top, left, digit_px = digit
+    height, width = shape
+    for _ in range(10):
+        fy = int(rng.integers(0, canvas[0] - height + 1))
+        fx = int(rng.integers(0, canvas[1] - width + 1))
+        overlap_y = max(0, min(fy + height, top + digit_px) - max(fy, top))
+        overlap_x = max(0, min(fx + width, left + digit_px) - max(fx, left))
+        if overlap_y * overlap_x * 3 <= height * width:
+            break
+    return fy, fx
 
 
 def digit_labels() -> tuple[str, ...]:

@@ -30,7 +30,16 @@ from PIL import Image
 
 from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
 
-from .cluttered_digits import _SPLIT_CODES, INK_THRESHOLD, SPLITS, DigitSample, Split, _distorted, _scans
+from .cluttered_digits import (
+    _SPLIT_CODES,
+    INK_THRESHOLD,
+    SPLITS,
+    DigitSample,
+    Split,
+    _distorted,
+    _place_fragment,
+    _scans,
+)
 
 PHOTO_SPLITS: dict[str, tuple[str, ...]] = {
     "train": (
@@ -285,23 +294,3 @@ def _fragment(scan: int, size: int, rng: np.random.Generator) -> NDArray[np.floa
     extent = max(2, int(round(size * int(rng.integers(3, 6)) / 8)))
     y0, x0 = (int(v) for v in rng.integers(0, size - extent + 1, size=2))
     return whole[y0 : y0 + extent, x0 : x0 + extent]
-
-
-def _place_fragment(
-    rng: np.random.Generator,
-    shape: tuple[int, ...],
-    digit: tuple[int, int, int],
-    canvas: tuple[int, int],
-) -> tuple[int, int]:
-    """A place for a fragment that the digit's square covers at most a third of (clutter is there
-    to distract, not to make the label unknowable)."""
-    top, left, digit_px = digit
-    height, width = shape
-    for _ in range(10):
-        fy = int(rng.integers(0, canvas[0] - height + 1))
-        fx = int(rng.integers(0, canvas[1] - width + 1))
-        overlap_y = max(0, min(fy + height, top + digit_px) - max(fy, top))
-        overlap_x = max(0, min(fx + width, left + digit_px) - max(fx, left))
-        if overlap_y * overlap_x * 3 <= height * width:
-            break
-    return fy, fx
