@@ -94,11 +94,22 @@ class Task(StrEnum):
     INSTANCE_SEGMENTATION = "instance_segmentation"
     """Detections, each a box, a score, a class (an index into `labels`) and a mask over its box →
     instances in original pixels (box, mask, polygons). Rows scored 0 are padding."""
+    CAPTIONING = "captioning"
+    """Generated words: token ids over `labels` (the vocabulary, `CAPTION_SPECIAL_TOKENS` first)
+    with each word's log-probability → the caption and its words with scores. The words end at
+    the first end (or padding) token; attention stacks with a `WORD_AXIS` are cut to the words."""
 
 
 DETECTION_AXIS = "detection"
 """The axis of detections: its length varies from image to image (dynamic in ONNX, -1 in
 Triton's config); padding rows, if any, have score 0."""
+
+WORD_AXIS = "word"
+"""The axis of generated words: its length is the graph's longest caption; the words of one
+answer are those before its first end token."""
+
+CAPTION_SPECIAL_TOKENS = ("<pad>", "<start>", "<end>")
+"""A captioner's first labels (token ids 0, 1, 2): padding, the start and the end of a caption."""
 
 TASK_OUTPUTS: dict[Task, dict[str, tuple[str, ...]]] = {
     Task.CLASSIFICATION: {"logits": ("class",)},
@@ -109,12 +120,15 @@ TASK_OUTPUTS: dict[Task, dict[str, tuple[str, ...]]] = {
         "classes": (DETECTION_AXIS,),
         "masks": (DETECTION_AXIS, "mask_y", "mask_x"),
     },
+    Task.CAPTIONING: {"tokens": (WORD_AXIS,), "word_scores": (WORD_AXIS,)},
 }
 """Each task's outputs by *role*, with their axes (without the batch axis). Boxes are (x0, y0, x1,
 y1) as fractions of the input's field of view (as attention boxes are); classes are float class
 indices; masks are probabilities over each detection's own box (mask_y, mask_x span the box), for
-the class detected; y, x span the input's field of view. A role's graph output is named as the
-role unless `ModelSpec.task_output_names` says otherwise (classification: `logits_name`)."""
+the class detected; y, x span the input's field of view. Tokens are float token ids (indices into
+`labels`, as classes are), word scores each word's log-probability given the words before it. A
+role's graph output is named as the role unless `ModelSpec.task_output_names` says otherwise
+(classification: `logits_name`)."""
 
 
 class AttentionKind(StrEnum):
@@ -231,6 +245,27 @@ class AuxiliaryOutput(_Frozen):
     description: str
 
 
+class InputOption(_Frozen):
+    """A request option the graph takes as an input of its own: one integer per image, fed as an
+    ``int64`` input named as the option (a captioner's beam size and longest caption). The
+    gateway checks it against the bounds and sends the default when a request leaves it out;
+    the graph itself clamps it into the bounds as well (Triton's warm-up sends zeros)."""
+
+    name: str
+    description: str
+    default: int
+    minimum: int
+    maximum: int
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> InputOption:
+        if not self.minimum <= self.default <= self.maximum:
+            raise ValueError(
+                f"option {self.name}: default {self.default} is outside {self.minimum}..{self.maximum}"
+            )
+        return self
+
+
 class ModelSpec(_Frozen):
     """Everything the gateway needs to serve a model; written into `config.pbtxt`."""
 
@@ -249,9 +284,15 @@ class ModelSpec(_Frozen):
     auxiliary_outputs: tuple[AuxiliaryOutput, ...] = ()
     primary_attention: str | None = Field(None, description="the map an overlay shows by default")
     primary_reason: str = ""
+    options: tuple[InputOption, ...] = Field(
+        (), description="request options the graph takes as inputs after the image, in order"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
+        option_names = [self.input_name, *(o.name for o in self.options)]
+        if len(set(option_names)) != len(option_names):
+            raise ValueError(f"input names repeat: {option_names}")
         names = [a.name for a in self.attention]
         outputs = [*self.task_outputs, *names, *(o.name for o in self.auxiliary_outputs)]
         if len(set(outputs)) != len(outputs):
@@ -264,7 +305,23 @@ class ModelSpec(_Frozen):
         least = 1 if self.task is Task.INSTANCE_SEGMENTATION else 2
         if len(self.labels) < least:
             raise ValueError(f"a {self.task.value} model needs at least {least} labels")
+        if (
+            self.task is Task.CAPTIONING
+            and self.labels[: len(CAPTION_SPECIAL_TOKENS)] != CAPTION_SPECIAL_TOKENS
+        ):
+            raise ValueError(f"a captioner's vocabulary (labels) starts with {CAPTION_SPECIAL_TOKENS}")
         return self
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Graph inputs in order: the image, then one per option."""
+        return (self.input_name, *(o.name for o in self.options))
+
+    def option(self, name: str) -> InputOption:
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise KeyError(name)
 
     def task_output(self, role: str) -> str:
         """The graph output that plays ``role`` in the task's answer (e.g. "logits", "boxes")."""
@@ -318,16 +375,7 @@ class ModelSpec(_Frozen):
                 raise ValueError(f"{name}: {shape} has no class axis of {len(self.labels)}")
             if BOX_AXIS in axes and shape[-1] != 4:
                 raise ValueError(f"{name}: boxes need 4 values (x0, y0, x1, y1), not {shape[-1]}")
-            counts = {shape[i] for i, axis in enumerate(axes) if axis == DETECTION_AXIS}
-            if len(counts) > 1:
-                raise ValueError(f"{name}: its detection axes differ in length: {shape}")
-        detections = {
-            dims[self.task_output(role)][0]
-            for role, axes in TASK_OUTPUTS[self.task].items()
-            if axes[:1] == (DETECTION_AXIS,)
-        }
-        if len(detections) > 1:
-            raise ValueError(f"the task's outputs disagree on the number of detections: {sorted(detections)}")
+        self._check_shared_axes(dims)
         for attention in self.attention:
             shape = dims[attention.name]
             if len(shape) != len(attention.axes):
@@ -336,6 +384,18 @@ class ModelSpec(_Frozen):
                 raise ValueError(f"{attention.name}: its class axis is not {len(self.labels)} long")
             if attention.is_located and shape[-1] != 4:
                 raise ValueError(f"{attention.name}: boxes need 4 values (x0, y0, x1, y1), not {shape[-1]}")
+
+    def _check_shared_axes(self, dims: dict[str, tuple[int, ...]]) -> None:
+        """Detections and words: every output with such an axis agrees on its length."""
+        for shared in (DETECTION_AXIS, WORD_AXIS):
+            lengths = {
+                dims[name][i]
+                for name in self.output_names
+                for i, axis in enumerate(self.output_axes(name))
+                if axis == shared and len(dims[name]) == len(self.output_axes(name))
+            }
+            if len(lengths) > 1:
+                raise ValueError(f"the outputs disagree on the number of {shared}s: {sorted(lengths)}")
 
     def attention_by_name(self, name: str) -> AttentionSpec:
         for attention in self.attention:

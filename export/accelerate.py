@@ -232,7 +232,7 @@ def check_accelerator_parity(
     )
     for seed, batch_size in enumerate(batch_sizes):
         inputs = inputs_for(batch_size, seed) if inputs_for else _noise(config, batch_size, seed)
-        feed = {config.input[0].name: inputs}
+        feed = {config.input[0].name: inputs, **_option_feed(config, batch_size, seed)}
         reference = cpu_session.run(output_names, feed)
         actual = target_session.run(output_names, feed)
         for name, want, got in zip(output_names, reference, actual, strict=True):
@@ -320,6 +320,17 @@ def _wheel_hint() -> str:
 def _noise(config: mc.ModelConfig, batch_size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.normal(size=(batch_size, *config.input[0].dims)).astype(np.float32)
+
+
+def _option_feed(config: mc.ModelConfig, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+    """The spec's input options (a captioner's beam size, ...) over their range, as export's
+    parity check feeds them; none for a model without a spec."""
+    if SPEC_PARAMETER not in config.parameters:
+        return {}
+    from .onnx_export import option_inputs
+
+    spec = ModelSpec.from_json(config.parameters[SPEC_PARAMETER].string_value)
+    return option_inputs(spec, batch_size, seed)
 
 
 def _registered_inputs(config: mc.ModelConfig) -> InputsFor | None:

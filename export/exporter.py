@@ -12,7 +12,15 @@ from attnserve.errors import InvalidInput
 from .accelerate import require_accelerator, verified_record
 from .checkpoint import export_spec, load_checkpoint
 from .models import ServingGraph, get_entry
-from .onnx_export import ExportableGraph, ParityError, ParityReport, check_parity, export_onnx, parity_inputs
+from .onnx_export import (
+    ExportableGraph,
+    ParityError,
+    ParityReport,
+    check_parity,
+    export_onnx,
+    option_tensors,
+    parity_inputs,
+)
 from .repository import ServingOptions, apply_accelerator, build_config, write_model
 from .scoring import with_measured_quality
 
@@ -90,5 +98,5 @@ def _output_dims(graph: ExportableGraph) -> dict[str, tuple[int, ...]]:
     spec = graph.spec
     example = torch.zeros(1, spec.preprocess.channels, *spec.preprocess.input_size)
     with torch.no_grad():
-        outputs = graph(example)
+        outputs = graph(example, *option_tensors(spec, 1))
     return {name: tuple(value.shape[1:]) for name, value in zip(spec.output_names, outputs, strict=True)}

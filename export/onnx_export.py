@@ -36,7 +36,7 @@ class ExportableGraph(Protocol):
     spec: ModelSpec
     model: nn.Module
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, ...]: ...
+    def __call__(self, images: Tensor, *options: Tensor) -> tuple[Tensor, ...]: ...
 
     def eval(self) -> Any: ...
 
@@ -67,11 +67,12 @@ class ParityReport:
 
 
 def export_onnx(graph: ExportableGraph) -> bytes:
-    """The serving graph as ONNX bytes: dynamic batch, outputs named as in the spec."""
+    """The serving graph as ONNX bytes: dynamic batch, inputs (the image, then the spec's
+    options) and outputs named as in the spec."""
     spec = graph.spec
     channels = spec.preprocess.channels
     height, width = spec.preprocess.input_size
-    example = torch.zeros(2, channels, height, width)
+    example = (torch.zeros(2, channels, height, width), *option_tensors(spec, 2))
     buffer = io.BytesIO()
     assert isinstance(graph, nn.Module)
     graph.eval()
@@ -79,9 +80,9 @@ def export_onnx(graph: ExportableGraph) -> bytes:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(
             graph,
-            (example,),
+            example,
             buffer,  # type: ignore[arg-type]  # file-like objects are accepted
-            input_names=[spec.input_name],
+            input_names=list(spec.input_names),
             output_names=list(spec.output_names),
             dynamic_axes=dynamic_axes(spec),
             opset_version=OPSET,
@@ -95,10 +96,28 @@ def export_onnx(graph: ExportableGraph) -> bytes:
 def dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
     """The batch axis of every input and output, and the axes whose length varies per image
     (detections), by name as ONNX wants them."""
-    axes: dict[str, dict[int, str]] = {spec.input_name: {0: "batch"}}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in spec.input_names}
     for name in spec.output_names:
         axes[name] = {0: "batch", **{1 + i: f"{name}_detections" for i in spec.dynamic_axes(name)}}
     return axes
+
+
+def option_tensors(spec: ModelSpec, batch_size: int) -> tuple[Tensor, ...]:
+    """Each input option at its default, (N, 1) int64, in the spec's order."""
+    return tuple(torch.full((batch_size, 1), option.default, dtype=torch.int64) for option in spec.options)
+
+
+def option_inputs(spec: ModelSpec, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Each input option for a parity batch, (N, 1) int64: the first image at the default, the
+    others drawn over the option's whole range (so a beam size of 1 and the largest are both
+    checked at batch 8)."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for option in spec.options:
+        values = rng.integers(option.minimum, option.maximum + 1, size=(batch_size, 1))
+        values[0] = option.default
+        feed[option.name] = values.astype(np.int64)
+    return feed
 
 
 def parity_inputs(graph: ExportableGraph, batch_size: int, seed: int) -> np.ndarray:
@@ -134,9 +153,10 @@ def check_parity(
     graph.eval()
     for seed, batch_size in enumerate(batch_sizes):
         inputs = parity_inputs(graph, batch_size, seed)
+        options = option_inputs(spec, batch_size, seed)
         with torch.no_grad():
-            expected = graph(torch.from_numpy(inputs))
-        actual = session.run(list(spec.output_names), {spec.input_name: inputs})
+            expected = graph(torch.from_numpy(inputs), *(torch.from_numpy(v) for v in options.values()))
+        actual = session.run(list(spec.output_names), {spec.input_name: inputs, **options})
         for name, want, got in zip(spec.output_names, expected, actual, strict=True):
             if tuple(want.shape) != got.shape:
                 raise ParityError(f"{name}: torch shape {tuple(want.shape)} vs onnxruntime {got.shape}")

@@ -149,6 +149,8 @@ def build_config(
     config.input.append(
         mc.ModelInput(name=spec.input_name, data_type=mc.TYPE_FP32, dims=[channels, height, width])
     )
+    for option in spec.options:  # one integer per image; the graph clamps it into its bounds
+        config.input.append(mc.ModelInput(name=option.name, data_type=mc.TYPE_INT64, dims=[1]))
     for output_name in spec.output_names:
         dims = list(output_dims[output_name])
         for axis in spec.dynamic_axes(output_name):
@@ -165,6 +167,10 @@ def build_config(
     warmup.inputs[spec.input_name].data_type = mc.TYPE_FP32
     warmup.inputs[spec.input_name].dims.extend([channels, height, width])
     warmup.inputs[spec.input_name].zero_data = True
+    for option in spec.options:
+        warmup.inputs[option.name].data_type = mc.TYPE_INT64
+        warmup.inputs[option.name].dims.append(1)
+        warmup.inputs[option.name].zero_data = True
     config.model_warmup.append(warmup)
     # Parameters read by NVIDIA's ONNX Runtime backend and by the local one alike.
     config.parameters["intra_op_thread_count"].string_value = str(options.intra_op_threads)

@@ -13,6 +13,7 @@ from attnserve.export.models import (
     list_models,
     register_model,
 )
+from attnserve.export.onnx_export import option_tensors
 from attnserve.spec import AttentionKind, Task
 
 CLASSIFIERS = [n for n in list_models() if get_spec(n).task is Task.CLASSIFICATION]
@@ -49,7 +50,7 @@ def test_every_model_answers_as_its_spec_says(name: str) -> None:
     spec = graph.spec
     images = torch.randn(2, spec.preprocess.channels, *spec.preprocess.input_size)
     with torch.no_grad():
-        outputs = graph.named_outputs(images)
+        outputs = graph.named_outputs(images, *option_tensors(spec, 2))
     assert set(outputs) == set(spec.output_names)
     assert all(value.shape[0] == 2 for value in outputs.values())
     spec.check_output_dims({name: tuple(value.shape[1:]) for name, value in outputs.items()})

@@ -19,7 +19,7 @@ def test_every_output_is_named_and_the_batch_is_dynamic(exported: tuple[ServingG
     graph, model_bytes = exported
     model = onnx.load_from_string(model_bytes)
     assert [o.name for o in model.graph.output] == list(graph.spec.output_names)
-    assert [i.name for i in model.graph.input] == [graph.spec.input_name]
+    assert [i.name for i in model.graph.input] == list(graph.spec.input_names)  # the image, then options
     for value in (*model.graph.input, *model.graph.output):
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
     for output in model.graph.output:  # detections: as many as each image has
@@ -57,8 +57,9 @@ def test_batch_sizes_give_the_same_per_image_answer(exported: tuple[ServingGraph
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     prep = graph.spec.preprocess
     images = np.random.default_rng(1).normal(size=(5, prep.channels, *prep.input_size)).astype(np.float32)
-    together = session.run(None, {graph.spec.input_name: images})
-    alone = session.run(None, {graph.spec.input_name: images[2:3]})
+    options = {o.name: np.full((5, 1), o.default, dtype=np.int64) for o in graph.spec.options}
+    together = session.run(None, {graph.spec.input_name: images, **options})
+    alone = session.run(None, {graph.spec.input_name: images[2:3], **{k: v[2:3] for k, v in options.items()}})
     for name, batch_output, single_output in zip(graph.spec.output_names, together, alone, strict=True):
         if graph.spec.dynamic_axes(name):  # detections padded to the batch's largest count
             rows = single_output.shape[1]

@@ -1,5 +1,6 @@
-"""The serving graph: what is exported, ``images -> (task outputs, *attention maps)``, every
-output named as in the model's spec.
+"""The serving graph: what is exported, ``images, *options -> (task outputs, *attention maps)``,
+every output named as in the model's spec; ``options`` are the spec's input options (a
+captioner's beam size and longest caption), one (N, 1) int64 tensor each, passed to the model.
 
 It wraps any registered model. A model whose head is global average pooling + linear gets the
 in-graph class activation map (`_cam`) as one more output; any other model returns its outputs
@@ -38,14 +39,14 @@ class ServingGraph(nn.Module):
         self.spec = serving_spec(spec, model)
         self.with_cam = CAM_OUTPUT in {a.name for a in self.spec.attention}
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        outputs = self.named_outputs(images)
+    def forward(self, images: Tensor, *options: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.named_outputs(images, *options)
         return tuple(outputs[name] for name in self.spec.output_names)
 
-    def named_outputs(self, images: Tensor) -> dict[str, Tensor]:
+    def named_outputs(self, images: Tensor, *options: Tensor) -> dict[str, Tensor]:
         model = self.model
         if not has_gap_linear_head(model):
-            result = model(images)
+            result = model(images, *options)
             if not isinstance(result, dict):
                 raise TypeError("a model without a GAP + linear head must return a dict of outputs")
             return result
