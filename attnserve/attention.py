@@ -47,3 +47,19 @@ def select_leading(
         values = values[(slice(None),) * kept + (index,)]  # type: ignore[index]
         taken[axis] = index
     return values, taken
+
+
+def cut_leading(
+    attention: AttentionSpec, values: A, taken: Mapping[str, int], extent: Mapping[str, int]
+) -> A:
+    """``values`` as `select_leading` returned them (``taken``: the axes it indexed away) with each
+    remaining leading axis named in ``extent`` cut to its first ``extent[axis]`` entries: the
+    part of a stack an answer has (a caption's words, not the graph's padding after them)."""
+    kept = 0  # axes before the current one that are still in `values`
+    for axis in attention.leading_axes:
+        if axis in taken:
+            continue
+        if axis in extent:
+            values = values[(slice(None),) * kept + (slice(0, max(extent[axis], 0)),)]  # type: ignore[index]
+        kept += 1
+    return values

@@ -20,6 +20,7 @@ from attnserve.model_info import ListedModel, ModelStatus
 from attnserve.prediction import (
     AttentionMap,
     Box,
+    Caption,
     ClassArea,
     ClassScore,
     Glimpse,
@@ -32,6 +33,7 @@ from attnserve.prediction import (
     PredictionRequest,
     Segmentation,
     Timings,
+    Word,
 )
 from attnserve.spec import AttentionKind
 from attnserve.v1 import attnserve_pb2 as pb
@@ -181,12 +183,19 @@ def request_to_proto(request: PredictionRequest) -> pb.PredictRequest:
     if request.image_quality is not None:
         options.image_quality = request.image_quality
     options.map_dtype = map_dtype_to_proto(request.map_dtype)
-    if request.score_threshold is not None or request.max_instances or request.task_overlay:
+    if (
+        request.score_threshold is not None
+        or request.max_instances
+        or request.task_overlay
+        or request.model_options
+    ):
         task = message.task  # set only when used: a classifier's request is the message it always was
         if request.score_threshold is not None:
             task.score_threshold = request.score_threshold
         task.max_instances = request.max_instances
         task.overlay = request.task_overlay
+        for name, value in request.model_options:
+            task.options[name] = value
     return message
 
 
@@ -227,6 +236,7 @@ def request_from_proto(message: pb.PredictRequest) -> PredictionRequest:
         score_threshold=message.task.score_threshold if message.task.HasField("score_threshold") else None,
         max_instances=message.task.max_instances,
         task_overlay=message.task.overlay,
+        model_options=tuple(sorted(message.task.options.items())),
     )
 
 
@@ -252,6 +262,8 @@ def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
         else "",
         instances=[_instance_to_proto(instance) for instance in prediction.instances],
     )
+    if (caption := prediction.caption) is not None:
+        response.caption.CopyFrom(_caption_to_proto(caption))
     if (segmentation := prediction.segmentation) is not None:
         response.segmentation.CopyFrom(
             pb.Segmentation(
@@ -340,10 +352,33 @@ def prediction_from_proto(response: pb.PredictResponse) -> Prediction:
         if response.HasField("segmentation")
         else None,
         instances=[_instance_from_proto(instance) for instance in response.instances],
+        caption=_caption_from_proto(response.caption) if response.HasField("caption") else None,
         task_overlay=response.task_overlay,
         task_overlay_encoding=ImageEncoding(response.task_overlay_encoding)
         if response.task_overlay_encoding
         else None,
+    )
+
+
+def _caption_to_proto(caption: Caption) -> pb.Caption:
+    message = pb.Caption(
+        text=caption.text, log_prob=caption.log_prob, max_length_reached=caption.max_length_reached
+    )
+    for word in caption.words:
+        entry = message.words.add(text=word.text, index=word.index, score=word.score, log_prob=word.log_prob)
+        if word.peak is not None:
+            entry.peak.x, entry.peak.y = word.peak
+    return message
+
+
+def _caption_from_proto(caption: pb.Caption) -> Caption:
+    return Caption(
+        words=[
+            Word(w.text, w.index, w.log_prob, (w.peak.x, w.peak.y) if w.HasField("peak") else None)
+            for w in caption.words
+        ],
+        log_prob=caption.log_prob,
+        max_length_reached=caption.max_length_reached,
     )
 
 
@@ -430,6 +465,16 @@ def model_info_to_proto(model: ListedModel) -> pb.ModelInfo:
         primary_reason=spec.primary_reason,
         max_batch_size=model.max_batch_size,
         reason=model.reason,
+        options=[
+            pb.ModelOption(
+                name=o.name,
+                description=o.description,
+                default_value=o.default,
+                minimum=o.minimum,
+                maximum=o.maximum,
+            )
+            for o in spec.options
+        ],
     )
     for attention in spec.attention:
         norm = attention.normalization

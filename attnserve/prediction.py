@@ -105,7 +105,10 @@ class PredictionRequest:
     max_instances: int = 0
     """Instance segmentation: at most this many, best first; 0: the gateway's limit."""
     task_overlay: bool = False
-    """Segmentation and instances: also draw the answer on the image."""
+    """Segmentation, instances and captions: also draw the answer on the image."""
+    model_options: tuple[tuple[str, int], ...] = ()
+    """The model's own options (`attnserve.spec.InputOption`) as (name, value) pairs, e.g. a
+    captioner's ``beam_size``; left out: the default."""
 
 
 @dataclass
@@ -241,6 +244,39 @@ def _decode_grey_png(data: bytes) -> NDArray[np.uint8]:
 
 
 @dataclass
+class Word:
+    """Captioning: one generated word."""
+
+    text: str
+    index: int
+    """Its token id (an index into the model's vocabulary, its labels)."""
+    log_prob: float
+    """Its natural log-probability given the image and the words before it."""
+    peak: tuple[float, float] | None = None
+    """(x, y) where its attention map peaks, in original image pixels."""
+
+    @property
+    def score(self) -> float:
+        """Its probability."""
+        return float(np.exp(self.log_prob))
+
+
+@dataclass
+class Caption:
+    """Captioning's answer."""
+
+    words: list[Word]
+    log_prob: float
+    """The caption's: its words' and its end token's log-probabilities summed."""
+    max_length_reached: bool = False
+    """Ended by the request's ``max_length`` rather than by the model."""
+
+    @property
+    def text(self) -> str:
+        return " ".join(word.text for word in self.words)
+
+
+@dataclass
 class Timings:
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
@@ -270,6 +306,8 @@ class Prediction:
     """Semantic segmentation's answer."""
     instances: list[Instance] = field(default_factory=list)
     """Instance segmentation's answer, best first."""
+    caption: Caption | None = None
+    """Captioning's answer."""
     task_overlay: bytes = b""
     """The answer drawn on the image, when asked, encoded as `task_overlay_encoding` says."""
     task_overlay_encoding: ImageEncoding | None = None

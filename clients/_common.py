@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -63,7 +63,11 @@ class PredictOptions(TypedDict, total=False):
     max_instances: int
     """Instance segmentation: at most this many instances; 0: the gateway's limit (100)."""
     task_overlay: bool
-    """Segmentation and instances: also return the answer drawn on the image (``task_overlay``)."""
+    """Segmentation, instances and captions: also return the answer drawn on the image
+    (``task_overlay``; a caption's is one tile per word)."""
+    model_options: Mapping[str, int]
+    """The model's own options by name (its ``ModelInfo.options``), e.g. a captioner's
+    ``{"beam_size": 1, "max_length": 8}``; left out: the model's defaults."""
     image_quality: int | None
     """Quality of jpeg or webp, 1–100; None: 85 for jpeg, 80 for webp."""
     map_dtype: MapDType | str
@@ -165,6 +169,7 @@ def prediction_request(
     score_threshold: float | None = None,
     max_instances: int = 0,
     task_overlay: bool = False,
+    model_options: Mapping[str, int] | None = None,
 ) -> PredictionRequest:
     """The domain request for one image; a file that cannot be read, an unknown form, encoding
     or dtype is `InvalidInput` (ranges are the gateway's to check)."""
@@ -204,6 +209,7 @@ def prediction_request(
         score_threshold=score_threshold,
         max_instances=max_instances,
         task_overlay=task_overlay,
+        model_options=tuple(sorted((str(k), int(v)) for k, v in (model_options or {}).items())),
     )
 
 

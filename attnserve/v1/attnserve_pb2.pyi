@@ -110,14 +110,49 @@ class PredictRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., attention: _Optional[_Union[AttentionOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., task: _Optional[_Union[TaskOptions, _Mapping]] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("score_threshold", "max_instances", "overlay")
+    __slots__ = ("score_threshold", "max_instances", "overlay", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MAX_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     score_threshold: float
     max_instances: int
     overlay: bool
-    def __init__(self, score_threshold: _Optional[float] = ..., max_instances: _Optional[int] = ..., overlay: _Optional[bool] = ...) -> None: ...
+    options: _containers.ScalarMap[str, int]
+    def __init__(self, score_threshold: _Optional[float] = ..., max_instances: _Optional[int] = ..., overlay: _Optional[bool] = ..., options: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class Word(_message.Message):
+    __slots__ = ("text", "index", "score", "log_prob", "peak")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LOG_PROB_FIELD_NUMBER: _ClassVar[int]
+    PEAK_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    index: int
+    score: float
+    log_prob: float
+    peak: Point
+    def __init__(self, text: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[float] = ..., log_prob: _Optional[float] = ..., peak: _Optional[_Union[Point, _Mapping]] = ...) -> None: ...
+
+class Caption(_message.Message):
+    __slots__ = ("text", "words", "log_prob", "max_length_reached")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    LOG_PROB_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_REACHED_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    words: _containers.RepeatedCompositeFieldContainer[Word]
+    log_prob: float
+    max_length_reached: bool
+    def __init__(self, text: _Optional[str] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., log_prob: _Optional[float] = ..., max_length_reached: _Optional[bool] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("index", "label", "score")
@@ -284,7 +319,7 @@ class ImageInfo(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "model_version", "predictions", "attention", "timings", "image", "request_id", "task", "segmentation", "instances", "task_overlay", "task_overlay_encoding")
+    __slots__ = ("model", "model_version", "predictions", "attention", "timings", "image", "request_id", "task", "segmentation", "instances", "task_overlay", "task_overlay_encoding", "caption")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +332,7 @@ class PredictResponse(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     TASK_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     TASK_OVERLAY_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     predictions: _containers.RepeatedCompositeFieldContainer[ClassScore]
@@ -309,7 +345,8 @@ class PredictResponse(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     task_overlay: bytes
     task_overlay_encoding: str
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMap, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., task_overlay: _Optional[bytes] = ..., task_overlay_encoding: _Optional[str] = ...) -> None: ...
+    caption: Caption
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMap, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., task_overlay: _Optional[bytes] = ..., task_overlay_encoding: _Optional[str] = ..., caption: _Optional[_Union[Caption, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -419,7 +456,7 @@ class PreprocessInfo(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., color_mode: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize_mode: _Optional[str] = ..., pad_value: _Optional[float] = ..., crop_pct: _Optional[float] = ..., interpolation: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "ready", "architecture", "description", "task", "labels", "inputs", "outputs", "attention", "preprocess", "primary_attention", "primary_reason", "max_batch_size", "reason")
+    __slots__ = ("name", "version", "ready", "architecture", "description", "task", "labels", "inputs", "outputs", "attention", "preprocess", "primary_attention", "primary_reason", "max_batch_size", "reason", "options")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +472,7 @@ class ModelInfo(_message.Message):
     PRIMARY_REASON_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     ready: bool
@@ -450,4 +488,19 @@ class ModelInfo(_message.Message):
     primary_reason: str
     max_batch_size: int
     reason: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., architecture: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionInfo, _Mapping]]] = ..., preprocess: _Optional[_Union[PreprocessInfo, _Mapping]] = ..., primary_attention: _Optional[str] = ..., primary_reason: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    options: _containers.RepeatedCompositeFieldContainer[ModelOption]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., architecture: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionInfo, _Mapping]]] = ..., preprocess: _Optional[_Union[PreprocessInfo, _Mapping]] = ..., primary_attention: _Optional[str] = ..., primary_reason: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., reason: _Optional[str] = ..., options: _Optional[_Iterable[_Union[ModelOption, _Mapping]]] = ...) -> None: ...
+
+class ModelOption(_message.Message):
+    __slots__ = ("name", "description", "default_value", "minimum", "maximum")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    default_value: int
+    minimum: int
+    maximum: int
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_value: _Optional[int] = ..., minimum: _Optional[int] = ..., maximum: _Optional[int] = ...) -> None: ...

@@ -88,10 +88,9 @@ def task_answer_bytes(spec: ModelSpec, task: TaskOptions, size: tuple[int, int],
     """A drawn task answer's images at the render ``size``: a segmentation's label PNG (at most
     a byte a pixel) and the overlay, when asked (counted as an attention overlay is). Instance
     masks are small PNGs of their boxes, counted with the label image's byte a pixel."""
-    if not task_draws(spec.task):
-        return 0
     pixels = size[0] * size[1]
-    return pixels + (math.ceil(png_bytes * pixels) if task.overlay else 0)
+    labels = pixels if task_draws(spec.task) else 0
+    return labels + (math.ceil(png_bytes * pixels) if task.overlay else 0)
 
 
 def task_render_bytes(
@@ -101,7 +100,7 @@ def task_render_bytes(
     mask, its PNG: 6 bytes a pixel at most, one instance at a time); a segmentation's labels and
     their PNG at the render size (its scores go in 64-row strips); the overlay keeps the image
     and draws a copy (7 bytes a rendered pixel); the answer held three times at its peak."""
-    if not task_draws(spec.task):
+    if not task_draws(spec.task) and not task.overlay:
         return 0
     rendered = size[0] * size[1]
     drawing = 6 * original[0] * original[1] + 3 * rendered + (7 * rendered if task.overlay else 0)
@@ -118,7 +117,7 @@ def estimate_cost(
 ) -> Cost:
     """The memory a request needs from its header (``None``: a tensor input, small)."""
     task = task or TaskOptions()
-    draws = attention.draws or task_draws(spec.task)
+    draws = attention.draws or task_draws(spec.task) or task.overlay
     if header is None:
         size = (spec.preprocess.input_size[1], spec.preprocess.input_size[0])
         render = render_bytes(spec, attention, size) if attention.draws else 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,7 +50,7 @@ class InferenceBackend(Protocol):
         self,
         model: str,
         version: str,
-        inputs: Mapping[str, NDArray[np.float32]],
+        inputs: Mapping[str, NDArray[Any]],
         outputs: list[str],
         timeout_s: float,
         request_id: str = "",

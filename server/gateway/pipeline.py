@@ -40,7 +40,7 @@ from .backend import InferenceBackend
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
 from .outputs import check_output_shapes
-from .postprocess import AttentionRequest, TaskOptions, postprocess, task_draws
+from .postprocess import AttentionRequest, TaskOptions, postprocess, task_draws, task_inputs
 from .postprocess.tasks import DEFAULT_SCORE_THRESHOLD, MAX_INSTANCES
 from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 from .render import ImageEncoder
@@ -98,7 +98,30 @@ def resolve_task_options(request: PredictionRequest, spec: ModelSpec, top_k_limi
         score_threshold=threshold,
         max_instances=request.max_instances or MAX_INSTANCES,
         overlay=request.task_overlay,
+        model_options=resolve_model_options(request.model_options, spec),
     )
+
+
+def resolve_model_options(given: tuple[tuple[str, int], ...], spec: ModelSpec) -> dict[str, int]:
+    """The model's own options (`attnserve.spec.InputOption`): each one given checked against its
+    bounds, every other one at its default; an option the model lacks is refused by name."""
+    known = {option.name: option for option in spec.options}
+    values = {name: option.default for name, option in known.items()}
+    for name, value in given:
+        option = known.get(name)
+        if option is None:
+            offered = (
+                "its options: " + ", ".join(f"{o.name} ({o.minimum}–{o.maximum})" for o in spec.options)
+                if spec.options
+                else "it takes none"
+            )
+            raise InvalidInput(f"this model has no option {shorten(name)}; {offered}")
+        if not option.minimum <= value <= option.maximum:
+            raise InvalidInput(
+                f"option {name} must be {option.minimum}–{option.maximum} ({option.description}), got {value}"
+            )
+        values[name] = value
+    return values
 
 
 def resolve_attention(request: PredictionRequest, spec: ModelSpec) -> AttentionRequest:
@@ -293,11 +316,14 @@ class Pipeline:
                 if remaining <= 0:
                     raise DeadlineExceeded("the deadline passed during preprocessing")
                 timeout = min(timeout, remaining)
-            wanted = [*spec.task_outputs, *attention.maps]
+            wanted = list(dict.fromkeys([*task_inputs(spec), *attention.maps]))
+            inputs = {spec.input_name: prepared.tensor[None]}
+            for name, value in options.model_options.items():
+                inputs[name] = np.array([[value]], dtype=np.int64)
             outputs = await self.backend.infer(
                 model.name,
                 request.model_version,
-                {spec.input_name: prepared.tensor[None]},
+                inputs,
                 wanted,
                 timeout,
                 request.request_id,
@@ -312,7 +338,7 @@ class Pipeline:
                     "normalised pixels (see the model's preprocessing mean and std)"
                 )
             work = (first, spec, geometry, options, attention, prepared.image, render_size)
-            if attention.draws or task_draws(spec.task):
+            if attention.draws or task_draws(spec.task) or options.overlay:
                 answer = await loop.run_in_executor(executor, postprocess, *work)
             else:  # numbers only (cbam's 8 maps raw: ~0.4 ms): cheaper here than a thread hand-off
                 answer = postprocess(*work)
@@ -335,6 +361,7 @@ class Pipeline:
                 task=spec.task.value,
                 segmentation=answer.task.segmentation,
                 instances=answer.task.instances,
+                caption=answer.task.caption,
                 task_overlay=answer.task.overlay,
                 task_overlay_encoding=answer.task.overlay_encoding,
             )

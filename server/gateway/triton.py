@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
@@ -124,7 +125,7 @@ class TritonBackend:
         self,
         model: str,
         version: str,
-        inputs: Mapping[str, NDArray[np.float32]],
+        inputs: Mapping[str, NDArray[Any]],
         outputs: list[str],
         timeout_s: float,
         request_id: str = "",

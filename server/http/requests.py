@@ -37,7 +37,17 @@ class OptionField:
 
     @property
     def repeated(self) -> bool:
-        return bool(self.field.label == FieldDescriptor.LABEL_REPEATED)
+        return bool(self.field.label == FieldDescriptor.LABEL_REPEATED) and not self.mapping
+
+    @property
+    def mapping(self) -> bool:
+        """A map field (a model's own options): given as ``NAME=VALUE`` pairs, comma-separated
+        or one parameter each (``options=beam_size=1&options=max_length=8``)."""
+        return _is_map(self.field)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
 def _leaf_fields(descriptor: Descriptor, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -46,7 +56,7 @@ def _leaf_fields(descriptor: Descriptor, prefix: tuple[str, ...] = ()) -> list[t
         if not prefix and field.name in _NOT_OPTIONS:
             continue
         path = (*prefix, field.name)
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
             leaves.extend(_leaf_fields(field.message_type, path))
         else:
             leaves.append((path, field))
@@ -112,7 +122,16 @@ def options_from_params(params: list[tuple[str, str]]) -> dict[str, Any]:
         for part in option.path[:-1]:
             node = node.setdefault(part, {})
         leaf = option.path[-1]
-        if option.repeated:
+        if option.mapping:
+            entries = node.setdefault(leaf, {})
+            for pair in (p for p in value.split(",") if p.strip()):
+                key, separator, item = pair.partition("=")
+                if not separator or not key.strip():
+                    raise InvalidInput(
+                        f"option {name!r} takes NAME=VALUE pairs (e.g. beam_size=1), not {pair!r}"
+                    )
+                entries[key.strip()] = item.strip()
+        elif option.repeated:
             node.setdefault(leaf, []).extend(_scalar(option, v) for v in value.split(",") if v.strip())
         elif leaf in node:
             raise InvalidInput(f"option {name!r} is given more than once")

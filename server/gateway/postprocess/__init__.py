@@ -2,7 +2,7 @@
 
 Pure functions of (outputs, spec, geometry, request); the image is only needed for overlays.
 The task's postprocessor is chosen by ``spec.task`` and each map's builder by its attention
-kind, both through registries (`tasks` with `segmentation` and `instances`, `attention`).
+kind, both through registries (`tasks` with `segmentation`, `instances` and `captions`, `attention`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from attnserve.prediction import AttentionMap
 from attnserve.spec import ModelSpec
 from attnserve.transform import ResizeGeometry
 
-from . import instances, segmentation  # noqa: F401  (register their tasks)
+from . import captions, instances, segmentation  # noqa: F401  (register their tasks)
 from .attention import AttentionRequest, MapContext, build_attention_map, register_attention_kind
 from .display import DisplayMap, to_display
 from .tasks import (
@@ -28,6 +28,7 @@ from .tasks import (
     register_task,
     softmax,
     task_draws,
+    task_inputs,
     task_postprocessor,
     top_k,
 )
@@ -54,7 +55,7 @@ def postprocess(
     ``image`` which must be that size."""
     task_context = TaskContext(options, geometry, request.encoder, image, render_size)
     result = task_postprocessor(spec.task)(outputs, spec, task_context)
-    context = MapContext(geometry, request, result.selection, spec.labels, image, render_size)
+    context = MapContext(geometry, request, result.selection, spec.labels, image, render_size, result.extent)
     maps = [
         build_attention_map(spec.attention_by_name(name), outputs[name], context) for name in request.maps
     ]
@@ -75,6 +76,7 @@ __all__ = [
     "register_task",
     "softmax",
     "task_draws",
+    "task_inputs",
     "to_display",
     "top_k",
 ]

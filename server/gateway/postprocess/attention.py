@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from attnserve.attention import select_leading
+from attnserve.attention import cut_leading, select_leading
 from attnserve.errors import InvalidInput
 from attnserve.prediction import IMAGE_FORMS, AttentionMap, Box, Glimpse, MapDType, MapForm
 from attnserve.spec import AttentionKind, AttentionSpec
@@ -67,6 +67,8 @@ class MapContext:
     """The oriented original (RGB) at `render_size`, present when an overlay was asked for."""
     render_size: tuple[int, int] | None = None
     """(width, height) of the image forms; None: the original's size."""
+    extent: Mapping[str, int] = field(default_factory=dict)
+    """Leading axes the answer cuts short (`TaskResult.extent`), by name."""
 
     @property
     def rendered(self) -> tuple[int, int]:
@@ -103,6 +105,7 @@ def build_attention_map(
     if builder is None:
         raise InvalidInput(f"this gateway cannot build {attention.kind.value} attention ({attention.name})")
     selected, taken = select_leading(attention, values, context.selection)
+    selected = cut_leading(attention, selected, taken, context.extent)
     class_index = taken.get("class")
     result = AttentionMap(
         name=attention.name,
@@ -154,8 +157,10 @@ def spatial_map(
     display values share one normalisation, so tiles compare, and its peak is the highest
     cell's, in the tile that holds it. Deeper stacks come back raw only.
     """
+    if values.size == 0:  # a stack cut to nothing (a caption of no words): nothing to show
+        return result
     _with_display(result, stats := display_stats(values, attention.normalization))
-    if values.ndim not in (2, 3) or values.size == 0:
+    if values.ndim not in (2, 3):
         return result
     stack = values if values.ndim == 3 else values[None]
     strongest = int(np.argmax(stack.reshape(len(stack), -1).max(axis=1)))

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from attnserve.errors import InvalidInput
-from attnserve.prediction import ClassScore, ImageEncoding, Instance, Segmentation
+from attnserve.prediction import Caption, ClassScore, ImageEncoding, Instance, Segmentation
 from attnserve.spec import ModelSpec, Task
 from attnserve.transform import ResizeGeometry
 
@@ -41,7 +41,9 @@ class TaskOptions:
     """Instances: the lowest score kept."""
     max_instances: int = MAX_INSTANCES
     overlay: bool = False
-    """Draw the answer on the image (segmentation, instances)."""
+    """Draw the answer on the image (segmentation, instances, captions)."""
+    model_options: Mapping[str, int] = field(default_factory=dict)
+    """The model's own options (the spec's `InputOption`s), every one resolved to its value."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class TaskResult:
     """Index to show on leading attention axes, by axis name (e.g. ``{"class": 6}``)."""
     segmentation: Segmentation | None = None
     instances: list[Instance] = field(default_factory=list)
+    caption: Caption | None = None
+    extent: dict[str, int] = field(default_factory=dict)
+    """How many entries of a leading attention axis belong to the answer, by axis name (e.g.
+    ``{"word": 7}``: the caption's words); the rest of the stack is cut off."""
     overlay: bytes = b""
     """The answer drawn on the image, when asked."""
     overlay_encoding: ImageEncoding | None = None
@@ -83,19 +89,21 @@ P = TypeVar("P", bound=TaskPostprocessor)
 class _Registered:
     postprocessor: TaskPostprocessor
     draws: bool
+    reads_primary: bool
 
 
 _TASKS: dict[Task, _Registered] = {}
 
 
-def register_task(task: Task, *, draws: bool = False) -> Callable[[P], P]:
+def register_task(task: Task, *, draws: bool = False, reads_primary: bool = False) -> Callable[[P], P]:
     """Registers the postprocessor of ``task``; ``draws``: its answer holds images (rendering
-    work, admitted as such)."""
+    work, admitted as such); ``reads_primary``: its answer reads the primary attention output
+    (a caption's word peaks), which is then fetched whatever maps the request asks for."""
 
     def decorate(postprocessor: P) -> P:
         if task in _TASKS:
             raise ValueError(f"a postprocessor for the task {task.value!r} is registered already")
-        _TASKS[task] = _Registered(postprocessor, draws)
+        _TASKS[task] = _Registered(postprocessor, draws, reads_primary)
         return postprocessor
 
     return decorate
@@ -115,6 +123,15 @@ def task_postprocessor(task: Task) -> TaskPostprocessor:
 def task_draws(task: Task) -> bool:
     """Whether the task's answer holds images (drawn whatever the attention request)."""
     return _registered(task).draws
+
+
+def task_inputs(spec: ModelSpec) -> tuple[str, ...]:
+    """The graph outputs the task's postprocessor reads: its roles', and the primary attention
+    output where it reads that too."""
+    extra = (
+        (spec.primary_attention,) if _registered(spec.task).reads_primary and spec.primary_attention else ()
+    )
+    return (*spec.task_outputs, *extra)
 
 
 def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
