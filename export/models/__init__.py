@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registers their architectures)
     ram,
     ran,
     se,
+    show_attend_tell,
 )
 from ._cam import CAM_OUTPUT, has_gap_linear_head
 from ._registry import ModelEntry, create_model, get_entry, get_spec, list_models, register_model
