@@ -291,8 +291,21 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
             pictures=PictureRequest(args.map, args.overlay, args.heatmap, map_overlay=args.map_overlay),
             as_json=args.json,
             image_encoding=args.image_encoding or encoding_for(args.overlay, args.heatmap, args.map_overlay),
+            model_options=_model_options(args.option),
         )
     return 0
+
+
+def _model_options(pairs: Sequence[str]) -> dict[str, int]:
+    """``NAME=VALUE`` flags → options; a malformed one is `InvalidInput` (exit 2)."""
+    options: dict[str, int] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            options[name.strip()] = int(value)
+        except ValueError:
+            raise InvalidInput(f"--option wants NAME=INTEGER (e.g. beam_size=1), got {pair!r}") from None
+    return options
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -528,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay",
         type=Path,
         help="write the answer drawn on the image here (.png, .jpg, .webp): a classifier's attention "
-        "overlay; a segmentation's classes or the instances' masks and boxes",
+        "overlay; a segmentation's classes, the instances' masks and boxes, or a caption's tiles (one "
+        "per word, with where it looked)",
     )
     sub.add_argument(
         "--map-overlay", type=Path, help="write the attention map's overlay here (segmentation and instances)"
@@ -540,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoding of the overlay and heatmap (default: from the file name's suffix, else png)",
     )
     sub.add_argument("--map", default="primary", help="map to draw (default: the model's primary map)")
+    sub.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a model's own option (`attnserve models` lists them), e.g. beam_size=1; repeatable",
+    )
     _add_client_flags(sub)
 
     sub = command(

@@ -8,6 +8,7 @@ lossless JSON of an answer is `attnserve.codec.prediction_to_json`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def predict_to_console(
     pictures: PictureRequest = PictureRequest(),
     as_json: bool = False,
     image_encoding: str = "png",
+    model_options: Mapping[str, int] | None = None,
 ) -> Prediction:
     """Predicts ``image`` with every map raw, writes the asked pictures (encoded as
     ``image_encoding``: png, jpeg or webp), prints the result."""
@@ -82,6 +84,7 @@ def predict_to_console(
         target_class=target_class,
         image_encoding=image_encoding,
         task_overlay=drawn_answer,
+        model_options=model_options or {},
     )
     rendered = next((a for a in prediction.attention if a.overlay_png or a.heatmap_png), None)
     written: list[tuple[Path, str]] = []
@@ -126,6 +129,12 @@ def print_prediction(prediction: Prediction, source: str, primary: str) -> None:
             f"  segmentation {segmentation.width}×{segmentation.height}: "
             + ", ".join(f"{a.label} {a.share:.1%}" for a in segmentation.areas)
         )
+    if (caption := prediction.caption) is not None:
+        ended = " (max_length reached)" if caption.max_length_reached else ""
+        print(f'  caption: "{caption.text}"{ended}  log-probability {caption.log_prob:.3f}')
+        for word in caption.words:
+            where = f"  looked at ({word.peak[0]:.1f}, {word.peak[1]:.1f}) px" if word.peak else ""
+            print(f"    {word.text:<8} {word.score:.3f}{where}")
     if prediction.task == "instance_segmentation":
         print(f"  {len(prediction.instances)} instance{'' if len(prediction.instances) == 1 else 's'}")
         for instance in prediction.instances:
@@ -211,6 +220,21 @@ def summary_json(prediction: Prediction) -> dict[str, Any]:
                 for a in segmentation.areas
             ],
         }
+    if (caption := prediction.caption) is not None:
+        document["caption"] = {
+            "text": caption.text,
+            "log_prob": round(caption.log_prob, 6),
+            "max_length_reached": caption.max_length_reached,
+            "words": [
+                {
+                    "text": w.text,
+                    "index": w.index,
+                    "score": round(w.score, 6),
+                    "peak": None if w.peak is None else [round(w.peak[0], 2), round(w.peak[1], 2)],
+                }
+                for w in caption.words
+            ],
+        }
     if prediction.task == "instance_segmentation":
         document["instances"] = [
             {
@@ -241,9 +265,10 @@ def models_to_console(client: AnyClient, as_json: bool = False) -> None:
         p = model.preprocess
         print(f"{model.name} v{model.version}{default}: {model.description}")
         task = "" if model.task in ("", "classification") else f"{model.task.replace('_', ' ')}, "
-        print(
-            f"  {task}input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {len(model.labels)} classes"
+        labels = (
+            f"{len(model.labels)} words" if model.task == "captioning" else f"{len(model.labels)} classes"
         )
+        print(f"  {task}input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {labels}")
         for a in model.attention:
             tag = "  [primary]" if a.name == model.primary_attention else ""
             quality = ", ".join(f"{k} {v:.3f}" for k, v in sorted(a.quality.items()))
@@ -254,6 +279,8 @@ def models_to_console(client: AnyClient, as_json: bool = False) -> None:
             print(line.rstrip())
         if model.primary_reason:
             print(f"  primary: {model.primary_attention} — {model.primary_reason}")
+        for o in model.options:
+            print(f"  option {o.name} = {o.default_value} ({o.minimum}–{o.maximum}): {o.description}")
 
 
 def write_file(path: Path, data: bytes) -> None:

@@ -24,7 +24,7 @@ from attnserve._net import free_port
 from attnserve.errors import SetupError
 from attnserve.prediction import Prediction
 from attnserve.settings import SAMPLE_IMAGE, Settings
-from attnserve.spec import ColorMode
+from attnserve.spec import ColorMode, Task
 
 
 @dataclass
@@ -123,13 +123,14 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
     shown = Path(os.path.relpath(image)) if image.is_absolute() and Path.cwd() in image.parents else image
     with serving(settings) as served, Client(served.address) as client:
         listing = client.list_models()
-        ready = {m.name: m.preprocess.color_mode for m in listing.models if m.ready}
+        ready = {m.name: m for m in listing.models if m.ready}
         names = sorted(ready, key=lambda n: n != listing.default_model)
         tiles = []
         for index, name in enumerate(names):
             if index:
                 print()
-            sample = sample_for(ready[name], shown, default=image == SAMPLE_IMAGE)
+            model = ready[name]
+            sample = sample_for(model.preprocess.color_mode, shown, image == SAMPLE_IMAGE, model.task)
             prediction = predict_to_console(client, sample, model=name, pictures=PictureRequest(draw=True))
             tiles.extend(overlay_tiles(prediction))
     write_file(overlay, encode_figure(tiles))
@@ -148,19 +149,28 @@ def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:
 PHOTO_SAMPLE = "photo_digit.png"
 """Beside the sample digit: a digit on a test photograph (chelsea, scan 1497–1796), for colour
 models, which read digits on photographs (photo_cbam misreads a white digit on black)."""
+SCENE_SAMPLE = "digit_scene.png"
+"""Beside the sample digit: a test scene of several digits (scans 1497–1796), for captioners,
+whose captions say what is where (a lone digit makes a one-word story)."""
 
 
-def sample_for(color_mode: str, image: Path, default: bool) -> Path:
+def sample_for(color_mode: str, image: Path, default: bool, task: str = "") -> Path:
     """The image a model (reading ``color_mode``, as its ModelInfo says) is shown: the one asked
-    for, except that the default sample gives way to the photograph beside it for a colour model."""
-    photo = image.with_name(PHOTO_SAMPLE)
+    for, except that the default sample gives way to the photograph beside it for a colour model
+    and to the scene beside it for a captioner."""
+    photo, scene = image.with_name(PHOTO_SAMPLE), image.with_name(SCENE_SAMPLE)
     if default and color_mode == ColorMode.RGB.value and photo.is_file():
         return photo
+    if default and task == Task.CAPTIONING.value and scene.is_file():
+        return scene
     return image
 
 
 def answer_caption(prediction: Prediction) -> str:
-    """The answer in a few words: the top class, the classes segmented, the instances found."""
+    """The answer in a few words: the top class, the classes segmented, the instances found, the
+    caption."""
+    if prediction.caption is not None:
+        return f'"{prediction.caption.text}"'
     if prediction.predictions:
         best = prediction.predictions[0]
         return f"{best.label} ({best.score:.2f})"
@@ -175,6 +185,8 @@ def overlay_tiles(prediction: Prediction) -> list[tuple[str, bytes]]:
     model, its answer and the map."""
     answer = f"{prediction.model}: {answer_caption(prediction)}"
     drawn = [(answer, prediction.task_overlay)] if prediction.task_overlay else []
+    if prediction.caption is not None:  # its drawing is the word maps already, a tile a word
+        return drawn
     return drawn + [(f"{answer} · {a.name}", a.overlay_png) for a in prediction.attention if a.overlay_png]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnserve.demo import PHOTO_SAMPLE, sample_for
+from attnserve.demo import PHOTO_SAMPLE, SCENE_SAMPLE, overlay_tiles, sample_for
 from attnserve.settings import SAMPLE_IMAGE
 
 from .conftest import REPO_ROOT
@@ -17,3 +17,20 @@ def test_colour_models_get_the_photograph_beside_the_default_sample_only() -> No
     own = REPO_ROOT / "docs" / "samples" / "small_digit.png"
     assert sample_for("RGB", own, default=False) == own  # an image the user asked for
     assert sample_for("RGB", Path("/nowhere/digit.png"), default=True) == Path("/nowhere/digit.png")
+
+
+def test_captioners_get_the_scene_beside_the_default_sample_only() -> None:
+    assert SAMPLE_IMAGE is not None and (SAMPLE_IMAGE.parent / SCENE_SAMPLE).is_file()
+    assert sample_for("L", SAMPLE_IMAGE, True, "captioning") == SAMPLE_IMAGE.with_name(SCENE_SAMPLE)
+    assert sample_for("L", SAMPLE_IMAGE, True, "semantic_segmentation") == SAMPLE_IMAGE
+    own = REPO_ROOT / "docs" / "samples" / "small_digit.png"
+    assert sample_for("L", own, False, "captioning") == own
+
+
+def test_a_captions_figure_is_its_word_tiles_and_its_label_the_caption() -> None:
+    from attnserve.prediction import Caption, ImageInfo, Prediction, Word
+
+    caption = Caption([Word("a", 3, -0.1), Word("large", 5, -0.2), Word("seven", 19, -0.1)], -0.5)
+    prediction = Prediction("show_attend_tell", "1", [], [], ImageInfo(9, 9, "PNG"), caption=caption)
+    prediction.task_overlay = b"tiles"
+    assert overlay_tiles(prediction) == [('show_attend_tell: "a large seven"', b"tiles")]

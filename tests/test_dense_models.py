@@ -32,12 +32,17 @@ def _specs() -> dict[str, ModelSpec]:
 
 
 SPECS = _specs()
-DENSE = sorted(name for name, spec in SPECS.items() if spec.task is not Task.CLASSIFICATION)
+DENSE = sorted(
+    name
+    for name, spec in SPECS.items()
+    if spec.task in (Task.SEMANTIC_SEGMENTATION, Task.INSTANCE_SEGMENTATION)
+)
+"""Captioners have their own round trips (test_captioning.py)."""
 
 
 def test_the_repository_serves_every_task() -> None:
     tasks = {spec.task for spec in SPECS.values()}
-    assert {Task.CLASSIFICATION, Task.SEMANTIC_SEGMENTATION, Task.INSTANCE_SEGMENTATION} <= tasks
+    assert set(Task) <= tasks
 
 
 @pytest.fixture(scope="module")

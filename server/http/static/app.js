@@ -80,7 +80,7 @@ async function predictBlob(blob, targetClass = null) {
   const params = new URLSearchParams([["formats", "RAW"], ["formats", "HEATMAP_PNG"]]);
   if (targetClass !== null) params.set("target_class", targetClass);
   const task = state.models[model]?.task || "classification";
-  if (task !== "classification") params.set("overlay", "true"); // the answer drawn: classes, masks
+  if (task !== "classification") params.set("overlay", "true"); // the answer drawn: classes, masks, word tiles
   setStatus("Predicting…");
   try {
     const answer = await getJson(`/v1/models/${encodeURIComponent(model)}:predict?${params}`, {
@@ -105,8 +105,15 @@ function base64Blob(data, encoding) {
   return new Blob([bytes], { type: `image/${encoding || "png"}` });
 }
 
-// Segmentation: the classes present and their share; instances: how many, of which classes.
+// Segmentation: the classes present and their share; instances: how many, of which classes;
+// captions: each word, its probability and where it looked.
 function taskAnswers(answer) {
+  if (answer.caption) {
+    return (answer.caption.words || []).map((word) => {
+      const peak = word.peak ? ` at (${Math.round(word.peak.x || 0)}, ${Math.round(word.peak.y || 0)})` : "";
+      return { label: word.text, value: `${((word.score || 0) * 100).toFixed(1)}%${peak}` };
+    });
+  }
   if (answer.segmentation) {
     return (answer.segmentation.areas || [])
       .filter((area) => (area.index ?? 0) !== 0)
@@ -120,6 +127,7 @@ function taskAnswers(answer) {
 }
 
 function taskSummary(answer) {
+  if (answer.caption) return `“${answer.caption.text || ""}”`;
   if (answer.segmentation) return `${taskAnswers(answer).length} classes found`;
   const count = (answer.instances || []).length;
   return `${count} instance${count === 1 ? "" : "s"}`;
