@@ -197,7 +197,9 @@ def test_repository_is_what_nvidias_onnxruntime_backend_loads(model_dir: Path) -
     for tensor in (*config.input, *config.output):
         # -1 only on a detection axis (variable, as the native backend allows), fixed elsewhere
         variable = {i for i, d in enumerate(tensor.dims) if d == -1}
-        assert tensor.data_type == mc.TYPE_FP32 and variable == set(spec.dynamic_axes(tensor.name))
+        option = tensor.name in {o.name for o in spec.options}  # one int64 per image
+        assert tensor.data_type == (mc.TYPE_INT64 if option else mc.TYPE_FP32), tensor.name
+        assert variable == set(spec.dynamic_axes(tensor.name))
         assert all(d > 0 for i, d in enumerate(tensor.dims) if i not in variable)
     onnx = pytest.importorskip("onnx")
     graph = onnx.load(str(model_dir / "1" / "model.onnx"), load_external_data=False).graph

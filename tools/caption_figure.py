@@ -46,13 +46,9 @@ def main() -> int:
             row = Image.new("RGB", (tiles.width, tiles.height + HEADER), "white")
             row.paste(tiles, (0, HEADER))
             said = answer.caption.text
-            mark = "=" if said == truth else "≠"
-            ImageDraw.Draw(row).text(
-                (4, 6),
-                f'test scene {index}: "{said}" {mark} "{truth}" (the reference)',
-                fill="black",
-                font=font,
-            )
+            verdict = "right" if said == truth else f'wrong: the reference says "{truth}"'
+            label = f'test scene {index}: "{said}" ({verdict})'
+            ImageDraw.Draw(row).text((4, 6), label, fill="black", font=font)
             rows.append(row)
     width = max(r.width for r in rows)
     figure = Image.new("RGB", (width, sum(r.height for r in rows) + 12 * (len(rows) - 1)), "white")

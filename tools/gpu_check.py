@@ -4,7 +4,8 @@ Standalone for a GPU machine: needs numpy and onnxruntime(-gpu) only, plus the l
 provider choice (server/triton/backends/onnxruntime/model.py, loaded by path), so the GPU
 sessions are built as the served ones are. For every ``<repository>/*/1/model.onnx``:
 
-- seeded N(0, 1) inputs at batch 1, 3 and 8 (the input shape read from the model);
+- seeded N(0, 1) inputs at batch 1, 3 and 8 (the input shape read from the model), and for a
+  model with option inputs (a captioner's beam size and length) 1, 2, 3, ... per image;
 - each target against CPUExecutionProvider: the largest absolute difference of every output
   (logits and each attention map), also relative to the output's magnitude (its largest
   absolute value on the CPU), the measure attnserve's tolerances use (export/accelerate.py);
@@ -102,6 +103,8 @@ def target_providers(
     shape = "x".join(str(d) for d in input_shape[1:])
     gpu_accelerators = config.get("optimization", {}).get("execution_accelerators", {})
     for accelerator in gpu_accelerators.get("gpu_execution_accelerator", []):
+        if accelerator["name"] != "tensorrt":  # the CUDA EP refuses options it does not know
+            continue
         accelerator["parameters"].update(  # one engine for batch 1..8, as export writes it
             {
                 "trt_profile_min_shapes": f"{input_name}:1x{shape}",
@@ -126,6 +129,16 @@ def inputs_for(shape: list[int], batch: int) -> np.ndarray:
     return np.random.default_rng(batch).normal(size=(batch, *shape[1:])).astype(np.float32)
 
 
+def option_feeds(session: Any, batch: int) -> dict[str, np.ndarray]:
+    """A model's option inputs after the image (int64, one per image: a captioner's beam size
+    and longest caption): 1, 2, 3, ... per image, which the graph clamps into its bounds."""
+    return {
+        i.name: (np.arange(batch, dtype=np.int64)[:, None] % 16) + 1
+        for i in session.get_inputs()[1:]
+        if i.type == "tensor(int64)"
+    }
+
+
 def median_ms(run: Any, repeats: int) -> float:
     run()
     run()  # warm-up: cuDNN's algorithm search, TensorRT's engine, allocator growth
@@ -147,7 +160,7 @@ def check_model(
     if any(d < 1 for d in shape[1:]):
         return {"error": f"input {graph_input.name} has no fixed shape: {graph_input.shape}"}
     outputs = [o.name for o in cpu.get_outputs()]
-    feeds = {b: {graph_input.name: inputs_for(shape, b)} for b in BATCH_SIZES}
+    feeds = {b: {graph_input.name: inputs_for(shape, b), **option_feeds(cpu, b)} for b in BATCH_SIZES}
     references = {b: cpu.run(outputs, feeds[b]) for b in BATCH_SIZES}
     magnitude = {
         name: max(float(np.max(np.abs(references[b][i]), initial=0.0)) for b in BATCH_SIZES)
