@@ -15,7 +15,6 @@ averaged weights, the primary attention output) uses validation splits only; the
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import time
 from typing import Any
@@ -32,7 +31,6 @@ from .models import (
     TrainingRecipe,
     TrainingStep,
     TrainsItself,
-    create_model,
     get_entry,
 )
 from .scoring import run_graph, score
@@ -45,6 +43,7 @@ from .training import (
     one_cycle_lr,
     register_trainer,
     save_trained,
+    start_training,
     trainer_for,
     training_record,
 )
@@ -89,13 +88,8 @@ def train(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
 
 @register_trainer(Task.CLASSIFICATION)
 def train_classifier(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    entry = get_entry(config.architecture)
-    recipe = dataclasses.replace(entry.recipe, **config.recipe)
-    spec = entry.spec
-    model = create_model(config.architecture, **config.model_kwargs)
-    started = time.monotonic()
+    setup = start_training(config)
+    recipe, spec, model, started = setup.recipe, setup.spec, setup.model, setup.started
 
     preprocess = spec.preprocess
     shares = sum(share for _, share in recipe.data)

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from PIL import Image
 from torch import Tensor, nn
 
-from attnserve.spec import ModelSpec, Task
+from attnserve.spec import ModelSpec, PreprocessSpec, Task
 from attnserve.transform import (
     boxes_to_input,
     image_from_pixels,
@@ -35,7 +36,7 @@ from attnserve.transform import (
 
 from .caption_metrics import bleu4, digit_pointing, exact_match
 from .data.captions import CaptionScene, CaptionScenes, caption_batch, decode
-from .models import ServingGraph, create_model, get_entry
+from .models import ServingGraph
 from .training import (
     SPLITS_RECORD,
     TrainConfig,
@@ -43,12 +44,16 @@ from .training import (
     fit,
     register_trainer,
     save_trained,
+    start_training,
     training_record,
 )
 
 EVALUATION_SIZES = (84, 224)
 """Test scenes are also scored enlarged or shrunk to these sides (the gateway letterboxes them
 back to the input size): users send other sizes."""
+OTHER_SIDES = (64, 256)
+"""The range of sides (px) a share of the training scenes is resized to before the gateway's
+transform brings them back to the input size (`TrainingRecipe.data`'s ``other_sizes``)."""
 BEAM_SIZES = (1, 3)
 """Test scores are given for greedy decoding and for the default beam."""
 _CHUNK = 2_000
@@ -58,16 +63,26 @@ def _quantized(images: NDArray[np.float32]) -> NDArray[np.uint8]:
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def training_data(samples: int, seed: int, max_length: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+def training_data(
+    samples: int, seed: int, max_length: int, preprocess: PreprocessSpec, other_sizes_share: float = 0.0
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     """``samples`` training scenes as 8-bit pixels (N×H×W×1, as the gateway quantises them) and
-    their target tokens (N×max_length: words, end, padding)."""
+    their target tokens (N×max_length: words, end, padding). A share of them (``other_sizes_share``)
+    is first resized to a side drawn log-uniformly from `OTHER_SIDES` and brought back to the
+    input size by the gateway's own transform, as a user's smaller or larger picture would be."""
     dataset = CaptionScenes("train", samples, seed=seed)
+    rng = np.random.default_rng((seed, 17))
     pixels, tokens = [], []
     for start in range(0, samples, _CHUNK):
         images, chunk_tokens = caption_batch(
             dataset, np.arange(start, min(start + _CHUNK, samples)), max_length
         )
-        pixels.append(_quantized(images[:, 0])[..., None])
+        chunk = _quantized(images[:, 0])[..., None]
+        for index in np.flatnonzero(rng.uniform(size=len(chunk)) < other_sizes_share):
+            side = int(round(np.exp(rng.uniform(*np.log(OTHER_SIDES)))))
+            resized = image_from_pixels(images[index, 0]).resize((side, side), Image.Resampling.BILINEAR)
+            chunk[index] = to_input_pixels(resized, preprocess)[0]
+        pixels.append(chunk)
         tokens.append(chunk_tokens)
     return np.concatenate(pixels), np.concatenate(tokens)
 
@@ -174,15 +189,13 @@ def evaluate(graph: nn.Module, served: Sequence[ServedScene], beam_size: int) ->
 
 @register_trainer(Task.CAPTIONING)
 def train_captions(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    entry = get_entry(config.architecture)
-    recipe = dataclasses.replace(entry.recipe, **config.recipe)
-    spec = entry.spec
-    model = create_model(config.architecture, **config.model_kwargs)
-    started = time.monotonic()
+    setup = start_training(config)
+    recipe, spec, model, started = setup.recipe, setup.spec, setup.model, setup.started
     max_tokens = spec.option("max_length").maximum + 1
-    pixels, tokens = training_data(recipe.train_samples, config.seed, max_tokens)
+    other_sizes = recipe.share("other_sizes")
+    pixels, tokens = training_data(
+        recipe.train_samples, config.seed, max_tokens, spec.preprocess, other_sizes
+    )
     validation_scenes = CaptionScenes("val", config.val_samples, seed=config.seed)
     validation = served_scenes([validation_scenes[i] for i in range(len(validation_scenes))], spec)
     data_seconds = time.monotonic() - started

@@ -16,7 +16,6 @@ each detection's 28×28 mask pasted into its box (bilinear, threshold 0.5) as th
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +38,6 @@ from attnserve.transform import (
 )
 
 from .data.scenes import DigitScenes, Scene
-from .models import create_model, get_entry
 from .models.mask_rcnn import MaskRCNN
 from .training import (
     SPLITS_RECORD,
@@ -48,6 +46,7 @@ from .training import (
     fit,
     register_trainer,
     save_trained,
+    start_training,
     training_record,
 )
 
@@ -351,12 +350,8 @@ def score_test_split(model: MaskRCNN, preprocess: PreprocessSpec, samples: int, 
 
 @register_trainer(Task.INSTANCE_SEGMENTATION)
 def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    entry = get_entry(config.architecture)
-    recipe = dataclasses.replace(entry.recipe, **config.recipe)
-    spec = entry.spec
-    model = create_model(config.architecture, **config.model_kwargs)
+    setup = start_training(config)
+    recipe, spec, model = setup.recipe, setup.spec, setup.model
     if not isinstance(model, MaskRCNN):
         raise TypeError(f"{config.architecture}: instance segmentation trains Mask R-CNN models")
     preprocess = spec.preprocess

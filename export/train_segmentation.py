@@ -24,7 +24,6 @@ task-partitioned FCN) without another trainer.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from attnserve.transform import (
 )
 
 from .data import DigitScenes, Scene
-from .models import ServingGraph, TrainingRecipe, TrainingStep, create_model, get_entry
+from .models import ServingGraph, TrainingRecipe, TrainingStep
 from .training import (
     SPLITS_RECORD,
     Fitted,
@@ -55,6 +54,7 @@ from .training import (
     fit,
     register_trainer,
     save_trained,
+    start_training,
     training_record,
 )
 
@@ -314,16 +314,11 @@ class SceneFit:
 def fit_on_scenes(config: TrainConfig, progress_bar: bool = True) -> SceneFit:
     """Builds ``config.architecture`` and fits it on training scenes by its recipe (the part
     every segmentation trainer shares; they differ in how they score)."""
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    entry = get_entry(config.architecture)
-    recipe = dataclasses.replace(entry.recipe, **config.recipe)
-    spec = entry.spec
-    model = create_model(config.architecture, **config.model_kwargs)
-    started = time.monotonic()
+    setup = start_training(config)
+    recipe, spec, model, started = setup.recipe, setup.spec, setup.model, setup.started
 
     preprocess = spec.preprocess
-    other_share = dict(recipe.data).get("other_sizes", 0.0) / sum(share for _, share in recipe.data)
+    other_share = recipe.share("other_sizes")
     train_data = training_scenes(recipe.train_samples, preprocess, config.seed, other_share)
     val_scenes = DigitScenes(
         "val", config.val_samples, canvas_size=preprocess.input_size[0], seed=config.seed

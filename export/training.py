@@ -9,6 +9,7 @@ up here: classification trains in `train.py`, each other task in its own module,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from attnserve.errors import InvalidInput
 from attnserve.spec import ModelSpec, Task
 
 from .checkpoint import Checkpoint, save_checkpoint
-from .models import TrainingRecipe, TrainingStep, serving_spec
+from .models import TrainingRecipe, TrainingStep, create_model, get_entry, serving_spec
 
 
 @dataclass
@@ -87,6 +88,30 @@ def trainer_for(task: Task) -> Trainer:
         return _TRAINERS[task]
     except KeyError:
         raise InvalidInput(f"no trainer is registered for the task {task.value!r}") from None
+
+
+@dataclass
+class Started:
+    """What every trainer starts from (`start_training`)."""
+
+    recipe: TrainingRecipe
+    """The architecture's recipe with the configuration's overrides."""
+    spec: ModelSpec
+    model: nn.Module
+    """A fresh model, initialised under the configuration's seed."""
+    started: float
+    """`time.monotonic()` when training began (data generation included)."""
+
+
+def start_training(config: TrainConfig) -> Started:
+    """Seeds torch, sets its threads, builds ``config.architecture`` with its recipe and spec:
+    the same first steps for every registered architecture's trainer."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    entry = get_entry(config.architecture)
+    recipe = dataclasses.replace(entry.recipe, **config.recipe)
+    model = create_model(config.architecture, **config.model_kwargs)
+    return Started(recipe, entry.spec, model, time.monotonic())
 
 
 @dataclass

@@ -89,6 +89,19 @@ class FakeBackend:
         return None
 
 
+def png_turned(image: Image.Image, exif_orientation: int | None = None) -> bytes:
+    """``image`` as PNG bytes; with an EXIF orientation, stored turned a quarter with the tag
+    saying so (6: shown rotated 90° clockwise), so that the oriented image is ``image``."""
+    buffer = io.BytesIO()
+    if exif_orientation is None:
+        image.save(buffer, format="PNG")
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        image.transpose(Image.Transpose.ROTATE_90).save(buffer, format="PNG", exif=exif)
+    return buffer.getvalue()
+
+
 def grey_png(width: int = 96, height: int = 64, value: int = 30) -> bytes:
     """A small uniform grey PNG: a valid image when its content does not matter."""
     buffer = io.BytesIO()

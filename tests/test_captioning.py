@@ -17,7 +17,7 @@ from attnserve.errors import InvalidInput
 from attnserve.prediction import Prediction
 from attnserve.spec import ModelSpec
 
-from .conftest import REPO_ROOT, GatewayThread
+from .conftest import REPO_ROOT, GatewayThread, png_turned
 
 MODEL = "show_attend_tell"
 REPOSITORY = REPO_ROOT / "model_repository"
@@ -50,17 +50,6 @@ def _scene(index: int):  # type: ignore[no-untyped-def]
 
 def _image(index: int) -> Image.Image:
     return Image.fromarray(np.round(_scene(index).image * 255).astype(np.uint8), mode="L")
-
-
-def _png(image: Image.Image, exif_orientation: int | None = None) -> bytes:
-    buffer = io.BytesIO()
-    if exif_orientation is None:
-        image.save(buffer, format="PNG")
-    else:  # stored turned a quarter, EXIF says so: the oriented image is `image`
-        exif = Image.Exif()
-        exif[0x0112] = exif_orientation
-        image.transpose(Image.Transpose.ROTATE_90).save(buffer, format="PNG", exif=exif)
-    return buffer.getvalue()
 
 
 def _eager(trained: tuple[object, ModelSpec], image: Image.Image, beam_size: int, max_length: int = 15):  # type: ignore[no-untyped-def]
@@ -180,7 +169,7 @@ def test_a_served_caption_equals_pytorchs_for_the_same_image(
     address = gateway.http_url if front == "http" else gateway.address
     for index in range(3):
         image = _image(index)
-        served = _predict(address, _png(image), front == "http", model_options={"beam_size": beam})
+        served = _predict(address, png_turned(image), front == "http", model_options={"beam_size": beam})
         reference = _eager(trained, image, beam)
         words = _words(reference, spec)
         caption = served.caption
@@ -199,7 +188,7 @@ def test_a_served_caption_equals_pytorchs_for_the_same_image(
 def test_max_length_and_bad_options_through_the_fronts(gateway: GatewayThread) -> None:
     from attnserve.clients import Client, HttpClient
 
-    image = _png(_image(3))  # a scene of several digits: a long caption
+    image = png_turned(_image(3))  # a scene of several digits: a long caption
     with Client(gateway.address) as grpc_client, HttpClient(gateway.http_url) as http_client:
         for client in (grpc_client, http_client):
             short = client.predict(image, model=MODEL, model_options={"max_length": 2})
@@ -230,9 +219,9 @@ def test_an_enlarged_turned_letterboxed_scene_gets_the_same_caption_in_its_own_p
     same and each word's peak moves by the ×1.5 between the pictures' pixels."""
     wide = Image.new("L", (336, 224), 0)
     wide.paste(_image(2).resize((224, 224), Image.Resampling.BILINEAR), (56, 0))
-    plain = _predict(gateway.address, _png(wide))
+    plain = _predict(gateway.address, png_turned(wide))
     larger = wide.resize((504, 336), Image.Resampling.BILINEAR)
-    moved = _predict(gateway.address, _png(larger, exif_orientation=6))
+    moved = _predict(gateway.address, png_turned(larger, exif_orientation=6))
     assert (moved.image.width, moved.image.height) == (504, 336)
     assert plain.caption is not None and moved.caption is not None
     assert moved.caption.text == plain.caption.text and plain.caption.words
@@ -255,7 +244,9 @@ def test_an_enlarged_turned_letterboxed_scene_gets_the_same_caption_in_its_own_p
 
 
 def test_a_blank_image_gets_an_answer_not_an_error(gateway: GatewayThread) -> None:
-    answer = _predict(gateway.address, _png(Image.new("L", (200, 150), 0)), forms=["raw", "overlay_png"])
+    answer = _predict(
+        gateway.address, png_turned(Image.new("L", (200, 150), 0)), forms=["raw", "overlay_png"]
+    )
     assert answer.caption is not None and answer.task == "captioning"
     stack = answer.attention_map("word_attention")
     assert stack.raw is not None and stack.raw.shape == (len(answer.caption.words), 14, 14)
@@ -265,7 +256,7 @@ def test_a_large_image_is_drawn_as_bounded_tiles(gateway: GatewayThread) -> None
     from attnserve.server.gateway.postprocess.captions import TILE_GAP, TILE_SIDE, TILES_PER_ROW
 
     large = _image(3).resize((4096, 4096), Image.Resampling.BILINEAR)
-    answer = _predict(gateway.address, _png(large), task_overlay=True, image_encoding="jpeg")
+    answer = _predict(gateway.address, png_turned(large), task_overlay=True, image_encoding="jpeg")
     assert answer.caption is not None and (answer.image.width, answer.image.height) == (4096, 4096)
     count = len(answer.caption.words)
     with Image.open(io.BytesIO(answer.task_overlay)) as drawn:
@@ -281,7 +272,7 @@ def test_the_cli_prints_the_caption_and_writes_a_tile_per_word(
     from attnserve.cli import main
 
     image = tmp_path / "scene.png"
-    image.write_bytes(_png(_image(1)))
+    image.write_bytes(png_turned(_image(1)))
     tiles = tmp_path / "tiles.png"
     assert (
         main(["predict", str(image), "--model", MODEL, "--server", gateway.address, "--overlay", str(tiles)])
@@ -324,7 +315,7 @@ def test_options_as_query_parameters_of_an_uploaded_image(gateway: GatewayThread
     import httpx
 
     url = f"{gateway.http_url}/v1/models/{MODEL}:predict"
-    image = _png(_image(3))
+    image = png_turned(_image(3))
     headers = {"Content-Type": "image/png"}
     answer = httpx.post(url, params=[("options", "beam_size=1,max_length=2")], content=image, headers=headers)
     assert answer.status_code == 200, answer.text

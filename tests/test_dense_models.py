@@ -18,7 +18,7 @@ from attnserve.export.repository import read_config
 from attnserve.prediction import Prediction
 from attnserve.spec import SPEC_PARAMETER, ModelSpec, Task
 
-from .conftest import REPO_ROOT, GatewayThread, gateway_settings, triton_settings
+from .conftest import REPO_ROOT, GatewayThread, gateway_settings, png_turned, triton_settings
 
 REPOSITORY = REPO_ROOT / "model_repository"
 
@@ -58,17 +58,6 @@ def in_process() -> Iterator[GatewayThread]:
     thread.stop()
 
 
-def _png(image: Image.Image, exif_orientation: int | None = None) -> bytes:
-    buffer = io.BytesIO()
-    if exif_orientation is None:
-        image.save(buffer, format="PNG")
-    else:  # stored turned a quarter, EXIF says so: the oriented image is `image`
-        exif = Image.Exif()
-        exif[0x0112] = exif_orientation
-        image.transpose(Image.Transpose.ROTATE_90).save(buffer, format="PNG", exif=exif)
-    return buffer.getvalue()
-
-
 def _scene(index: int, size: int = 128) -> Image.Image:
     scene = DigitScenes("test", index + 1, canvas_size=size, seed=7)[index]
     return Image.fromarray(np.round(scene.image * 255).astype(np.uint8), mode="L")
@@ -98,7 +87,7 @@ def test_served_answers_equal_the_in_process_pipeline(
     gateway: GatewayThread, in_process: GatewayThread, model: str
 ) -> None:
     for index in range(3):
-        image = _png(_scene(index))
+        image = png_turned(_scene(index))
         options = {"forms": ["raw", "overlay_png"], "render": ["primary"], "task_overlay": True}
         served = _predict(gateway.address, image, model, **options)
         _same_answer(served, _predict(in_process.address, image, model, **options))
@@ -116,9 +105,9 @@ def test_an_enlarged_rotated_letterboxed_scene_gets_the_same_answer_in_its_own_p
     must be the same up to the ×1.5 between their pixels."""
     wide = Image.new("L", (480, 320), 0)
     wide.paste(_scene(1).resize((320, 320), Image.Resampling.BILINEAR), (80, 0))
-    plain = _predict(gateway.address, _png(wide), model)
+    plain = _predict(gateway.address, png_turned(wide), model)
     larger = wide.resize((720, 480), Image.Resampling.BILINEAR)
-    moved = _predict(gateway.address, _png(larger, exif_orientation=6), model)
+    moved = _predict(gateway.address, png_turned(larger, exif_orientation=6), model)
     assert (moved.image.width, moved.image.height) == (720, 480)
     if plain.segmentation is not None:
         assert moved.segmentation is not None
@@ -147,7 +136,7 @@ def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 @pytest.mark.parametrize("model", DENSE)
 def test_a_blank_image_is_an_empty_answer(gateway: GatewayThread, model: str) -> None:
-    answer = _predict(gateway.address, _png(Image.new("L", (200, 150), 0)), model)
+    answer = _predict(gateway.address, png_turned(Image.new("L", (200, 150), 0)), model)
     if answer.segmentation is not None:
         assert [a.label for a in answer.segmentation.areas] == ["background"]
     else:
@@ -161,7 +150,7 @@ def test_a_large_image_stays_within_the_message_limits(gateway: GatewayThread, m
     large = _scene(2).resize((4096, 4096), Image.Resampling.BILINEAR)
     answer = _predict(
         gateway.address,
-        _png(large),
+        png_turned(large),
         model,
         forms=["overlay_png"],
         render=["primary"],
@@ -183,7 +172,7 @@ def test_the_per_scale_weights_are_drawn_a_tile_per_scale(gateway: GatewayThread
     if spec is None:
         pytest.skip("attention_to_scale is not in the model repository")
     options = {"maps": ["scale_weights"], "forms": ["raw", "overlay_png"]}
-    answer = _predict(gateway.address, _png(_scene(0)), "attention_to_scale", **options)
+    answer = _predict(gateway.address, png_turned(_scene(0)), "attention_to_scale", **options)
     weights = answer.attention_map("scale_weights")
     scales = weights.raw.shape[0]
     assert scales >= 3 and np.allclose(weights.raw.sum(axis=0), 1.0, atol=1e-4)

@@ -34,6 +34,10 @@ class TrainingRecipe:
     """"module:function" of a trainer of the architecture's own (its scoring differs from its
     task's, e.g. keypoints found by a segmenter); empty: the trainer registered for its task."""
 
+    def share(self, variant: str) -> float:
+        """The share of the training samples `data` gives ``variant`` (0 when it names none)."""
+        return dict(self.data).get(variant, 0.0) / sum(share for _, share in self.data)
+
 
 @dataclass
 class TrainingStep:

@@ -344,7 +344,7 @@ SPEC = ModelSpec(
 @register_model(
     SPEC,
     TrainingRecipe(
-        data=(("captions", 1.0),),
+        data=(("captions", 0.7), ("other_sizes", 0.3)),
         selection="captions",
         train_samples=40_000,
         max_seconds=660.0,
