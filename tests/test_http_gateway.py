@@ -209,6 +209,24 @@ def test_page_shows_a_segmentation_and_instances(gateway: GatewayThread, browser
 
 
 @pytest.mark.browser
+def test_page_shows_a_caption_word_by_word(gateway: GatewayThread, browser: object) -> None:
+    if "show_attend_tell" not in SERVED:
+        pytest.skip("show_attend_tell is not in the model repository")
+    page, errors = _open_page(browser, gateway)
+    page.wait_for_selector("#model option", state="attached")
+    page.select_option("#model", "show_attend_tell")
+    page.set_input_files("#file", str(SAMPLE.with_name("digit_scene.png")))
+    _status(page, "show_attend_tell: “three digits : ")
+    page.wait_for_selector("#task-overlay:not([hidden])")
+    width, height = page.eval_on_selector("#task-overlay", "i => [i.naturalWidth, i.naturalHeight]")
+    assert width >= 5 * 224 and height > 2 * 224  # a tile per word, five a row
+    words = page.eval_on_selector_all("#predictions li .label", "ls => ls.map(l => l.textContent)")
+    assert words[:3] == ["three", "digits", ":"] and "seven" in words  # every word, in order
+    assert page.input_value("#map") == "word_attention"
+    assert errors == []
+
+
+@pytest.mark.browser
 def test_page_shows_errors_and_fits_a_phone(gateway: GatewayThread, browser: object, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
     page.goto(gateway.http_url + "/")
