@@ -201,6 +201,7 @@ def test_page_shows_a_segmentation_and_instances(gateway: GatewayThread, browser
     page.select_option("#model", "attention_to_scale")
     _status(page, "attention_to_scale: ")
     assert page.input_value("#map") == "scale_weights"
+    assert page.inner_text("#stack-label") == "Scale" and page.is_visible("#stack")  # a tile at a time
     assert (
         page.is_visible("#task-overlay")
         and page.eval_on_selector_all("#predictions li", "ls => ls.length") > 0
@@ -223,6 +224,15 @@ def test_page_shows_a_caption_word_by_word(gateway: GatewayThread, browser: obje
     words = page.eval_on_selector_all("#predictions li .label", "ls => ls.map(l => l.textContent)")
     assert words[:3] == ["three", "digits", ":"] and "seven" in words  # every word, in order
     assert page.input_value("#map") == "word_attention"
+    # the map a word at a time: one tile of the stack over the image, the word named
+    names = page.eval_on_selector_all("#stack option", "os => os.map(o => o.textContent)")
+    assert page.is_visible("#stack") and names[4] == "5: seven" and len(names) == len(words)
+    assert page.input_value("#stack") == "0" and "1: three of 11" in page.inner_text("#caption")
+    first = page.eval_on_selector("#overlay", "c => c.toDataURL()")
+    page.select_option("#stack", "7")
+    assert page.eval_on_selector("#overlay", "c => c.toDataURL()") != first
+    assert "8: eight of 11" in page.inner_text("#caption")
+    assert page.eval_on_selector("#overlay", "c => [c.width, c.height]") == [224, 224]
     assert errors == []
 
 

@@ -193,11 +193,43 @@ function showAnswer() {
   select.value = names.includes(previous) ? previous : names.includes(primary) ? primary : names[0] || "";
   const t = answer.timings || {};
   $("timings").textContent = `preprocess ${(t.preprocess_ms || 0).toFixed(1)} ms · inference ${(t.inference_ms || 0).toFixed(1)} ms · postprocess ${(t.postprocess_ms || 0).toFixed(1)} ms`;
-  draw();
+  selectMap();
 }
 
 function selectedMap() {
   return (state.answer?.attention || []).find((m) => m.name === $("map").value);
+}
+
+// A stack of maps no task selects (a map per word of a caption, per input scale): its heatmap
+// comes as one tile per index side by side, 4 px apart; the page shows one tile at a time.
+const TILE_GAP = 4;
+
+function stackSize(map) {
+  const shape = (map?.raw?.shape || []).map(Number);
+  const axes = map?.axes || [];
+  return shape.length === 3 && axes.length === 3 && axes[0] !== "class" ? shape[0] : 0;
+}
+
+function fillStack(map) {
+  const count = stackSize(map);
+  const select = $("stack");
+  $("stack-box").hidden = count === 0;
+  if (count === 0) return;
+  const axis = map.axes[0];
+  const words = (state.answer.caption?.words || []).map((w) => w.text);
+  $("stack-label").textContent = axis === "word" ? "Word" : axis[0].toUpperCase() + axis.slice(1);
+  const previous = select.value;
+  select.replaceChildren();
+  for (let index = 0; index < count; index++) {
+    const name = axis === "word" && words[index] ? `${index + 1}: ${words[index]}` : `${axis} ${index}`;
+    select.append(new Option(name, String(index)));
+  }
+  select.value = previous !== "" && Number(previous) < count ? previous : "0";
+}
+
+function selectMap() {
+  fillStack(selectedMap());
+  draw();
 }
 
 function draw() {
@@ -213,7 +245,15 @@ function draw() {
   $("opacity-value").textContent = `${Math.round(opacity * 100)}%`;
   if (map?.heatmapImage) {
     context.globalAlpha = opacity;
-    context.drawImage(map.heatmapImage, 0, 0, canvas.width, canvas.height);
+    const count = stackSize(map);
+    if (count > 1) {  // the selected tile of the stack
+      const heatmap = map.heatmapImage;
+      const tile = (heatmap.naturalWidth - (count - 1) * TILE_GAP) / count;
+      const index = Number($("stack").value) || 0;
+      context.drawImage(heatmap, index * (tile + TILE_GAP), 0, tile, heatmap.naturalHeight, 0, 0, canvas.width, canvas.height);
+    } else {
+      context.drawImage(map.heatmapImage, 0, 0, canvas.width, canvas.height);
+    }
     context.globalAlpha = 1;
   }
   const line = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 160));
@@ -275,6 +315,7 @@ function describeMap(map, canvas) {
   let caption = map ? `${map.name} on a ${canvas.width}×${canvas.height} image` : "no attention output";
   if (map?.peak) caption += `; peak at (${(map.peak.x || 0).toFixed(0)}, ${(map.peak.y || 0).toFixed(0)}) px`;
   if (map?.class_label) caption += `; explains class ${map.class_label}`;
+  if (stackSize(map) > 1) caption += `; ${$("stack").selectedOptions[0]?.textContent || ""} of ${stackSize(map)}`;
   if (map?.flat) caption += "; flat: no contrast to show";
   $("caption").textContent = caption;
   canvas.setAttribute("aria-label", `The image with ${caption}`);
@@ -313,7 +354,8 @@ function wire() {
     const file = event.target.files[0];
     if (file) predictBlob(file);
   });
-  $("map").addEventListener("change", draw);
+  $("map").addEventListener("change", selectMap);
+  $("stack").addEventListener("change", draw);
   $("opacity").addEventListener("input", draw);
   const drop = $("drop");
   drop.addEventListener("keydown", (event) => {
