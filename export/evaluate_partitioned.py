@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from attnserve._io import atomic_write_text
 from attnserve.transform import ResizeGeometry, map_to_original
@@ -41,7 +41,7 @@ from .data import DigitScenes, Scene
 from .models import get_entry, serving_spec
 from .models.partitioned_fcn import KEYPOINT_RADIUS, PartitionedFCN, coarse_targets, dilate, to_grid
 from .train_segmentation import EVALUATION_SIZES, SIZE_BINS, fit_on_scenes, scene_batch
-from .training import SPLITS_RECORD, TrainConfig, TrainResult, save_trained, training_record
+from .training import SPLITS_RECORD, TrainConfig, TrainResult, keep_better, save_trained, training_record
 
 TOLERANCE_PX = 4.0
 """Model-input pixels (3 original pixels of a 96 px scene, 6 of a 192 px one)."""
@@ -218,6 +218,11 @@ def served_reading(model: PartitionedFCN) -> str:
     return "gated" if model.partition else "shallow"
 
 
+def _partitioned(model: nn.Module) -> PartitionedFCN:
+    assert isinstance(model, PartitionedFCN)
+    return model
+
+
 def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
     """Trains ``partitioned_fcn`` (``config.model_kwargs``: e.g. ``partition=False``) as the
     segmentation trainer does, scored and selected by digit-centre F1 (`evaluate_keypoints`)."""
@@ -227,15 +232,12 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
     reading = served_reading(model)
     canvas = run.spec.preprocess.input_size[0]
 
-    model.eval()
-    last_val = evaluate_keypoints(model, val_list)
-    averaged = fitted.averaged.eval()
-    assert isinstance(averaged, PartitionedFCN)
-    ema_val = evaluate_keypoints(averaged, val_list)
-    kept = "ema" if ema_val[reading]["f1"] >= last_val[reading]["f1"] else "last"
-    if kept == "ema":
-        model.load_state_dict(averaged.state_dict())
-    model.eval()
+    choice = keep_better(
+        model,
+        fitted,
+        lambda weights: evaluate_keypoints(_partitioned(weights), val_list),
+        lambda scores: scores[reading]["f1"],
+    )
 
     test = score_test_split(model, config.test_samples, config.seed, canvas)
     metrics: dict[str, Any] = {
@@ -244,11 +246,11 @@ def train_partitioned(config: TrainConfig, progress_bar: bool = True) -> TrainRe
         "served_reading": reading,
         "selection": f"{canvas}px",
         "weights": {
-            "kept": kept,
-            "val_f1_last": last_val[reading]["f1"],
-            "val_f1_ema": ema_val[reading]["f1"],
+            "kept": choice.kept,
+            "val_f1_last": choice.last[reading]["f1"],
+            "val_f1_ema": choice.ema[reading]["f1"],
         },
-        "val": {f"{canvas}px": ema_val if kept == "ema" else last_val},
+        "val": {f"{canvas}px": choice.chosen},
         "test": test,
         "train": training_record(fitted, run.samples, recipe.batch_size, run.data_seconds, run.started),
         "splits": SPLITS_RECORD,

@@ -40,6 +40,7 @@ from .training import (
     Trainer,
     TrainResult,
     fit,
+    keep_better,
     one_cycle_lr,
     register_trainer,
     save_trained,
@@ -119,23 +120,21 @@ def train_classifier(config: TrainConfig, progress_bar: bool = True) -> TrainRes
     )
 
     selection = val_data[recipe.selection]
-    model.eval()
-    last_val = score(run_graph(ServingGraph(model, spec), selection), selection, spec)
-    averaged = fitted.averaged.eval()
-    ema_val = score(run_graph(ServingGraph(averaged, spec), selection), selection, spec)
-    kept = "ema" if ema_val["accuracy"] >= last_val["accuracy"] else "last"
-    if kept == "ema":
-        model.load_state_dict(averaged.state_dict())
-    model.eval()
+    choice = keep_better(
+        model,
+        fitted,
+        lambda weights: score(run_graph(ServingGraph(weights, spec), selection), selection, spec),
+        lambda scores: scores["accuracy"],
+    )
     graph = ServingGraph(model, spec)
     test_data = {v: build_batch(v, "test", config.test_samples, preprocess, config.seed) for v in variants}
     metrics: dict[str, Any] = {
         "architecture": config.architecture,
         "selection": recipe.selection,
         "weights": {
-            "kept": kept,
-            "val_accuracy_last": last_val["accuracy"],
-            "val_accuracy_ema": ema_val["accuracy"],
+            "kept": choice.kept,
+            "val_accuracy_last": choice.last["accuracy"],
+            "val_accuracy_ema": choice.ema["accuracy"],
         },
         "val": {v: score(run_graph(graph, data), data, graph.spec) for v, data in val_data.items()},
         "test": {v: score(run_graph(graph, data), data, graph.spec) for v, data in test_data.items()},

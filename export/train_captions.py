@@ -31,6 +31,7 @@ from attnserve.transform import (
     boxes_to_input,
     image_from_pixels,
     pixels_to_input,
+    quantize,
     to_input_pixels,
 )
 
@@ -42,6 +43,7 @@ from .training import (
     TrainConfig,
     TrainResult,
     fit,
+    keep_better,
     register_trainer,
     save_trained,
     start_training,
@@ -59,10 +61,6 @@ BEAM_SIZES = (1, 3)
 _CHUNK = 2_000
 
 
-def _quantized(images: NDArray[np.float32]) -> NDArray[np.uint8]:
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def training_data(
     samples: int, seed: int, max_length: int, preprocess: PreprocessSpec, other_sizes_share: float = 0.0
 ) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
@@ -77,7 +75,7 @@ def training_data(
         images, chunk_tokens = caption_batch(
             dataset, np.arange(start, min(start + _CHUNK, samples)), max_length
         )
-        chunk = _quantized(images[:, 0])[..., None]
+        chunk = quantize(images[:, 0])[..., None]  # as an image file stores them
         for index in np.flatnonzero(rng.uniform(size=len(chunk)) < other_sizes_share):
             side = int(round(np.exp(rng.uniform(*np.log(OTHER_SIDES)))))
             resized = image_from_pixels(images[index, 0]).resize((side, side), Image.Resampling.BILINEAR)
@@ -214,14 +212,12 @@ def train_captions(config: TrainConfig, progress_bar: bool = True) -> TrainResul
         progress_bar=progress_bar,
         clip_grad_norm=5.0,
     )
-    model.eval()
-    last_val = evaluate(ServingGraph(model, spec), validation, beam_size=1)
-    averaged = fitted.averaged.eval()
-    ema_val = evaluate(ServingGraph(averaged, spec), validation, beam_size=1)
-    kept = "ema" if ema_val["exact_match"] >= last_val["exact_match"] else "last"
-    if kept == "ema":
-        model.load_state_dict(averaged.state_dict())
-    model.eval()
+    choice = keep_better(
+        model,
+        fitted,
+        lambda weights: evaluate(ServingGraph(weights, spec), validation, beam_size=1),
+        lambda scores: scores["exact_match"],
+    )
     graph = ServingGraph(model, spec)
 
     test_scenes = CaptionScenes("test", config.test_samples, seed=config.seed)
@@ -237,11 +233,11 @@ def train_captions(config: TrainConfig, progress_bar: bool = True) -> TrainResul
         "model_kwargs": config.model_kwargs,
         "selection": f"{canvas}px_beam1",
         "weights": {
-            "kept": kept,
-            "val_exact_match_last": last_val["exact_match"],
-            "val_exact_match_ema": ema_val["exact_match"],
+            "kept": choice.kept,
+            "val_exact_match_last": choice.last["exact_match"],
+            "val_exact_match_ema": choice.ema["exact_match"],
         },
-        "val": {f"{canvas}px_beam1": ema_val if kept == "ema" else last_val},
+        "val": {f"{canvas}px_beam1": choice.chosen},
         "test": test,
         "train": training_record(fitted, len(pixels), recipe.batch_size, data_seconds, started),
         "splits": SPLITS_RECORD,

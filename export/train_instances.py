@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import nn
 
 from attnserve.spec import PreprocessSpec, Task
 from attnserve.transform import (
@@ -44,6 +45,7 @@ from .training import (
     TrainConfig,
     TrainResult,
     fit,
+    keep_better,
     register_trainer,
     save_trained,
     start_training,
@@ -348,12 +350,16 @@ def score_test_split(model: MaskRCNN, preprocess: PreprocessSpec, samples: int, 
     }
 
 
+def _mask_rcnn(model: nn.Module) -> MaskRCNN:
+    if not isinstance(model, MaskRCNN):
+        raise TypeError(f"instance segmentation trains Mask R-CNN models, not {type(model).__name__}")
+    return model
+
+
 @register_trainer(Task.INSTANCE_SEGMENTATION)
 def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResult:
     setup = start_training(config)
-    recipe, spec, model = setup.recipe, setup.spec, setup.model
-    if not isinstance(model, MaskRCNN):
-        raise TypeError(f"{config.architecture}: instance segmentation trains Mask R-CNN models")
+    recipe, spec, model = setup.recipe, setup.spec, _mask_rcnn(setup.model)
     preprocess = spec.preprocess
     started = time.monotonic()
     train_data = make_scenes("train", recipe.train_samples, TRAIN_CANVAS, config.seed, False, preprocess)
@@ -374,14 +380,12 @@ def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResu
         clip_grad_norm=10.0,
     )
 
-    last_val = evaluate(model, val_data)
-    averaged = fitted.averaged
-    assert isinstance(averaged, MaskRCNN)
-    ema_val = evaluate(averaged, val_data)
-    kept = "ema" if ema_val["mask_ap50"] >= last_val["mask_ap50"] else "last"
-    if kept == "ema":
-        model.load_state_dict(averaged.state_dict())
-    model.eval()
+    choice = keep_better(
+        model,
+        fitted,
+        lambda weights: evaluate(_mask_rcnn(weights), val_data),
+        lambda scores: scores["mask_ap50"],
+    )
     selection = f"canvas{TRAIN_CANVAS}"
     test = score_test_split(model, preprocess, config.test_samples, config.seed)
     metrics: dict[str, Any] = {
@@ -389,11 +393,11 @@ def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResu
         "mask_mode": model.mask_mode,
         "selection": selection,
         "weights": {
-            "kept": kept,
-            "val_mask_ap50_last": last_val["mask_ap50"],
-            "val_mask_ap50_ema": ema_val["mask_ap50"],
+            "kept": choice.kept,
+            "val_mask_ap50_last": choice.last["mask_ap50"],
+            "val_mask_ap50_ema": choice.ema["mask_ap50"],
         },
-        "val": {selection: last_val if kept == "last" else ema_val},
+        "val": {selection: choice.chosen},
         "test": test,
         "train": training_record(fitted, len(train_data), recipe.batch_size, data_seconds, started),
         "splits": SPLITS_RECORD,

@@ -38,7 +38,7 @@ from .models import TrainingRecipe, TrainingStep
 from .models.photo_cbam import PHOTO_LABELS, CbamModule, CbamPool, PhotoCbamNet
 from .onnx_export import PARITY_TOLERANCE
 from .scoring import run_graph, score, with_measured_quality
-from .training import TrainConfig, fit, training_record
+from .training import TrainConfig, fit, keep_better, training_record
 
 if TYPE_CHECKING:
     from .byo import CapturedGraph, ModuleExportResult
@@ -278,17 +278,12 @@ def train_photos(config: TrainConfig, progress_bar: bool = True) -> dict[str, An
         description=f"train {NAME}",
         progress_bar=progress_bar,
     )
-    last_val = accuracy(model, val_data)
-    ema_val = accuracy(fitted.averaged, val_data)
-    kept = "ema" if ema_val >= last_val else "last"
-    if kept == "ema":
-        model.load_state_dict(fitted.averaged.state_dict())
-    model.eval()
+    choice = keep_better(model, fitted, lambda weights: accuracy(weights, val_data), float)
 
     test_data, test_photos = photo_data("test", config.test_samples, config.seed, preprocess, workers)
     metrics: dict[str, Any] = {
         "model": NAME,
-        "weights": {"kept": kept, "val_accuracy_last": last_val, "val_accuracy_ema": ema_val},
+        "weights": {"kept": choice.kept, "val_accuracy_last": choice.last, "val_accuracy_ema": choice.ema},
         "train": training_record(fitted, len(labels), recipe.batch_size, data_seconds, started),
         "splits": {
             split: f"scans {SPLITS_TEXT[split]} on {', '.join(PHOTO_SPLITS[split])}" for split in SPLITS_TEXT

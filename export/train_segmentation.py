@@ -52,6 +52,7 @@ from .training import (
     TrainConfig,
     TrainResult,
     fit,
+    keep_better,
     register_trainer,
     save_trained,
     start_training,
@@ -347,14 +348,12 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
     canvas = spec.preprocess.input_size[0]
 
     weights_name = _scale_weights_output(spec)
-    model.eval()
-    last_val = evaluate(ServingGraph(model, spec), val_list, weights_name=weights_name)
-    averaged = fitted.averaged.eval()
-    ema_val = evaluate(ServingGraph(averaged, spec), val_list, weights_name=weights_name)
-    kept = "ema" if ema_val["miou"] >= last_val["miou"] else "last"
-    if kept == "ema":
-        model.load_state_dict(averaged.state_dict())
-    model.eval()
+    choice = keep_better(
+        model,
+        fitted,
+        lambda weights: evaluate(ServingGraph(weights, spec), val_list, weights_name=weights_name),
+        lambda scores: scores["miou"],
+    )
     graph = ServingGraph(model, spec)
 
     test: dict[str, Any] = {}
@@ -367,14 +366,14 @@ def train_segmentation(config: TrainConfig, progress_bar: bool = True) -> TrainR
         "architecture": config.architecture,
         "model_kwargs": config.model_kwargs,
         "selection": f"{canvas}px",
-        "weights": {"kept": kept, "val_miou_last": last_val["miou"], "val_miou_ema": ema_val["miou"]},
+        "weights": {
+            "kept": choice.kept,
+            "val_miou_last": choice.last["miou"],
+            "val_miou_ema": choice.ema["miou"],
+        },
         # without "attention": export picks a primary map by its pointing on the validation
         # split's figures, which scale weights have none of (their weights by size stay here)
-        "val": {
-            f"{canvas}px": {
-                k: v for k, v in (ema_val if kept == "ema" else last_val).items() if k != "attention"
-            }
-        },
+        "val": {f"{canvas}px": {k: v for k, v in choice.chosen.items() if k != "attention"}},
         "test": test,
         "train": training_record(fitted, run.samples, recipe.batch_size, run.data_seconds, run.started),
         "splits": SPLITS_RECORD,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -123,6 +123,41 @@ class Fitted:
     seconds: float
     averaged: nn.Module
     """The exponential moving average of the weights and BatchNorm statistics (`ema_decay`)."""
+
+
+S = TypeVar("S")
+
+
+@dataclass
+class Kept(Generic[S]):
+    """Which weights `keep_better` kept, and both validation scores."""
+
+    kept: str
+    """"last" or "ema"."""
+    last: S
+    ema: S
+
+    @property
+    def chosen(self) -> S:
+        """The kept weights' score."""
+        return self.ema if self.kept == "ema" else self.last
+
+
+def keep_better(
+    model: nn.Module, fitted: Fitted, score: Callable[[nn.Module], S], figure: Callable[[S], float]
+) -> Kept[S]:
+    """Scores the last weights (``model``) and their moving average (``fitted.averaged``), both in
+    eval mode, on validation data, and leaves the better by ``figure`` in ``model`` (a tie keeps
+    the average), in eval mode: the selection every trainer makes."""
+    model.eval()
+    last = score(model)
+    averaged = fitted.averaged.eval()
+    ema = score(averaged)
+    kept = "ema" if figure(ema) >= figure(last) else "last"
+    if kept == "ema":
+        model.load_state_dict(averaged.state_dict())
+    model.eval()
+    return Kept(kept, last, ema)
 
 
 StepLoss = Callable[[NDArray[np.int64], float, int], TrainingStep]

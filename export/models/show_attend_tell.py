@@ -39,7 +39,7 @@ from attnserve.spec import (
     Normalization,
     Task,
 )
-from attnserve.transform import pixels_to_input
+from attnserve.transform import pixels_to_input, quantize
 
 from ..data.captions import DIGIT_WORDS, END, PAD, START, VOCABULARY, CaptionScenes, caption_preprocess
 from ._registry import register_model
@@ -244,9 +244,7 @@ class ShowAttendTell(nn.Module):
         """Export's parity inputs: validation scenes as the gateway sends them (real captions of
         every length), the last image noise."""
         scenes = CaptionScenes("val", batch_size, seed=seed)
-        pixels = np.stack(
-            [np.round(scenes[i].image * 255).astype(np.uint8)[..., None] for i in range(batch_size)]
-        )
+        pixels = quantize(np.stack([scenes[i].image for i in range(batch_size)]))[..., None]
         inputs = pixels_to_input(pixels, caption_preprocess())
         inputs[-1] = np.random.default_rng(seed).normal(size=inputs.shape[1:]).astype(np.float32)
         return inputs

@@ -30,7 +30,7 @@ from attnserve.spec import AttentionKind, ColorMode, ModelSpec
 from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, fit_within, jpeg_draft_scale
 
 from .metrics import GatewayMetrics
-from .postprocess import AttentionRequest, TaskOptions, task_draws
+from .postprocess import AttentionRequest, TaskOptions, answer_draws, task_draws
 
 MIB = 2**20
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La", "P"})
@@ -117,7 +117,7 @@ def estimate_cost(
 ) -> Cost:
     """The memory a request needs from its header (``None``: a tensor input, small)."""
     task = task or TaskOptions()
-    draws = attention.draws or task_draws(spec.task) or task.overlay
+    draws = answer_draws(spec, attention, task)
     if header is None:
         size = (spec.preprocess.input_size[1], spec.preprocess.input_size[0])
         render = render_bytes(spec, attention, size) if attention.draws else 0

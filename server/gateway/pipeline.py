@@ -40,7 +40,7 @@ from .backend import InferenceBackend
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
 from .outputs import check_output_shapes
-from .postprocess import AttentionRequest, TaskOptions, postprocess, task_draws, task_inputs
+from .postprocess import AttentionRequest, TaskOptions, answer_draws, postprocess, task_inputs
 from .postprocess.tasks import DEFAULT_SCORE_THRESHOLD, MAX_INSTANCES
 from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 from .render import ImageEncoder
@@ -338,7 +338,7 @@ class Pipeline:
                     "normalised pixels (see the model's preprocessing mean and std)"
                 )
             work = (first, spec, geometry, options, attention, prepared.image, render_size)
-            if attention.draws or task_draws(spec.task) or options.overlay:
+            if answer_draws(spec, attention, options):
                 answer = await loop.run_in_executor(executor, postprocess, *work)
             else:  # numbers only (cbam's 8 maps raw: ~0.4 ms): cheaper here than a thread hand-off
                 answer = postprocess(*work)

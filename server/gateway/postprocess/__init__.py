@@ -34,6 +34,12 @@ from .tasks import (
 )
 
 
+def answer_draws(spec: ModelSpec, attention: AttentionRequest, options: TaskOptions) -> bool:
+    """Whether the answer holds images (the costly part of postprocessing, admitted and run as
+    rendering work): a map in an image form, a task that always draws, or the task's drawing."""
+    return attention.draws or task_draws(spec.task) or options.overlay
+
+
 @dataclass
 class Answer:
     task: TaskResult
@@ -64,6 +70,7 @@ def postprocess(
 
 __all__ = [
     "Answer",
+    "answer_draws",
     "AttentionRequest",
     "DisplayMap",
     "MapContext",
