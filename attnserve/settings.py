@@ -88,8 +88,25 @@ class GatewaySettings(BaseModel):
         256 * 2**20, gt=0, description="an image's decoded raster (16-bit and float images cost more)"
     )
     max_in_flight: int = Field(64, gt=0, description="requests beyond this get RESOURCE_EXHAUSTED")
+    adaptive_concurrency: bool = Field(
+        False,
+        description="admit only as many cheap predictions at once as keep their latency within "
+        "latency_tolerance × their no-load latency (learnt; between min_in_flight and max_in_flight): "
+        "latency before throughput (see docs/overload.md)",
+    )
+    latency_tolerance: float = Field(2.0, gt=1, description="see adaptive_concurrency")
+    min_in_flight: int | None = Field(
+        None,
+        gt=0,
+        description="the adaptive limit's floor (it starts at twice this); default: the cores this "
+        "process may use, at least 2",
+    )
     model_share: float = Field(
-        0.75, gt=0, le=1, description="the share of max_in_flight one model may hold (1: no per-model cap)"
+        0.75,
+        gt=0,
+        le=1,
+        description="the share of the in-flight limit (adaptive or max_in_flight) one model may hold "
+        "(1: no per-model cap)",
     )
     max_heavy_in_flight: int = Field(
         8,

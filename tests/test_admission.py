@@ -84,7 +84,7 @@ def test_each_limit_refuses_at_once_with_a_retry_hint_and_counts_the_refusal() -
     )
     metrics = GatewayMetrics()
     admission = Admission(settings, metrics)
-    assert admission.per_model == 2
+    assert admission.per_model() == 2
     cheap, heavy = Cost(10, False), Cost(10, True)
 
     tickets = []

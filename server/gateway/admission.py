@@ -1,10 +1,13 @@
 """Admission: what a request may cost, decided before any work is done on it.
 
-Four limits, each checked on the event loop before decoding, each refused at once with
+Five limits, each checked on the event loop before decoding, each refused at once with
 RESOURCE_EXHAUSTED and a retry hint — nothing waits in a hidden queue:
 
-- requests in flight (``max_in_flight``);
-- one model's share of them (``model_share``): a flood on one model leaves room for the others;
+- requests in flight (``max_in_flight``), a hard cap checked before anything is looked at;
+- cheap requests in flight: as many as keep their latency within ``latency_tolerance`` × their
+  no-load latency (`AdaptiveLimit`, learnt from their completions; ``adaptive_concurrency``);
+- one model's share of each of the two (``model_share`` of the cheap limit and of
+  ``max_heavy_in_flight``): a flood on one model leaves room for the others;
 - heavy requests in flight (``max_heavy_in_flight``): those that render image forms or decode a
   large image. They also run on their own threads (`Pipeline`), so cheap predictions are never
   queued behind a 12-megapixel overlay;
@@ -29,6 +32,7 @@ from attnserve.settings import GatewaySettings
 from attnserve.spec import AttentionKind, ColorMode, ModelSpec
 from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, fit_within, jpeg_draft_scale
 
+from .concurrency import AdaptiveLimit, machine_cores
 from .metrics import GatewayMetrics
 from .postprocess import AttentionRequest, TaskOptions, answer_draws, task_draws
 
@@ -149,8 +153,10 @@ class Ticket:
     """An admitted request's share of the limits; `release` once, when it is answered — or use
     it as a context manager, which releases it with the time since admission."""
 
-    def __init__(self, admission: Admission, model: str, cost: Cost) -> None:
+    def __init__(self, admission: Admission, model: str, cost: Cost, others: int) -> None:
         self.admission, self.model, self.cost = admission, model, cost
+        self.others = others
+        """Requests of its kind (cheap or heavy) in flight when it was admitted."""
         self.admitted = time.perf_counter()
         self.released = False
 
@@ -172,12 +178,28 @@ class Admission:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.per_model = max(1, math.ceil(settings.max_in_flight * settings.model_share))
+        self.limit: AdaptiveLimit | None = None
+        if settings.adaptive_concurrency:
+            floor = min(settings.min_in_flight or max(2, machine_cores()), settings.max_in_flight)
+            self.limit = AdaptiveLimit(2 * floor, floor, settings.max_in_flight, settings.latency_tolerance)
+        metrics.concurrency_limit.set(self.cheap_limit)
         self.in_flight = 0
+        self.cheap = 0
         self.heavy = 0
         self.memory = 0
-        self.by_model: Counter[str] = Counter()
+        self.by_model: Counter[tuple[str, bool]] = Counter()
+        """Requests in flight by model and heaviness."""
         self._service_s = {False: 0.02, True: 0.2}
+
+    @property
+    def cheap_limit(self) -> int:
+        """How many cheap requests may be in flight now."""
+        return self.limit.value if self.limit is not None else self.settings.max_in_flight
+
+    def per_model(self, heavy: bool = False) -> int:
+        """How many cheap (or heavy) requests one model may have in flight now."""
+        limit = self.settings.max_heavy_in_flight if heavy else self.cheap_limit
+        return max(1, math.ceil(limit * self.settings.model_share))
 
     def retry_after(self, heavy: bool) -> float:
         return min(_RETRY_MAX_S, max(_RETRY_MIN_S, self._service_s[heavy]))
@@ -197,11 +219,18 @@ class Admission:
 
     def admit(self, model: str, cost: Cost) -> Ticket:
         """Reserves ``cost`` for one request on ``model`` or refuses it."""
-        if self.by_model[model] >= self.per_model:
+        if not cost.heavy and self.cheap >= self.cheap_limit:
             self._refuse(
-                "model_share",
-                f"{self.by_model[model]} predictions on {model!r} are in flight (its share {self.per_model})",
-                cost.heavy,
+                "concurrency",
+                f"{self.cheap} predictions are in flight, as many as keep their latency within "
+                f"{self.settings.latency_tolerance:g}× unloaded now (limit {self.cheap_limit})",
+                False,
+            )
+        held, share = self.by_model[model, cost.heavy], self.per_model(cost.heavy)
+        if held >= share:
+            kind = "heavy requests" if cost.heavy else "predictions"
+            self._refuse(
+                "model_share", f"{held} {kind} on {model!r} are in flight (its share {share})", cost.heavy
             )
         if cost.heavy and self.heavy >= self.settings.max_heavy_in_flight:
             limit = self.settings.max_heavy_in_flight
@@ -225,19 +254,26 @@ class Admission:
                 f"and this request needs about {cost.memory_bytes / MIB:.0f} MiB",
                 cost.heavy,
             )
-        self.by_model[model] += 1
+        others = self.heavy if cost.heavy else self.cheap
+        self.by_model[model, cost.heavy] += 1
         self.heavy += cost.heavy
+        self.cheap += not cost.heavy
         self.memory += cost.memory_bytes
         self.metrics.memory_reserved.set(self.memory)
-        return Ticket(self, model, cost)
+        return Ticket(self, model, cost, others)
 
     def _release(self, ticket: Ticket, service_s: float | None) -> None:
-        self.by_model[ticket.model] -= 1
-        if not self.by_model[ticket.model]:
-            del self.by_model[ticket.model]
+        key = (ticket.model, ticket.cost.heavy)
+        self.by_model[key] -= 1
+        if not self.by_model[key]:
+            del self.by_model[key]
         self.heavy -= ticket.cost.heavy
+        self.cheap -= not ticket.cost.heavy
         self.memory -= ticket.cost.memory_bytes
         self.metrics.memory_reserved.set(self.memory)
+        if service_s is not None and self.limit is not None and not ticket.cost.heavy:
+            self.limit.observe(ticket.model, service_s, max(ticket.others, self.cheap))
+            self.metrics.concurrency_limit.set(self.limit.value)
         if service_s is not None:
             previous = self._service_s[ticket.cost.heavy]
             self._service_s[ticket.cost.heavy] = 0.8 * previous + 0.2 * service_s

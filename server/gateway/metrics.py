@@ -55,6 +55,12 @@ class GatewayMetrics:
             "Decode and render memory reserved by the requests in flight (estimated from headers)",
             registry=self.registry,
         )
+        self.concurrency_limit = Gauge(
+            "attnserve_concurrency_limit",
+            "Cheap predictions admitted at once now: the adaptive limit (adaptive_concurrency), "
+            "else max_in_flight",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "attnserve_in_flight_requests",
             "Requests being handled now (every transport)",
