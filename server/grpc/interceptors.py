@@ -112,9 +112,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
+            # The status is set, not raised with `context.abort`: an abort keeps the exception
+            # (and through its traceback the call) in a reference cycle until the garbage
+            # collector runs, and grpc-core counts a call against the connection's
+            # max_concurrent_streams until it is freed — under a burst of refusals it then
+            # refuses new streams itself (RST_STREAM REFUSED_STREAM, "overload protection").
             code = status_for(exc)
             log_failure(log, method, exc)
-            await context.abort(code, describe(exc), retry_trailers(exc))
+            context.set_code(code)
+            context.set_details(describe(exc))
+            if trailers := retry_trailers(exc):
+                context.set_trailing_metadata(trailers)
         finally:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels("grpc", method, model, code.name).inc()
