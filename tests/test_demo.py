@@ -34,3 +34,10 @@ def test_a_captions_figure_is_its_word_tiles_and_its_label_the_caption() -> None
     prediction = Prediction("show_attend_tell", "1", [], [], ImageInfo(9, 9, "PNG"), caption=caption)
     prediction.task_overlay = b"tiles"
     assert overlay_tiles(prediction) == [('show_attend_tell: "a large seven"', b"tiles")]
+
+
+def test_free_ports_handed_to_one_process_are_all_different() -> None:
+    from attnserve._net import free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)  # a server's ports once collided: Triton refused to start
