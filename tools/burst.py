@@ -2,12 +2,17 @@
 overlays, against `attnserve serve`. Is anything INTERNAL, are refusals immediate and counted
 exactly, and how do the admitted cheap requests fare against an unloaded gateway?
 
-    .venv/bin/python tools/burst.py                    # default limits
-    .venv/bin/python tools/burst.py --max-in-flight 8  # a tighter cap: shorter queues
+    .venv/bin/python tools/burst.py                 # default settings: 640 calls
+    .venv/bin/python tools/burst.py --adaptive --compare   # adaptive concurrency, then without
+    .venv/bin/python tools/burst.py --max-in-flight 8
     .venv/bin/python tools/burst.py --json
 
-Capacity is ``max_in_flight``; the burst sends 10× that many calls at once over one channel
-(a quarter of them overlays of every map of a 4000×3000 JPEG).
+Capacity is what the gateway admits at once after warm-up (`attnserve_concurrency_limit`: the
+adaptive limit, or ``max_in_flight``); the burst sends 10× that many calls at once over one
+channel, a quarter of them overlays of every map of a 4000×3000 JPEG. Each latency is reported
+three ways: as the client saw it, inside the gateway (the answer's ``timings.total_ms``), and
+the floor — the same burst refused on arrival — which is what the transport and a load
+generator on the same cores cost before any work is done.
 """
 
 from __future__ import annotations
@@ -55,19 +60,34 @@ def rejected_total(metrics_url: str) -> float:
     )
 
 
-async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float]:
+def gauge(metrics_url: str, name: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float | None]:
+    """One call: its code, its latency as the client saw it, and the gateway's own total."""
     started = time.perf_counter()
+    server_ms = None
     try:
-        await stub.Predict(request, timeout=120)
-        code = "OK"
+        answer = await stub.Predict(request, timeout=120)
+        code, server_ms = "OK", answer.timings.total_ms
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
-        if code not in ("RESOURCE_EXHAUSTED", "OK"):
+        if code not in ("RESOURCE_EXHAUSTED", "OK", "NOT_FOUND"):
             DETAILS[code] = exc.details() or ""
-    return code, time.perf_counter() - started
+    return code, time.perf_counter() - started, server_ms
 
 
-async def measure(address: str, calls: int, metrics_url: str) -> dict[str, Any]:
+def ms(values: list[float | None], q: float) -> float | None:
+    """A percentile of milliseconds (the gateway's own figures are in ms already)."""
+    kept = [v for v in values if v is not None]
+    return round(float(np.percentile(kept, q)), 1) if kept else None
+
+
+async def measure(
+    address: str, metrics_url: str, burst_factor: int, heavy_share: float, calls: int | None = None
+) -> dict[str, Any]:
     cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
     heavy = pb.PredictRequest(
         image=photo(),
@@ -79,64 +99,121 @@ async def measure(address: str, calls: int, metrics_url: str) -> dict[str, Any]:
         stub = pb_grpc.AttentionServiceStub(channel)
         for _ in range(20):
             await call(stub, cheap)
-        unloaded = [seconds for _, seconds in [await call(stub, cheap) for _ in range(200)]]
+        unloaded = [await call(stub, cheap) for _ in range(200)]
+        capacity = int(gauge(metrics_url, "attnserve_concurrency_limit"))
+        calls = calls or burst_factor * capacity
+        every = round(1 / heavy_share) if heavy_share else 0
+        kinds = ["heavy" if every and i % every == 0 else "cheap" for i in range(calls)]
+
+        # the floor: the same burst, every call refused on arrival (an unknown model: nothing is
+        # decoded), so all it measures is the transport, the client and the gateway's front
+        unknown = {"cheap": pb.PredictRequest(), "heavy": pb.PredictRequest()}
+        for kind, request in unknown.items():
+            request.CopyFrom(heavy if kind == "heavy" else cheap)
+            request.model = "no-such-model"
+        floor = await asyncio.gather(*(call(stub, unknown[k]) for k in kinds))
+
         before = rejected_total(metrics_url)
-        kinds = ["heavy" if i % 4 == 0 else "cheap" for i in range(calls)]
         started = time.perf_counter()
         results = await asyncio.gather(*(call(stub, heavy if k == "heavy" else cheap) for k in kinds))
         wall = time.perf_counter() - started
         counted = rejected_total(metrics_url) - before
+        limit_after = gauge(metrics_url, "attnserve_concurrency_limit")
     by_kind: dict[str, Any] = {}
     for kind in ("cheap", "heavy"):
         mine = [r for r, k in zip(results, kinds, strict=True) if k == kind]
-        ok = [s for c, s in mine if c == "OK"]
-        refused = [s for c, s in mine if c == "RESOURCE_EXHAUSTED"]
+        ok = [s for c, s, _ in mine if c == "OK"]
+        refused = [s for c, s, _ in mine if c == "RESOURCE_EXHAUSTED"]
         by_kind[kind] = {
             "sent": len(mine),
-            "codes": dict(Counter(c for c, _ in mine)),
+            "codes": dict(Counter(c for c, _, _ in mine)),
             "admitted_p50_ms": percentile(ok, 50),
             "admitted_p99_ms": percentile(ok, 99),
+            "admitted_gateway_p99_ms": ms([t for c, _, t in mine if c == "OK"], 99),
             "refused_p99_ms": percentile(refused, 99),
         }
-    seen = sum(c == "RESOURCE_EXHAUSTED" for c, _ in results)
+    seen = sum(c == "RESOURCE_EXHAUSTED" for c, _, _ in results)
     return {
+        "capacity": capacity,
         "calls": calls,
         "wall_s": round(wall, 2),
-        "unloaded_p50_ms": percentile(unloaded, 50),
-        "unloaded_p99_ms": percentile(unloaded, 99),
+        "unloaded_p50_ms": percentile([s for _, s, _ in unloaded], 50),
+        "unloaded_p99_ms": percentile([s for _, s, _ in unloaded], 99),
+        "unloaded_gateway_p99_ms": ms([t for _, _, t in unloaded], 99),
+        "floor_p99_ms": percentile([s for _, s, _ in floor], 99),
+        "floor_codes": dict(Counter(c for c, _, _ in floor)),
         "by_kind": by_kind,
         "resource_exhausted_seen": seen,
         "rejections_counted": counted,
-        "internal": sum(c == "INTERNAL" for c, _ in results),
+        "limit_after": limit_after,
+        "internal": sum(c == "INTERNAL" for c, _, _ in results),
         "other_errors": dict(DETAILS),
     }
 
 
-def main() -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-in-flight", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="print only the JSON summary")
-    args = parser.parse_args()
-    limits = {"ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(args.max_in_flight)}
-    with serving(Settings(), env=limits, gateway_metrics=True, quiet=True) as served:
+def run(
+    max_in_flight: int, adaptive: bool, burst_factor: int, heavy_share: float, calls: int | None = None
+) -> dict[str, Any]:
+    env = {
+        "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
+        "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
+    }
+    DETAILS.clear()
+    with serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
         assert served.metrics_url is not None
-        summary = asyncio.run(measure(served.address, 10 * args.max_in_flight, served.metrics_url))
-    exit_code = served.exit_code
-    summary.update(max_in_flight=args.max_in_flight, exit_code=exit_code)
+        summary = asyncio.run(measure(served.address, served.metrics_url, burst_factor, heavy_share, calls))
+    summary.update(max_in_flight=max_in_flight, adaptive=adaptive, exit_code=served.exit_code)
     cheap = summary["by_kind"]["cheap"]
     if cheap["admitted_p99_ms"] and summary["unloaded_p99_ms"]:
         summary["cheap_p99_ratio"] = round(cheap["admitted_p99_ms"] / summary["unloaded_p99_ms"], 1)
-    if not args.json:
-        print(f"unloaded cheap p50/p99: {summary['unloaded_p50_ms']} / {summary['unloaded_p99_ms']} ms")
-        for kind, figures in summary["by_kind"].items():
-            print(f"{kind:5}: {figures}")
-        print(
-            f"RESOURCE_EXHAUSTED seen {summary['resource_exhausted_seen']}, counted "
-            f"{summary['rejections_counted']:.0f}; INTERNAL {summary['internal']}; "
-            f"admitted cheap p99 {summary.get('cheap_p99_ratio')}× unloaded"
-        )
-    print(json.dumps(summary))
+    if cheap["admitted_gateway_p99_ms"] and summary["unloaded_gateway_p99_ms"]:
+        ratio = cheap["admitted_gateway_p99_ms"] / summary["unloaded_gateway_p99_ms"]
+        summary["cheap_gateway_p99_ratio"] = round(ratio, 1)
     return summary
+
+
+def report(summary: dict[str, Any]) -> None:
+    mode = "adaptive" if summary["adaptive"] else "fixed"
+    print(
+        f"[{mode}] capacity {summary['capacity']} (max_in_flight {summary['max_in_flight']}), "
+        f"{summary['calls']} calls at once; limit after: {summary['limit_after']:g}"
+    )
+    print(
+        f"  unloaded cheap p50/p99: {summary['unloaded_p50_ms']} / {summary['unloaded_p99_ms']} ms "
+        f"(in the gateway p99 {summary['unloaded_gateway_p99_ms']} ms); the same burst refused on "
+        f"arrival: p99 {summary['floor_p99_ms']} ms"
+    )
+    for kind, figures in summary["by_kind"].items():
+        print(f"  {kind:5}: {figures}")
+    print(
+        f"  RESOURCE_EXHAUSTED seen {summary['resource_exhausted_seen']}, counted "
+        f"{summary['rejections_counted']:.0f}; INTERNAL {summary['internal']}; admitted cheap p99 "
+        f"{summary.get('cheap_p99_ratio')}× unloaded as clients saw it, "
+        f"{summary.get('cheap_gateway_p99_ratio')}× inside the gateway"
+    )
+
+
+def main() -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-in-flight", type=int, default=64, help="the hard cap")
+    parser.add_argument("--adaptive", action="store_true", help="adaptive_concurrency on")
+    parser.add_argument(
+        "--compare", action="store_true", help="then the same burst with adaptive_concurrency the other way"
+    )
+    parser.add_argument("--factor", type=int, default=10, help="the burst, in multiples of capacity")
+    parser.add_argument("--heavy-share", type=float, default=0.25, help="the share of overlays (0–1)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON summaries")
+    args = parser.parse_args()
+    summaries = [run(args.max_in_flight, args.adaptive, args.factor, args.heavy_share)]
+    if args.compare:
+        calls = summaries[0]["calls"]
+        other = not args.adaptive
+        summaries.append(run(args.max_in_flight, other, args.factor, args.heavy_share, calls=calls))
+    for summary in summaries:
+        if not args.json:
+            report(summary)
+        print(json.dumps(summary))
+    return summaries
 
 
 if __name__ == "__main__":
