@@ -12,7 +12,15 @@ BYO_STAMP := $(BYO_VENV)/.attnserve-installed
 
 .PHONY: run test setup byo-setup test-byo lint typecheck system-tools proto clean
 
+# A warning, not a failure, when the disk may not hold a venv (pip then fails with
+# "No space left on device" half-way through: CI once did).
+define disk_check
+	@free=$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1048576)}'); [ "$$free" -ge $(1) ] || \
+	  echo "warning: $$free GiB free on this disk; $(2) needs about $(1) GiB" >&2
+endef
+
 $(STAMP): pyproject.toml
+	$(call disk_check,3,$(VENV))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build on the build machines' disk
@@ -26,6 +34,7 @@ setup: $(STAMP)
 # Bring-your-own timm/torchvision models need torch 2.14.1 + torchvision 0.29.1: their own venv
 # (5.6 GB, ~2.5 min from the build machines' disk; see docs/byo.md).
 $(BYO_STAMP): pyproject.toml
+	$(call disk_check,7,$(BYO_VENV))
 	$(PYTHON) -m venv $(BYO_VENV)
 	$(BYO_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BYO_VENV)/bin/python -m pip install --quiet -e '.[byo-test]'
