@@ -105,8 +105,8 @@ class GatewaySettings(BaseModel):
         0.75,
         gt=0,
         le=1,
-        description="the share of the in-flight limit (adaptive or max_in_flight) one model may hold "
-        "(1: no per-model cap)",
+        description="the share one model may hold of the cheap in-flight limit (adaptive or "
+        "max_in_flight) and of max_heavy_in_flight (1: no per-model cap)",
     )
     max_heavy_in_flight: int = Field(
         8,

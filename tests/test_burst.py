@@ -43,8 +43,9 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))
 import burst as burst_tool  # noqa: E402
 
 
-def burst(*flags: str) -> list[dict[str, Any]]:
-    command = [sys.executable, "tools/burst.py", "--json", *flags]
+def tool(script: str, *flags: str) -> list[dict[str, Any]]:
+    """Runs ``tools/SCRIPT --json FLAGS``; the JSON summaries it printed."""
+    command = [sys.executable, f"tools/{script}", "--json", *flags]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -65,14 +66,14 @@ def check(summary: dict[str, Any]) -> None:
 
 
 def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_counted_exactly() -> None:
-    (summary,) = burst("--adaptive")
+    (summary,) = tool("burst.py", "--adaptive")
     assert summary["adaptive"] and 2 <= summary["capacity"] <= 64, summary
     assert summary["calls"] == 10 * summary["capacity"]
     check(summary)
 
 
 def test_640_calls_at_once_on_one_connection_are_answered_refused_or_refused_streams() -> None:
-    (summary,) = burst("--max-in-flight", "64")
+    (summary,) = tool("burst.py", "--max-in-flight", "64")
     assert summary["calls"] == 640 and not summary["adaptive"]
     check(summary)
 
@@ -138,21 +139,7 @@ def test_a_flood_of_cancelled_calls_leaves_the_gateway_serving_with_bounded_memo
 
 
 def test_the_sustained_overload_tool_compares_both_ways_and_loses_no_call() -> None:
-    command = [
-        sys.executable,
-        "tools/overload.py",
-        "--json",
-        "--seconds",
-        "2",
-        "--rounds",
-        "1",
-        "--clients",
-        "8",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary = json.loads(result.stdout.splitlines()[-1])
-    print(summary)
+    (summary,) = tool("overload.py", "--seconds", "2", "--rounds", "1", "--clients", "8")
     for mode in ("adaptive", "fixed"):
         figures = summary[mode]
         assert set(figures["codes"]) <= {"OK", "RESOURCE_EXHAUSTED"}, figures

@@ -24,13 +24,14 @@ import json
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from PIL import Image
 
+from attnserve.bench import stats
 from attnserve.demo import serving
 from attnserve.settings import Settings
 from attnserve.v1 import attnserve_pb2 as pb
@@ -47,42 +48,46 @@ def photo() -> bytes:
     return buffer.getvalue()
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)) * 1e3, 1) if values else None
+def percentile(seconds: Iterable[float | None], q: float) -> float | None:
+    """A nearest-rank percentile in ms; None (a call with no such figure) is left out."""
+    kept = sorted(s for s in seconds if s is not None)
+    return round(stats.percentile(kept, q) * 1e3, 1) if kept else None
+
+
+def scrape(metrics_url: str) -> list[tuple[str, float]]:
+    """The gateway's /metrics: (series with its labels, value) for every sample."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return [
+        (line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line[:1] != "#"
+    ]
 
 
 def rejected_total(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("attnserve_rejected_total{") and 'reason="too_large"' not in line
+        value
+        for series, value in scrape(metrics_url)
+        if series.startswith("attnserve_rejected_total{") and 'reason="too_large"' not in series
     )
 
 
 def gauge(metrics_url: str, name: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return next(value for series, value in scrape(metrics_url) if series == name)
 
 
 async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float | None]:
-    """One call: its code, its latency as the client saw it, and the gateway's own total."""
+    """One call: its code, its latency as the client saw it, and the gateway's own total (s)."""
     started = time.perf_counter()
-    server_ms = None
+    in_gateway = None
     try:
         answer = await stub.Predict(request, timeout=120)
-        code, server_ms = "OK", answer.timings.total_ms
+        code, in_gateway = "OK", answer.timings.total_ms / 1e3
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         if code not in ("RESOURCE_EXHAUSTED", "OK", "NOT_FOUND"):
             DETAILS[code] = exc.details() or ""
-    return code, time.perf_counter() - started, server_ms
-
-
-def ms(values: list[float | None], q: float) -> float | None:
-    """A percentile of milliseconds (the gateway's own figures are in ms already)."""
-    kept = [v for v in values if v is not None]
-    return round(float(np.percentile(kept, q)), 1) if kept else None
+    return code, time.perf_counter() - started, in_gateway
 
 
 async def measure(
@@ -129,7 +134,7 @@ async def measure(
             "codes": dict(Counter(c for c, _, _ in mine)),
             "admitted_p50_ms": percentile(ok, 50),
             "admitted_p99_ms": percentile(ok, 99),
-            "admitted_gateway_p99_ms": ms([t for c, _, t in mine if c == "OK"], 99),
+            "admitted_gateway_p99_ms": percentile([t for _, _, t in mine], 99),
             "refused_p99_ms": percentile(refused, 99),
         }
     seen = sum(c == "RESOURCE_EXHAUSTED" for c, _, _ in results)
@@ -139,7 +144,7 @@ async def measure(
         "wall_s": round(wall, 2),
         "unloaded_p50_ms": percentile([s for _, s, _ in unloaded], 50),
         "unloaded_p99_ms": percentile([s for _, s, _ in unloaded], 99),
-        "unloaded_gateway_p99_ms": ms([t for _, _, t in unloaded], 99),
+        "unloaded_gateway_p99_ms": percentile([t for _, _, t in unloaded], 99),
         "floor_p99_ms": percentile([s for _, s, _ in floor], 99),
         "floor_codes": dict(Counter(c for c, _, _ in floor)),
         "by_kind": by_kind,

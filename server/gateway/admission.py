@@ -271,10 +271,10 @@ class Admission:
         self.cheap -= not ticket.cost.heavy
         self.memory -= ticket.cost.memory_bytes
         self.metrics.memory_reserved.set(self.memory)
-        if service_s is not None and self.limit is not None and not ticket.cost.heavy:
-            self.limit.observe(ticket.model, service_s, max(ticket.others, self.cheap))
-            self.metrics.concurrency_limit.set(self.limit.value)
         if service_s is not None:
+            if self.limit is not None and not ticket.cost.heavy:
+                self.limit.observe(ticket.model, service_s, max(ticket.others, self.cheap))
+                self.metrics.concurrency_limit.set(self.limit.value)
             previous = self._service_s[ticket.cost.heavy]
             self._service_s[ticket.cost.heavy] = 0.8 * previous + 0.2 * service_s
 

@@ -23,9 +23,9 @@ Heavy requests (renders, large decodes) have their own cap and threads and do no
 their latency is their queue on the render threads, not the machine's load.
 
 It is latency before throughput, so it is off by default (``adaptive_concurrency``). On two
-cores with the load generator beside it, under an open-loop overload it kept admitted calls'
-time in the gateway 5× lower and answered half as many; under closed-loop clients it halved
-throughput for nothing (docs/overload.md). Batching in Triton wants concurrency that a 2×
+cores with the load generator beside it, under an open-loop overload it took admitted calls'
+p99 from 798 to 107 ms and answered 0.68× as many; under closed-loop clients it answered
+0.61–0.71× as many for little (docs/overload.md). Batching in Triton wants concurrency that a 2×
 latency budget does not allow.
 """
 

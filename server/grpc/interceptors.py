@@ -115,8 +115,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             # The status is set, not raised with `context.abort`: an abort keeps the exception
             # (and through its traceback the call) in a reference cycle until the garbage
             # collector runs, and grpc-core counts a call against the connection's
-            # max_concurrent_streams until it is freed — under a burst of refusals it then
-            # refuses new streams itself (RST_STREAM REFUSED_STREAM, "overload protection").
+            # max_concurrent_streams until it is freed (see `GrpcFront.start`).
             code = status_for(exc)
             log_failure(log, method, exc)
             context.set_code(code)
