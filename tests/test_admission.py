@@ -61,6 +61,10 @@ def test_the_estimate_grows_with_the_decoded_raster_and_the_render_size_not_the_
     # a JPEG predicted without an overlay is decoded at 1/8 scale: 64× less
     jpeg = estimate_cost(ImageHeader(8000, 5000, "RGB", "JPEG"), SPEC, attention(), 1024, settings)
     assert jpeg.memory_bytes == 1000 * 625 * 5 and not jpeg.heavy
+    # with an overlay, decoded again at the scale it is shown at: 1/4 for 1024 px (2000×1250)
+    shown = estimate_cost(ImageHeader(8000, 5000, "RGB", "JPEG"), SPEC, attention(EVERY_FORM), 1024, settings)
+    png = estimate_cost(ImageHeader(8000, 5000, "RGB", "PNG"), SPEC, attention(EVERY_FORM), 1024, settings)
+    assert shown.memory_bytes - png.memory_bytes == 1000 * 625 * 5 + 2000 * 1250 * 4 - 8000 * 5000 * 5
     # rendering costs what the render size costs: a 12 MP and a 48 MP photo render alike
     forms = attention(EVERY_FORM)
     small = estimate_cost(ImageHeader(4000, 3000, "RGB", "PNG"), SPEC, forms, 1024, settings)

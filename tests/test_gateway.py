@@ -168,6 +168,26 @@ def test_image_forms_come_at_the_original_size(client: Client) -> None:
     assert channel.raw is not None and channel.raw.shape == (32,) and not channel.overlay_png
 
 
+def test_asking_for_an_overlay_changes_nothing_the_model_sees(client: Client) -> None:
+    """A large JPEG is decoded at the DCT scale the model needs whatever the answer draws: scores
+    and raw maps are the same with and without an overlay (they differed by up to 3 points of
+    score when a kept image meant one full-size decode for both)."""
+    photo, _ = as_photo(ClutteredDigits("test", 1, seed=6)[0], scale=12, pad=(0, 0, 300, 0))
+    buffer = io.BytesIO()
+    photo.convert("RGB").save(buffer, format="JPEG", quality=90)
+    plain = client.predict(buffer.getvalue(), maps=["primary"])
+    for side in (0, 500):  # shown at 1024×736 (from a full decode), and at 500×360 (a 1/2 one)
+        drawn = client.predict(
+            buffer.getvalue(), maps=["primary"], forms=["raw", "overlay_png"], render_max_side=side
+        )
+        assert [(p.index, p.score) for p in plain.predictions] == [
+            (p.index, p.score) for p in drawn.predictions
+        ]
+        assert np.array_equal(plain.attention[0].raw, drawn.attention[0].raw)  # type: ignore[arg-type]
+        shown = Image.open(io.BytesIO(drawn.attention[0].overlay_png)).size
+        assert shown == ((500, 360) if side else (1024, 736))
+
+
 def test_models_are_discovered_from_triton(client: Client) -> None:
     listing = client.list_models()
     assert listing.default_model == "cbam" and [m.name for m in listing.models] == SERVED

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from attnserve.errors import InvalidInput
-from attnserve.server.gateway.preprocess import preprocess_image, preprocess_tensor
+from attnserve.server.gateway.preprocess import preprocess_image, preprocess_tensor, shown_at
 from attnserve.spec import ColorMode, PreprocessSpec, ResizeMode
-from attnserve.transform import ImageLimits, decode_image, to_color_mode
+from attnserve.transform import ImageLimits, decode_image, fit_within, to_color_mode
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 GRAY = PreprocessSpec(
@@ -74,10 +74,29 @@ def test_draft_decoding_of_large_jpegs_keeps_full_size_coordinates() -> None:
     data = encode(big, "JPEG", quality=90)
     decoded = decode_image(data, LIMITS, draft_for=GRAY)
     assert decoded.size == (1600, 1200) and decoded.image.size[0] < 1600  # decoded at reduced scale
-    full = preprocess_image(data, GRAY, LIMITS, keep_image=True)  # overlays need full resolution
+    full = preprocess_image(data, GRAY, LIMITS, keep_image=True)  # shown at full resolution
     fast = preprocess_image(data, GRAY, LIMITS)
     assert full.geometry == fast.geometry and full.image is not None and full.image.size == (1600, 1200)
-    assert np.abs(full.tensor - fast.tensor).mean() < 0.05
+    assert np.array_equal(full.tensor, fast.tensor)  # the model sees the same pixels either way
+
+
+@pytest.mark.parametrize("render_max_side", [None, 1024, 400, 150])
+def test_an_image_kept_to_draw_on_changes_nothing_the_model_sees(render_max_side: int | None) -> None:
+    """A large JPEG is decoded twice when an image is kept: at the scale the model needs, and at
+    the scale it is shown at (1/1, 1/1, 1/4, 1/8 here). The tensor is the one a request without
+    an overlay gets, bit for bit; the image shown is the full decode's, resized, within a level
+    or two."""
+    rng = np.random.default_rng(3)
+    smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1600, 1200))
+    data = encode(smooth, "JPEG", quality=90)
+    plain = preprocess_image(data, RGB, LIMITS)
+    kept = preprocess_image(data, RGB, LIMITS, keep_image=True, render_max_side=render_max_side)
+    assert np.array_equal(kept.tensor, plain.tensor) and kept.geometry == plain.geometry
+    size = (1600, 1200) if render_max_side is None else fit_within(1600, 1200, render_max_side)
+    assert kept.image is not None and kept.image.size == size and kept.image.mode == "RGB"
+    reference = shown_at(Image.open(io.BytesIO(data)), size, RGB.pad_value)
+    error = np.abs(np.asarray(kept.image, dtype=np.float32) - np.asarray(reference, dtype=np.float32))
+    assert error.mean() < 2.0, error.mean()
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I;16", "I", "F"])

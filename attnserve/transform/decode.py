@@ -8,6 +8,7 @@ limit (decompression bombs are refused before a single pixel is decoded).
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -117,11 +118,20 @@ def probe_image(data: bytes, limits: ImageLimits) -> ImageHeader:
     return _open(data, limits)[1]
 
 
-def jpeg_draft_scale(width: int, height: int, spec: PreprocessSpec) -> float:
-    """The scale a JPEG of this (oriented) size needs for ``spec``'s input: twice the model's
-    resolution, at most 1. libjpeg decodes at the next 1/1, 1/2, 1/4 or 1/8 at or above it."""
+def jpeg_draft_scale(width: int, height: int, spec: PreprocessSpec | tuple[int, int]) -> float:
+    """The scale a JPEG of this (oriented) size needs, at most 1: for a model's input (``spec``),
+    twice the model's resolution; to be shown at a (width, height), that size. libjpeg decodes
+    at the next 1/1, 1/2, 1/4 or 1/8 at or above it (`draft_reduction`)."""
+    if isinstance(spec, tuple):
+        return min(1.0, max(spec[0] / width, spec[1] / height))
     geometry = ResizeGeometry.for_spec(width, height, spec)
     return min(1.0, 2.0 * max(geometry.scale_x, geometry.scale_y))
+
+
+def draft_reduction(scale: float) -> int:
+    """The factor (1, 2, 4 or 8) libjpeg divides each side by when asked for ``scale``: the
+    largest whose result is still at least that scale."""
+    return 1 if scale >= 1.0 else 2 ** min(3, math.floor(math.log2(1.0 / scale)))
 
 
 def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, ImageHeader]:
@@ -146,12 +156,15 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, ImageHeader]:
     return image, header
 
 
-def decode_image(data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes, limits: ImageLimits, draft_for: PreprocessSpec | tuple[int, int] | None = None
+) -> DecodedImage:
     """Decodes and orients an image; every failure is `InvalidInput`.
 
     With ``draft_for``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-    has twice the resolution the model input needs: a large photo then costs a fraction of a
-    full decode, and the answer's coordinates stay those of the full image.
+    has twice the resolution a model's input needs (a `PreprocessSpec`), or the (oriented)
+    width and height it will be shown at: a large photo then costs a fraction of a full decode,
+    and the answer's coordinates stay those of the full image.
     """
     image, header = _open(data, limits)
     image_format, width, height = header.format, header.width, header.height

@@ -30,7 +30,7 @@ from attnserve.errors import Overloaded, TooLarge
 from attnserve.prediction import ENCODED_FORMS, MapForm
 from attnserve.settings import GatewaySettings
 from attnserve.spec import AttentionKind, ColorMode, ModelSpec
-from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, fit_within, jpeg_draft_scale
+from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, draft_reduction, fit_within, jpeg_draft_scale
 
 from .concurrency import AdaptiveLimit, machine_cores
 from .metrics import GatewayMetrics
@@ -127,14 +127,11 @@ def estimate_cost(
         render = render_bytes(spec, attention, size) if attention.draws else 0
         render += task_render_bytes(spec, task, size, size)
         return Cost(render, draws, size if draws else None)
-    scale = 1.0
-    if header.format == "JPEG" and not (
-        attention.needs_image or task.overlay
-    ):  # decoded at a reduced DCT scale
-        wanted = jpeg_draft_scale(header.width, header.height, spec.preprocess)
-        scale = 1.0 / 2 ** min(3, math.floor(math.log2(1.0 / wanted)))
-    pixels = math.ceil(header.pixels * scale * scale)
-    decoded = math.ceil(header.decoded_bytes * scale * scale)
+    reduction = 1  # a JPEG is decoded at the DCT scale the model needs
+    if header.format == "JPEG":
+        reduction = draft_reduction(jpeg_draft_scale(header.width, header.height, spec.preprocess))
+    pixels = math.ceil(header.pixels / reduction**2)
+    decoded = math.ceil(header.decoded_bytes / reduction**2)
     # colour conversion for the model: an 8-bit copy (strips for 16-bit), RGBA compositing
     channels = 3 if spec.preprocess.color_mode is ColorMode.RGB else 1
     converted = pixels * channels + (12 * pixels if header.mode in _ALPHA_MODES else 0)
@@ -144,6 +141,10 @@ def estimate_cost(
     if not draws:
         return Cost(memory, memory >= settings.heavy_request_bytes)
     size = fit_within(header.width, header.height, render_max_side)
+    if reduction > 1 and (attention.needs_image or task.overlay):  # decoded again, to be shown
+        memory += math.ceil(
+            header.decoded_bytes / draft_reduction(jpeg_draft_scale(header.width, header.height, size)) ** 2
+        )
     render = render_bytes(spec, attention, size) if attention.draws else 0
     render += task_render_bytes(spec, task, (header.width, header.height), size)
     return Cost(memory + render, True, size)
