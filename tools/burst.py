@@ -5,6 +5,7 @@ exactly, and how do the admitted cheap requests fare against an unloaded gateway
     .venv/bin/python tools/burst.py                 # default settings: 640 calls
     .venv/bin/python tools/burst.py --adaptive --compare   # adaptive concurrency, then without
     .venv/bin/python tools/burst.py --max-in-flight 8
+    .venv/bin/python tools/burst.py --adaptive --pin     # the load generator on its own core
     .venv/bin/python tools/burst.py --json
 
 Capacity is what the gateway admits at once after warm-up (`attnserve_concurrency_limit`: the
@@ -12,7 +13,9 @@ adaptive limit, or ``max_in_flight``); the burst sends 10× that many calls at o
 channel, a quarter of them overlays of every map of a 4000×3000 JPEG. Each latency is reported
 three ways: as the client saw it, inside the gateway (the answer's ``timings.total_ms``), and
 the floor — the same burst refused on arrival — which is what the transport and a load
-generator on the same cores cost before any work is done.
+generator on the same cores cost before any work is done. ``--pin`` keeps the load generator
+on the first core and the gateway and Triton on the others, so that what the server pays is
+not what the load generator took from it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -156,18 +161,44 @@ async def measure(
     }
 
 
+@contextmanager
+def pinned(pin: bool) -> Iterator[list[int]]:
+    """With ``pin``, this process (and so what it starts) on all cores but the first; the caller
+    moves itself to the first once the server is up. Restored when the block ends."""
+    cores = sorted(os.sched_getaffinity(0))
+    if pin and len(cores) < 2:
+        raise SystemExit("--pin needs at least 2 cores")
+    if pin:
+        os.sched_setaffinity(0, cores[1:])
+    try:
+        yield cores
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
 def run(
-    max_in_flight: int, adaptive: bool, burst_factor: int, heavy_share: float, calls: int | None = None
+    max_in_flight: int,
+    adaptive: bool,
+    burst_factor: int,
+    heavy_share: float,
+    calls: int | None = None,
+    pin: bool = False,
 ) -> dict[str, Any]:
     env = {
         "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
     }
     DETAILS.clear()
-    with serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
+    with pinned(pin) as cores, serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
         assert served.metrics_url is not None
+        if pin:  # the server keeps the other cores; the load generator moves to the first
+            os.sched_setaffinity(0, cores[:1])
         summary = asyncio.run(measure(served.address, served.metrics_url, burst_factor, heavy_share, calls))
-    summary.update(max_in_flight=max_in_flight, adaptive=adaptive, exit_code=served.exit_code)
+        summary["cores"] = {
+            "load_generator": sorted(os.sched_getaffinity(0)),
+            "server": sorted(os.sched_getaffinity(served.pid)),
+        }
+    summary.update(max_in_flight=max_in_flight, adaptive=adaptive, pinned=pin, exit_code=served.exit_code)
     cheap = summary["by_kind"]["cheap"]
     if cheap["admitted_p99_ms"] and summary["unloaded_p99_ms"]:
         summary["cheap_p99_ratio"] = round(cheap["admitted_p99_ms"] / summary["unloaded_p99_ms"], 1)
@@ -178,7 +209,7 @@ def run(
 
 
 def report(summary: dict[str, Any]) -> None:
-    mode = "adaptive" if summary["adaptive"] else "fixed"
+    mode = ("adaptive" if summary["adaptive"] else "fixed") + (", pinned" if summary["pinned"] else "")
     print(
         f"[{mode}] capacity {summary['capacity']} (max_in_flight {summary['max_in_flight']}), "
         f"{summary['calls']} calls at once; limit after: {summary['limit_after']:g}"
@@ -207,13 +238,18 @@ def main() -> list[dict[str, Any]]:
     )
     parser.add_argument("--factor", type=int, default=10, help="the burst, in multiples of capacity")
     parser.add_argument("--heavy-share", type=float, default=0.25, help="the share of overlays (0–1)")
+    parser.add_argument(
+        "--pin", action="store_true", help="the load generator on the first core, the server on the others"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON summaries")
     args = parser.parse_args()
-    summaries = [run(args.max_in_flight, args.adaptive, args.factor, args.heavy_share)]
+    summaries = [run(args.max_in_flight, args.adaptive, args.factor, args.heavy_share, pin=args.pin)]
     if args.compare:
         calls = summaries[0]["calls"]
         other = not args.adaptive
-        summaries.append(run(args.max_in_flight, other, args.factor, args.heavy_share, calls=calls))
+        summaries.append(
+            run(args.max_in_flight, other, args.factor, args.heavy_share, calls=calls, pin=args.pin)
+        )
     for summary in summaries:
         if not args.json:
             report(summary)
