@@ -34,21 +34,29 @@ from ._common import (
     stream_requests,
 )
 from .retry import call_with_retry, call_with_retry_async
+from .slots import DEFAULT_MAX_CONCURRENT_CALLS, AsyncCallSlots, CallSlots
 
 _STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
 
 class Client:
-    """Blocking client. ``with Client("127.0.0.1:8500") as client: client.predict("digit.png")``."""
+    """Blocking client. ``with Client("127.0.0.1:8500") as client: client.predict("digit.png")``.
+
+    At most ``max_concurrent_calls`` predictions are in flight at once on its connection; more
+    wait for a slot within their deadline (`slots`), so that a burst is not refused by the
+    gateway's transport. Share one client between threads.
+    """
 
     def __init__(
         self,
         address: str = DEFAULT_GATEWAY_ADDRESS,
         timeout_s: float | None = 30.0,
         credentials: Credentials = NO_CREDENTIALS,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self._slots = CallSlots(max_concurrent_calls)
         self._metadata = credentials.metadata()
         self._channel: grpc.Channel = credentials.channel(grpc, address)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
@@ -59,10 +67,11 @@ class Client:
         A call the gateway's transport refused before seeing it is sent again (`retry`)."""
         request = build_request(image, **options)
         try:
-            answer = call_with_retry(
-                lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
-                self.timeout_s,
-            )
+            with self._slots.held(self.timeout_s) as timeout_s:
+                answer = call_with_retry(
+                    lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
+                    timeout_s,
+                )
             return prediction_from_proto(answer)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
@@ -135,16 +144,19 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client with the same methods as `Client`, as coroutines / async iterators."""
+    """asyncio client with the same methods as `Client`, as coroutines / async iterators, and
+    the same cap on predictions in flight."""
 
     def __init__(
         self,
         address: str = DEFAULT_GATEWAY_ADDRESS,
         timeout_s: float | None = 30.0,
         credentials: Credentials = NO_CREDENTIALS,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self._slots = AsyncCallSlots(max_concurrent_calls)
         self._metadata = credentials.metadata()
         self._channel: grpc.aio.Channel = credentials.channel(grpc.aio, address)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
@@ -153,10 +165,11 @@ class AsyncClient:
     async def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         request = build_request(image, **options)
         try:
-            answer = await call_with_retry_async(
-                lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
-                self.timeout_s,
-            )
+            async with self._slots.held(self.timeout_s) as timeout_s:
+                answer = await call_with_retry_async(
+                    lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
+                    timeout_s,
+                )
             return prediction_from_proto(answer)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None

@@ -27,8 +27,9 @@ import h2.config
 import h2.connection
 import pytest
 
-from attnserve.clients import AsyncClient
+from attnserve.clients import AsyncClient, retry
 from attnserve.clients.retry import REFUSED_STREAM
+from attnserve.clients.slots import DEFAULT_MAX_CONCURRENT_CALLS
 from attnserve.demo import serving
 from attnserve.errors import AttnserveError
 from attnserve.settings import Settings
@@ -84,9 +85,9 @@ def test_640_calls_at_once_on_one_connection_are_answered_refused_or_refused_str
     check(summary)
 
 
-async def client_burst(address: str, calls: int) -> Counter[str]:
+async def client_burst(address: str, calls: int, max_concurrent_calls: int) -> Counter[str]:
     photo = burst_tool.photo()
-    async with AsyncClient(address, timeout_s=120) as client:
+    async with AsyncClient(address, timeout_s=120, max_concurrent_calls=max_concurrent_calls) as client:
         await client.predict(SAMPLE)
 
         async def one(i: int) -> str:
@@ -102,11 +103,31 @@ async def client_burst(address: str, calls: int) -> Counter[str]:
         return Counter(await asyncio.gather(*(one(i) for i in range(calls))))
 
 
-def test_attnserves_client_sends_refused_streams_again_so_a_640_call_burst_sees_none() -> None:
+def test_attnserves_client_sends_refused_streams_again_so_a_640_call_burst_sees_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """640 calls at once through one AsyncClient: with no cap on calls in flight, grpc-core
+    refuses hundreds of streams and the client sends them again; with the default cap (96) the
+    calls wait in the client instead and are (almost) never refused. Either way the caller sees
+    only answers and RESOURCE_EXHAUSTED."""
+    refused: list[bool] = []
+    seen = retry.refused_stream
+
+    def counted(error: grpc.RpcError) -> bool:
+        refused.append(seen(error))
+        return refused[-1]
+
+    monkeypatch.setattr(retry, "refused_stream", counted)
+    resent = {}
     with serving(Settings(), quiet=True) as served:
-        outcomes = asyncio.run(client_burst(served.address, 640))
-    print(dict(outcomes))
-    assert set(outcomes) <= {"answered", "Overloaded"} and outcomes["answered"] > 0, outcomes
+        for cap in (10_000, DEFAULT_MAX_CONCURRENT_CALLS):
+            refused.clear()
+            outcomes = asyncio.run(client_burst(served.address, 640, cap))
+            resent[cap] = sum(refused)
+            print(cap, dict(outcomes), "sent again:", resent[cap])
+            assert set(outcomes) <= {"answered", "Overloaded"} and outcomes["answered"] > 0, outcomes
+    assert resent[10_000] > 0  # the retry path was taken
+    assert resent[DEFAULT_MAX_CONCURRENT_CALLS] * 10 <= resent[10_000], resent
 
 
 def rss_mib(pid: int) -> float:
