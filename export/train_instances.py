@@ -38,7 +38,7 @@ from attnserve.transform import (
     to_input_pixels,
 )
 
-from .data.scenes import DigitScenes, Scene
+from .data.scenes import DigitScenes, Scene, canvas_parts
 from .models.mask_rcnn import MaskRCNN
 from .training import (
     SPLITS_RECORD,
@@ -128,11 +128,54 @@ def _instances_to_input(
 
 
 def make_scenes(
-    split: str, samples: int, canvas: int, seed: int, keep_scenes: bool, preprocess: PreprocessSpec
+    split: str,
+    samples: int,
+    canvas: int,
+    seed: int,
+    keep_scenes: bool,
+    preprocess: PreprocessSpec,
+    resample_share: float = 0.0,
 ) -> SceneBatch:
+    """``samples`` scenes on a ``canvas``-pixel canvas whose digits scale with it (12–56 px at
+    128), so that letterboxed to the input they have the sizes of the training canvas."""
     low, high = (max(8, round(side * canvas / TRAIN_CANVAS)) for side in (12, 56))
-    dataset = DigitScenes(split, samples, canvas_size=canvas, seed=seed, size_range=(low, high))  # type: ignore[arg-type]
+    dataset = DigitScenes(
+        split,  # type: ignore[arg-type]
+        samples,
+        canvas_size=canvas,
+        seed=seed,
+        size_range=(low, high),
+        resample_share=resample_share,
+    )
     return scene_batch([dataset[i] for i in range(samples)], preprocess, keep_scenes)
+
+
+RESAMPLE_SHARE = 0.3
+"""Training scenes passed through a camera round trip (8-bit, enlarged, shrunk back)."""
+
+
+def training_scenes(
+    samples: int, preprocess: PreprocessSpec, seed: int, other_sizes_share: float
+) -> SceneBatch:
+    """``samples`` training scenes: at the training canvas and a share at other canvas sizes
+    (`canvas_parts`), letterboxed as the gateway would; `RESAMPLE_SHARE` of each through a camera
+    round trip. Users send other sizes: trained on 128 px canvases alone, box AP50 fell from
+    0.883 to 0.805 at 96 px and 0.833 at 192 px."""
+    batches = [
+        make_scenes("train", count, canvas, seed * 100 + part, False, preprocess, RESAMPLE_SHARE)
+        for part, (canvas, count) in enumerate(canvas_parts(samples, TRAIN_CANVAS, other_sizes_share))
+        if count
+    ]
+    first = batches[0]
+    return SceneBatch(
+        np.concatenate([b.pixels for b in batches]),
+        np.concatenate([b.boxes for b in batches]),
+        np.concatenate([b.labels for b in batches]),
+        np.concatenate([b.instances for b in batches]),
+        [],
+        [g for b in batches for g in b.geometries],
+        first.preprocess,
+    )
 
 
 @contextmanager
@@ -362,7 +405,7 @@ def train_instances(config: TrainConfig, progress_bar: bool = True) -> TrainResu
     recipe, spec, model = setup.recipe, setup.spec, _mask_rcnn(setup.model)
     preprocess = spec.preprocess
     started = time.monotonic()
-    train_data = make_scenes("train", recipe.train_samples, TRAIN_CANVAS, config.seed, False, preprocess)
+    train_data = training_scenes(recipe.train_samples, preprocess, config.seed, recipe.share("other_sizes"))
     val_data = make_scenes("val", config.val_samples, TRAIN_CANVAS, config.seed, True, preprocess)
     data_seconds = time.monotonic() - started
 

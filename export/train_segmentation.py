@@ -44,7 +44,7 @@ from attnserve.transform import (
     to_input_pixels,
 )
 
-from .data import DigitScenes, Scene
+from .data import DigitScenes, Scene, canvas_parts
 from .models import ServingGraph, TrainingRecipe, TrainingStep
 from .training import (
     SPLITS_RECORD,
@@ -59,8 +59,6 @@ from .training import (
     training_record,
 )
 
-TRAIN_SIZES = (96, 112, 160, 192)
-"""Canvas sizes of the training scenes that are not at the model's input size."""
 EVALUATION_SIZES = (96, 192)
 """Canvas sizes the test split is also scored at (letterboxed by the gateway's transform)."""
 SIZE_BINS = (0, 16, 24, 32, 44, 10_000)
@@ -146,14 +144,9 @@ def training_scenes(
     samples: int, preprocess: PreprocessSpec, seed: int, other_sizes_share: float
 ) -> SceneBatch:
     """``samples`` training scenes: at the input size (30 % through a camera round trip), and a
-    share at `TRAIN_SIZES`, letterboxed as the gateway would."""
-    size = preprocess.input_size[0]
-    parts = [(size, round(samples * (1 - other_sizes_share)))]
-    others = samples - parts[0][1]
-    parts += [
-        (s, others // len(TRAIN_SIZES) + (i < others % len(TRAIN_SIZES))) for i, s in enumerate(TRAIN_SIZES)
-    ]
+    share at `OTHER_CANVAS_SIZES`, letterboxed as the gateway would."""
     batches = []
+    parts = canvas_parts(samples, preprocess.input_size[0], other_sizes_share)
     for part, (canvas, count) in enumerate(parts):
         scenes = DigitScenes("train", count, canvas_size=canvas, seed=seed * 100 + part, resample_share=0.3)
         for start in range(0, count, _CHUNK):

@@ -11,10 +11,11 @@ from .cluttered_digits import (
     digit_preprocess,
 )
 from .model_batch import ModelBatch, concatenate, model_batch
-from .scenes import SCENE_LABELS, DigitScenes, Scene, scene_preprocess
+from .scenes import OTHER_CANVAS_SIZES, SCENE_LABELS, DigitScenes, Scene, canvas_parts, scene_preprocess
 from .variants import VARIANTS, DataVariant, DigitDataset, ReshapedDigits, make_dataset
 
 __all__ = [
+    "OTHER_CANVAS_SIZES",
     "SCENE_LABELS",
     "SPLITS",
     "VARIANTS",
@@ -29,6 +30,7 @@ __all__ = [
     "Scene",
     "Split",
     "as_photo",
+    "canvas_parts",
     "concatenate",
     "digit_labels",
     "digit_preprocess",

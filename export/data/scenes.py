@@ -189,6 +189,21 @@ class DigitScenes:
         return top, left
 
 
+OTHER_CANVAS_SIZES = (96, 112, 160, 192)
+"""Canvas sizes of training scenes that are not a model's input size: users send other sizes,
+which the gateway letterboxes (enlarged or shrunk, with the resampling that brings)."""
+
+
+def canvas_parts(samples: int, canvas: int, other_share: float) -> list[tuple[int, int]]:
+    """How ``samples`` training scenes split over canvas sizes, as (canvas, count): ``other_share``
+    of them evenly over `OTHER_CANVAS_SIZES`, the rest at ``canvas``."""
+    at_input = round(samples * (1 - other_share))
+    others, sizes = samples - at_input, OTHER_CANVAS_SIZES
+    return [(canvas, at_input)] + [
+        (size, others // len(sizes) + (i < others % len(sizes))) for i, size in enumerate(sizes)
+    ]
+
+
 def scene_preprocess(input_size: tuple[int, int] = (128, 128)) -> PreprocessSpec:
     """How every scene model reads an image: gray, letterboxed on black, the scenes' statistics."""
     return PreprocessSpec(

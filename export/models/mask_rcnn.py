@@ -416,7 +416,15 @@ _PREPROCESS = scene_preprocess((128, 128))
         primary_attention="objectness",
         primary_reason="its only attention output: where the proposal stage finds digits",
     ),
-    TrainingRecipe(train_samples=6_000, max_seconds=300.0, max_steps=1_000, batch_size=16, max_lr=3e-3),
+    TrainingRecipe(
+        data=(("scenes", 0.75), ("other_sizes", 0.25)),
+        selection="scenes",
+        train_samples=6_000,
+        max_seconds=300.0,
+        max_steps=1_000,
+        batch_size=16,
+        max_lr=3e-3,
+    ),
 )
 def mask_rcnn(**kwargs: object) -> MaskRCNN:
     return MaskRCNN(**kwargs)  # type: ignore[arg-type]
