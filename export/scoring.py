@@ -135,11 +135,12 @@ def with_measured_quality(spec: ModelSpec, metrics: dict[str, Any]) -> ModelSpec
     )
     primary = ranked[0]
     chosen = measured[primary]
-    where = f"the validation split of the {selection_variant} data ({val.get('samples', '?')} images)"
+    count = val.get("samples", val.get("scenes"))  # classifiers count images, the dense tasks scenes
+    where = f"the validation split of the {selection_variant} data" + (f" ({count} images)" if count else "")
     if "energy" in chosen:
-        reason = (
-            f"concentrates best on {where}: energy in the digit box {chosen['energy']:.3f} "
-            f"(chance {val.get('chance_energy', 0):.3f})"
+        chance = val.get("chance_energy")  # measured for one digit per image; none for scenes
+        reason = f"concentrates best on {where}: energy in the digit box {chosen['energy']:.3f}" + (
+            f" (chance {chance:.3f})" if chance is not None else ""
         )
         if len(ranked) > 1 and "energy" in measured[ranked[1]]:
             reason += f", next {ranked[1]} {measured[ranked[1]]['energy']:.3f}"

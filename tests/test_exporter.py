@@ -51,6 +51,7 @@ def test_measured_quality_picks_the_primary_map(tmp_path: Path, make_checkpoint:
     # the test split (where cam looks better) selects nothing, it is only reported
     assert spec.primary_attention == "spatial_stage3"
     assert "validation split" in spec.primary_reason and "0.900" in spec.primary_reason
+    assert "(200 images)" in spec.primary_reason and "(chance 0.200)" in spec.primary_reason
     assert "test split: pointing 0.970, energy 0.850" in spec.primary_reason
     assert spec.attention_by_name("cam").quality == {
         "pointing": 0.99,
@@ -104,3 +105,21 @@ def test_a_failed_export_keeps_the_previous_version(tmp_path: Path, make_checkpo
         == 1
     )
     assert (result.model_dir / "1" / "model.onnx").read_bytes() == before
+
+
+def test_the_reason_says_only_what_was_measured() -> None:
+    """Scene-based scoring counts scenes and measures no chance level: the reason gives the
+    count and leaves the chance out (it said "(? images)" and "(chance 0.000)")."""
+    from attnserve.export.models import get_spec
+    from attnserve.export.scoring import with_measured_quality
+
+    spec = get_spec("mask_rcnn")
+    metrics = {
+        "selection": "canvas128",
+        "val": {"canvas128": {"scenes": 300, "attention": {"objectness": {"pointing": 1.0, "energy": 0.83}}}},
+    }
+    reason = with_measured_quality(spec, metrics).primary_reason
+    assert reason == (
+        "concentrates best on the validation split of the canvas128 data (300 images): energy in the "
+        "digit box 0.830"
+    )
