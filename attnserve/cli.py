@@ -352,7 +352,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             args.server,
             request,
             credentials=_credentials(args),
-            connections=args.connections,
+            connections=plan.grpc_connections if args.connections is None else args.connections,
             timeout_s=args.timeout,
         )
         try:
@@ -595,7 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--duration", type=float, help="seconds per load (default 10, unless --requests)")
     sub.add_argument("--requests", type=int, help="requests per load")
     sub.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds before each load")
-    sub.add_argument("--connections", type=int, default=1, help="gRPC connections (HTTP: a pool of ≥ 64)")
+    sub.add_argument(
+        "--connections",
+        type=int,
+        help="gRPC connections (default: one per 96 calls in flight; HTTP: a pool of ≥ 64)",
+    )
     sub.add_argument("--out", type=Path, help="write the figures here as JSON")
     sub.add_argument("--plot", type=Path, help="write latency percentiles vs load here as a PNG")
     _add_client_flags(sub)

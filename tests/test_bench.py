@@ -198,6 +198,17 @@ def test_bounds_and_plans_refuse_nonsense() -> None:
         asyncio.run(closed_loop(_never, 0, Bound(requests=1)))
 
 
+def test_a_closed_loop_gets_a_grpc_connection_per_96_calls_in_flight() -> None:
+    """A connection with close to 128 calls open has some refused by the gateway's transport
+    (UNAVAILABLE, not the server's answer), so the load generator spreads them as the clients do."""
+    bound = Bound(requests=1)
+    assert LoadPlan(bound, concurrency=(1, 4, 16)).grpc_connections == 1
+    assert LoadPlan(bound, concurrency=(96,)).grpc_connections == 1
+    assert LoadPlan(bound, concurrency=(4, 97)).grpc_connections == 2
+    assert LoadPlan(bound, concurrency=(640,)).grpc_connections == 7
+    assert LoadPlan(bound, rates=(500.0,)).grpc_connections == 1
+
+
 async def _never() -> tuple[str, int]:
     raise AssertionError("not called")
 

@@ -3,11 +3,13 @@ loop: rates), with a progress line on a terminal."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from attnserve.clients._common import NO_CREDENTIALS, Credentials
+from attnserve.clients.slots import DEFAULT_MAX_CONCURRENT_CALLS
 from attnserve.v1 import attnserve_pb2 as pb
 
 from .load import Bound, Progress, closed_loop, open_loop
@@ -37,6 +39,16 @@ class LoadPlan:
     @property
     def x_label(self) -> str:
         return "offered load (requests/s)" if self.open else "concurrency (requests in flight)"
+
+    @property
+    def grpc_connections(self) -> int:
+        """Enough gRPC connections that none carries more calls at once than attnserve's own
+        clients do (`attnserve.clients.slots`: the gateway's transport refuses some streams of a
+        connection with close to 128 open); one for an open loop, whose calls in flight are the
+        server's to decide."""
+        if self.open:
+            return 1
+        return max(1, math.ceil(max(self.concurrency) / DEFAULT_MAX_CONCURRENT_CALLS))
 
 
 async def sweep(target: Target, plan: LoadPlan, *, progress: TextIO | None = None) -> list[Summary]:
