@@ -5,8 +5,9 @@ against them until the gateway's Python has freed it (grpc-core's overload prote
 `attnserve.server.grpc.server`). A client with close to 128 calls open therefore has some of
 them refused (RST_STREAM REFUSED_STREAM, sent again by `retry`). Kept to 96 open, a quarter
 below, they were never refused: 640 predictions at once on one connection, a quarter of them
-overlays of a 12 MP photo, had 0 streams refused at 96 and at 112 (4 bursts), 308 at 128 and 457
-with no cap; and 487 of the 640 were answered instead of 141 (the rest RESOURCE_EXHAUSTED).
+overlays of a 12 MP photo, had 0 streams refused at 96 and at 112 (5 bursts; also at 64 and 32),
+308 at 128 and 457 with no cap; and 487 of the 640 were answered instead of 141 (the rest
+RESOURCE_EXHAUSTED).
 Calls beyond the cap wait here for a slot, within their own deadline.
 """
 

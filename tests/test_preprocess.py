@@ -82,10 +82,10 @@ def test_draft_decoding_of_large_jpegs_keeps_full_size_coordinates() -> None:
 
 @pytest.mark.parametrize("render_max_side", [None, 1024, 400, 150])
 def test_an_image_kept_to_draw_on_changes_nothing_the_model_sees(render_max_side: int | None) -> None:
-    """A large JPEG is decoded twice when an image is kept: at the scale the model needs, and at
-    the scale it is shown at (1/1, 1/1, 1/4, 1/8 here). The tensor is the one a request without
-    an overlay gets, bit for bit; the image shown is the full decode's, resized, within a level
-    or two."""
+    """A large JPEG is decoded at the scale the model needs (1/8 here) and, when an image is kept
+    that this is too small to show, again at the scale it is shown at (1/1, 1/1, 1/4; at 150 px
+    the model's 200×150 decode serves). The tensor is the one a request without an overlay
+    gets, bit for bit; the image shown is the full decode's, resized, within a level or two."""
     rng = np.random.default_rng(3)
     smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1600, 1200))
     data = encode(smooth, "JPEG", quality=90)

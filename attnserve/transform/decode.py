@@ -118,13 +118,13 @@ def probe_image(data: bytes, limits: ImageLimits) -> ImageHeader:
     return _open(data, limits)[1]
 
 
-def jpeg_draft_scale(width: int, height: int, spec: PreprocessSpec | tuple[int, int]) -> float:
-    """The scale a JPEG of this (oriented) size needs, at most 1: for a model's input (``spec``),
-    twice the model's resolution; to be shown at a (width, height), that size. libjpeg decodes
-    at the next 1/1, 1/2, 1/4 or 1/8 at or above it (`draft_reduction`)."""
-    if isinstance(spec, tuple):
-        return min(1.0, max(spec[0] / width, spec[1] / height))
-    geometry = ResizeGeometry.for_spec(width, height, spec)
+def jpeg_draft_scale(width: int, height: int, target: PreprocessSpec | tuple[int, int]) -> float:
+    """The scale a JPEG of this (oriented) size needs, at most 1: for a model's input (a
+    `PreprocessSpec`), twice the model's resolution; to be shown at a (width, height), that size.
+    libjpeg decodes at the next 1/1, 1/2, 1/4 or 1/8 at or above it (`draft_reduction`)."""
+    if isinstance(target, tuple):
+        return min(1.0, max(target[0] / width, target[1] / height))
+    geometry = ResizeGeometry.for_spec(width, height, target)
     return min(1.0, 2.0 * max(geometry.scale_x, geometry.scale_y))
 
 

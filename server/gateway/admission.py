@@ -141,10 +141,9 @@ def estimate_cost(
     if not draws:
         return Cost(memory, memory >= settings.heavy_request_bytes)
     size = fit_within(header.width, header.height, render_max_side)
-    if reduction > 1 and (attention.needs_image or task.overlay):  # decoded again, to be shown
-        memory += math.ceil(
-            header.decoded_bytes / draft_reduction(jpeg_draft_scale(header.width, header.height, size)) ** 2
-        )
+    shown = draft_reduction(jpeg_draft_scale(header.width, header.height, size))
+    if shown < reduction and (attention.needs_image or task.overlay):  # decoded again, to be shown
+        memory += math.ceil(header.decoded_bytes / shown**2)
     render = render_bytes(spec, attention, size) if attention.draws else 0
     render += task_render_bytes(spec, task, (header.width, header.height), size)
     return Cost(memory + render, True, size)

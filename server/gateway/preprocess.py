@@ -48,15 +48,16 @@ def preprocess_image(
     scaled down to fit ``render_max_side``).
 
     The model sees the same pixels whatever the answer draws: a large JPEG is decoded at the
-    DCT scale its input needs, and, when an image is kept, decoded again at the scale it will be
-    shown at (a 4000×3000 photo: 1/8 then 1/2, ~3× faster than one full decode and its resize).
+    DCT scale its input needs and, when an image is kept that this decode is too small to show,
+    decoded again at the scale it will be shown at (a 4000×3000 photo at 1024 px: 1/8 then 1/2,
+    ~3× faster than one full decode and its resize).
     """
     decoded = decode_image(data, limits, draft_for=spec)
     prepared = to_model_input(decoded.image, spec, original_size=decoded.size)
     kept = None
     if keep_image:
         size = decoded.size if render_max_side is None else fit_within(*decoded.size, render_max_side)
-        if decoded.image.size != decoded.size:  # decoded small for the model: again, to be shown
+        if decoded.image.width < size[0] or decoded.image.height < size[1]:  # too small to show
             decoded = decode_image(data, limits, draft_for=size)
         kept = shown_at(decoded.image, size, spec.pad_value)
     return PreparedInput(prepared.tensor, prepared.geometry, decoded.format, kept)

@@ -78,7 +78,8 @@ class GrpcFront:
                 # 55 ms and no errors to p50 472 ms with 42 % CANCELLED. On, a burst of hundreds of
                 # calls on one connection can outrun the event loop's freeing of calls, and
                 # grpc-core refuses some streams (RST_STREAM REFUSED_STREAM → UNAVAILABLE): nothing
-                # was processed, and attnserve's clients send those again (`clients.retry`).
+                # was processed: attnserve's clients keep below it (`clients.slots`) and send
+                # those again (`clients.retry`).
                 ("grpc.http.overload_protection", 1),
             ],
         )
