@@ -166,7 +166,6 @@ def training_scenes(
         for part, (canvas, count) in enumerate(canvas_parts(samples, TRAIN_CANVAS, other_sizes_share))
         if count
     ]
-    first = batches[0]
     return SceneBatch(
         np.concatenate([b.pixels for b in batches]),
         np.concatenate([b.boxes for b in batches]),
@@ -174,7 +173,7 @@ def training_scenes(
         np.concatenate([b.instances for b in batches]),
         [],
         [g for b in batches for g in b.geometries],
-        first.preprocess,
+        preprocess,
     )
 
 
