@@ -393,6 +393,13 @@ def _add_triton_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--http-port", type=int, help="Triton HTTP port (default 8000)")
     group.add_argument("--grpc-port", type=int, help="Triton gRPC port (default 8001)")
     group.add_argument("--metrics-port", type=int, help="Triton metrics port (default 8002)")
+    group.add_argument(
+        "--watch-repository",
+        action="store_true",
+        default=None,
+        help="serve: load models added to the repository, reload changed ones and unload removed "
+        "ones while serving (Triton's model control on loopback)",
+    )
 
 
 def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
@@ -631,6 +638,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grpc_port=getattr(args, "grpc_port", None),
         metrics_port=getattr(args, "metrics_port", None),
         url=getattr(args, "triton_url", None),
+        watch_repository=getattr(args, "watch_repository", None),
     )
     return _override(
         settings,

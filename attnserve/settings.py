@@ -62,6 +62,17 @@ class TritonSettings(BaseModel):
         "attempt in a row; when they are used up it exits non-zero (a supervisor takes over)",
     )
     log_verbose: int = Field(0, ge=0)
+    watch_repository: bool = Field(
+        False,
+        description="`attnserve serve` loads models added to the repository, reloads changed ones "
+        "and unloads removed ones while serving, without a restart (Triton's model control, on "
+        "loopback, driven by the gateway); off: the repository is read once at start",
+    )
+    watch_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="how often the repository is scanned; a change is acted on once two scans agree",
+    )
 
     @property
     def grpc_target(self) -> str:

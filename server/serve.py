@@ -60,6 +60,13 @@ async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> No
         print(f"attnserve gateway listening on {host}:{gateway.port} (gRPC)", flush=True)
         if gateway.http_port is not None:
             print(f"HTTP API and web page: http://{host}:{gateway.http_port}/", flush=True)
+        if settings.triton.watch_repository:
+            gateway.core.watch_repository(settings.triton.model_repository, settings.triton.watch_interval_s)
+            print(
+                f"watching {settings.triton.model_repository}: models added, changed or removed "
+                "there are loaded, reloaded or unloaded while serving",
+                flush=True,
+            )
         supervisor = None if triton is None else TritonSupervisor(triton, settings, gateway)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,3 +59,16 @@ class InferenceBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ModelControl(Protocol):
+    """A server that loads and unloads models on request (Triton's explicit model control).
+
+    Loading a model that is loaded reloads it: the one serving keeps serving until the new one
+    is ready, and stays if the new one fails to load.
+    """
+
+    async def load_model(self, name: str) -> None: ...
+
+    async def unload_model(self, name: str) -> None: ...

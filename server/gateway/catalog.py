@@ -7,13 +7,14 @@ without a preprocessing spec there is no honest way to feed them an image.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from attnserve.errors import ModelNotFound, ModelNotReady, shorten
+from attnserve.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, shorten
 from attnserve.model_info import ListedModel, ModelInfo, ModelStatus, TensorInfo
 from attnserve.spec import SPEC_PARAMETER, ModelSpec
 
@@ -76,6 +77,9 @@ class ModelCatalog:
     """Models Triton lists that are not READY (or Triton is gone), each with its reason."""
     unsupported: dict[str, ModelStatus] = field(default_factory=dict)
     """READY models whose config carries no valid attnserve spec: listed, never served."""
+    paused: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Models being replaced by a release with another interface: calls wait for the new one
+    (`wait_resumed`), so that no answer mixes one release's spec with the other's graph."""
 
     @property
     def default_model(self) -> str | None:
@@ -114,6 +118,37 @@ class ModelCatalog:
         self.models = models
         self.not_ready = not_ready
         self.unsupported = {n: m for n, m in unsupported.items() if n not in models and n not in not_ready}
+
+    def pause(self, name: str) -> None:
+        """New calls on ``name`` wait (within their deadline) until `resume`."""
+        self.paused.setdefault(name, asyncio.Event())
+
+    def resume(self, name: str) -> None:
+        event = self.paused.pop(name, None)
+        if event is not None:
+            event.set()
+
+    async def wait_resumed(self, name: str | None, timeout_s: float, deadline_bound: bool) -> None:
+        """Returns at once unless ``name`` is paused; then when it resumes, or raises after
+        ``timeout_s`` (`DeadlineExceeded` when the caller's deadline set it, else
+        `ModelNotReady`: retry)."""
+        resolved = name or self.default_model
+        event = None if resolved is None else self.paused.get(resolved)
+        if event is None:
+            return
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            what = f"model {resolved!r} is being replaced by a new release"
+            if deadline_bound:
+                raise DeadlineExceeded(f"{what}, and the deadline passed while the call waited") from None
+            raise ModelNotReady(f"{what}; retry in a few seconds") from None
+
+    def drop(self, name: str) -> None:
+        """``name`` left the repository: calls on it are NOT_FOUND from now on."""
+        self.models.pop(name, None)
+        self.not_ready.pop(name, None)
+        self.unsupported.pop(name, None)
 
     def clear(self) -> None:
         """Triton is gone: nothing is servable until it is back; what was known stays listed."""

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
+from attnserve.errors import SetupError
 from attnserve.model_info import ListedModel, ModelInfo
 from attnserve.prediction import Prediction, PredictionRequest
 from attnserve.settings import Settings
 
-from .backend import InferenceBackend
+from .backend import InferenceBackend, ModelControl
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
 from .pipeline import Pipeline
+from .reloader import ModelReloader
 from .triton import TritonBackend
 from .watcher import Listener, ReadinessWatcher
 
@@ -42,6 +45,7 @@ class GatewayCore:
         self._pipeline: Pipeline | None = None
         self._watcher: ReadinessWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
 
     @property
@@ -72,18 +76,38 @@ class GatewayCore:
         await self._watcher.check()
         self._watch_task = asyncio.create_task(self._watcher.run(), name="readiness-watcher")
 
+    def watch_repository(self, repository: Path, interval_s: float) -> ModelReloader:
+        """Loads, reloads and unloads models as ``repository`` changes (`ModelReloader`), from
+        now until `stop_watching`. The backend must load models on request (Triton started with
+        explicit model control on this repository)."""
+        backend = self._backend
+        if not isinstance(backend, ModelControl):
+            raise SetupError("watch_repository: the inference backend does not load models on request")
+        reloader = ModelReloader(
+            backend,
+            self.catalog,
+            self.pipeline.admission,
+            self.metrics,
+            repository,
+            interval_s,
+        )
+        self._reload_task = asyncio.create_task(reloader.run(), name="repository-reloader")
+        return reloader
+
     async def check(self) -> bool:
         """One readiness round now (the watcher runs them every interval)."""
         assert self._watcher is not None, "the gateway core is not started"
         return await self._watcher.check()
 
     async def stop_watching(self) -> None:
-        """No more readiness rounds (a front draining must not be turned SERVING again)."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        """No more readiness rounds (a front draining must not be turned SERVING again), and no
+        more model loads."""
+        for task in (self._watch_task, self._reload_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch_task = self._reload_task = None
 
     async def stop(self) -> None:
         await self.stop_watching()

@@ -74,6 +74,13 @@ class GatewayMetrics:
             "Times `attnserve serve` restarted its local Triton after it died",
             registry=self.registry,
         )
+        self.model_loads = Counter(
+            "attnserve_model_loads",
+            "Models loaded (new), reloaded (changed) or unloaded (removed) as the watched repository "
+            "changed, by model, action and outcome (ok, failed: the previous release keeps serving)",
+            ["model", "action", "outcome"],
+            registry=self.registry,
+        )
         self.models_ready = Gauge(
             "attnserve_models_ready", "Models the gateway can serve now", registry=self.registry
         )

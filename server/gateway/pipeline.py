@@ -284,6 +284,11 @@ class Pipeline:
         self, request: PredictionRequest, deadline_s: float | None, response_limit_bytes: int | None
     ) -> Prediction:
         started = time.perf_counter()
+        if self.catalog.paused:  # a model is being replaced (watch_repository): wait for it
+            wait_s, bound = self.settings.triton_timeout_s, False
+            if deadline_s is not None and deadline_s <= wait_s:
+                wait_s, bound = deadline_s, True
+            await self.catalog.wait_resumed(request.model, wait_s, bound)
         model = self.catalog.get(request.model)
         if request.model_version and request.model_version != model.version:
             raise ModelNotFound(

@@ -121,6 +121,19 @@ class TritonBackend:
         config: mc.ModelConfig = response.config
         return config
 
+    async def load_model(self, name: str, timeout_s: float = 300.0) -> None:
+        """Loads ``name`` from the repository, or reloads it (`ModelControl`)."""
+        try:
+            await self._client.load_model(name, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise error_from_triton(exc, f"loading {name!r}") from None
+
+    async def unload_model(self, name: str, timeout_s: float = 60.0) -> None:
+        try:
+            await self._client.unload_model(name, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise error_from_triton(exc, f"unloading {name!r}") from None
+
     async def infer(
         self,
         model: str,

@@ -2,8 +2,10 @@
 stopped with its whole process group (the Python backend's stubs included).
 
 Ports bind to loopback by default and the model-control API stays off (``--model-control-mode
-none``): the repository is what was there at start-up. If the parent dies without stopping it,
-the kernel sends Triton SIGTERM (``PR_SET_PDEATHSIG``), so no orphan keeps the ports.
+none``): the repository is what was there at start-up, unless it is watched
+(``watch_repository``: explicit model control, every model loaded at start, the gateway loads
+the changes). If the parent dies without stopping it, the kernel sends Triton SIGTERM
+(``PR_SET_PDEATHSIG``), so no orphan keeps the ports.
 """
 
 from __future__ import annotations
@@ -88,15 +90,24 @@ class TritonProcess:
         s = self.settings
         return [
             f"--model-repository={s.model_repository.resolve()}",
-            "--model-control-mode=none",
+            *self.model_control_args(),
             # our own prefix for the Python backend's shared-memory regions, so that what a
             # crashed Triton leaves in /dev/shm can be found and removed (`stop`)
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--allow-gpu-metrics=false",
-            "--strict-readiness=true",
             "--exit-timeout-secs=5",
             f"--log-verbose={s.log_verbose}",
         ]
+
+    def model_control_args(self) -> list[str]:
+        """Model control stays off unless the repository is watched; then Triton loads every
+        model at start, as without it, and the gateway loads, reloads and unloads the rest
+        (`attnserve.server.gateway.reloader`) through the API on loopback."""
+        if not self.settings.watch_repository:
+            return ["--model-control-mode=none", "--strict-readiness=true"]
+        # strict readiness would make the whole server not ready while any model (re)loads; the
+        # gateway reads each model's readiness from the index instead
+        return ["--model-control-mode=explicit", "--load-model=*", "--strict-readiness=false"]
 
     @property
     def ready_url(self) -> str:
