@@ -18,6 +18,7 @@ import pytest
 from attnserve._net import free_port
 from attnserve.clients import Client
 from attnserve.errors import AttnserveError, ModelNotFound
+from attnserve.export.repository import read_config, write_model
 from attnserve.settings import DEFAULT_MODEL_REPOSITORY
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -87,16 +88,12 @@ def wait_until(condition: object, process: subprocess.Popen[bytes], log: Path, t
 
 
 def release(repository: Path, name: str, source: Path) -> None:
-    """Puts ``source`` (a model directory) into the repository as ``name`` the way the exporter
-    does: staged beside it, then two renames."""
-    staging = repository.parent / f".staging-{name}"
-    shutil.copytree(source, staging / name)
-    config = staging / name / "config.pbtxt"
-    config.write_text(config.read_text().replace(f'name: "{source.name}"', f'name: "{name}"'))
-    if (repository / name).exists():
-        os.rename(repository / name, staging / "previous")
-    os.rename(staging / name, repository / name)
-    shutil.rmtree(staging)
+    """Puts the model directory ``source`` into the repository as ``name``, version 1, the way
+    `attnserve export` does (`write_model`: staged beside the repository, then two renames)."""
+    config = read_config(source / "config.pbtxt")
+    config.name = name
+    labels = tuple((source / "labels.txt").read_text().splitlines())
+    write_model(repository, name, 1, (source / "1" / "model.onnx").read_bytes(), config, labels)
 
 
 def test_releases_load_reload_and_unload_while_every_call_is_answered(tmp_path: Path) -> None:
