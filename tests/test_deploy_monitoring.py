@@ -121,9 +121,9 @@ tests:
         values: '0+60x20'
       - series: 'attnserve_models_ready{{instance="gateway:8502"}}'
         values: '5x20'
-      - series: 'attnserve_model_loads_total{{instance="gateway:8502",model="cbam",action="reload",outcome="failed"}}'
+      - series: 'attnserve_model_loads_total{{instance="gw",model="cbam",action="reload",outcome="failed"}}'
         values: '0 0 0 1x30'
-      - series: 'attnserve_model_loads_total{{instance="gateway:8502",model="se",action="reload",outcome="ok"}}'
+      - series: 'attnserve_model_loads_total{{instance="gw",model="se",action="reload",outcome="ok"}}'
         values: '0 1 2x30'
     alert_rule_test:
       - eval_time: 5m
@@ -150,9 +150,14 @@ tests:
       - eval_time: 10m
         alertname: AttnserveModelLoadFailed
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: "gateway:8502", model: cbam, action: reload, outcome: failed}}
+          - exp_labels:
+              severity: warning
+              instance: gw
+              model: cbam
+              action: reload
+              outcome: failed
             exp_annotations:
-              summary: "gateway:8502 could not reload cbam: see the gateway's log"
+              summary: "gw could not reload cbam: see the gateway's log"
       - eval_time: 25m
         alertname: AttnserveModelLoadFailed
         exp_alerts: []
