@@ -146,6 +146,13 @@ class GatewaySettings(BaseModel):
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
     grace_s: float = Field(5.0, ge=0, description="graceful-stop window for in-flight requests")
     worker_threads: int = Field(2, gt=0, description="threads for decoding and postprocessing")
+    inline_preprocess_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="an image whose decode needs at most this (estimated from its header) and that "
+        "nothing is drawn on is preprocessed on the event loop, not handed to a worker thread "
+        "(a hand-off costs more; under a burst it waits behind every refusal); 0: never",
+    )
     render_threads: int = Field(1, gt=0, description="threads for heavy requests (see max_heavy_in_flight)")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain: gRPC and HTTP over TLS")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")

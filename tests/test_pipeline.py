@@ -3,7 +3,7 @@ import pytest
 from attnserve.errors import InvalidInput
 from attnserve.export.models import create_model, get_spec, serving_spec
 from attnserve.prediction import MapForm, PredictionRequest
-from attnserve.server.gateway.pipeline import resolve_attention, resolve_task_options, resolve_top_k
+from attnserve.server.gateway.pipeline import Pipeline, resolve_attention, resolve_task_options, resolve_top_k
 
 from .conftest import FakeBackend
 
@@ -120,3 +120,59 @@ def test_upsampled_answers_that_cannot_fit_a_message_are_refused_up_front() -> N
     check_response_size(one, SPEC, photo, 64 * 2**20)  # 46 MiB fits
     overlays = resolve_attention(PredictionRequest(forms=frozenset({MapForm.OVERLAY_PNG})), SPEC)
     check_response_size(overlays, SPEC, photo, 64 * 2**20)  # 5 PNGs at 1 byte a pixel: 57 MiB
+
+
+@pytest.mark.parametrize(
+    ("side", "forms", "inline_bytes", "on_the_loop"),
+    [
+        (64, frozenset({MapForm.RAW}), 256 * 1024, True),  # the sample digit's kind: no hand-off
+        (1024, frozenset({MapForm.RAW}), 256 * 1024, False),  # 1 MiB to decode: a worker thread
+        (64, frozenset({MapForm.OVERLAY_PNG}), 256 * 1024, False),  # kept and drawn on
+        (64, frozenset({MapForm.RAW}), 0, False),  # turned off
+    ],
+)
+def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_threads(
+    monkeypatch: pytest.MonkeyPatch,
+    side: int,
+    forms: frozenset[MapForm],
+    inline_bytes: int,
+    on_the_loop: bool,
+) -> None:
+    import asyncio
+    import io
+    import threading
+
+    from PIL import Image
+
+    from attnserve.server.gateway import pipeline as pipeline_module
+    from attnserve.server.gateway.catalog import ModelCatalog
+    from attnserve.server.gateway.metrics import GatewayMetrics
+    from attnserve.settings import GatewaySettings
+
+    threads: list[str] = []
+    original = pipeline_module.preprocess_image
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "preprocess_image", recorded)
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 40).save(buffer, format="PNG")
+    call = PredictionRequest(image=buffer.getvalue(), maps=("spatial_stage3",), forms=forms)
+
+    async def run() -> str:
+        backend = FakeBackend()
+        catalog = ModelCatalog()
+        await catalog.refresh(backend)
+        settings = GatewaySettings(inline_preprocess_bytes=inline_bytes)
+        pipeline = Pipeline(settings, catalog, backend, GatewayMetrics())
+        try:
+            assert (await pipeline.predict(call)).predictions
+        finally:
+            pipeline.close()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(run())
+    assert (threads == [loop_thread]) is on_the_loop
+    assert threads[0].startswith("attnserve-") is not on_the_loop

@@ -4,9 +4,11 @@ Transport-neutral: a front (gRPC, HTTP) decodes its wire format into a `Predicti
 calls `Pipeline.predict` with the caller's deadline and its own response-size limit, and
 encodes the `Prediction`. CPU-bound stages (decoding, resampling, drawing and encoding images)
 run on a small thread pool so the event loop keeps accepting requests; inference is awaited.
-Postprocessing that draws nothing (scores, raw maps, coordinates: ~0.4 ms for cbam's 8 maps)
-runs on the loop itself: a thread hand-off costs more than that in a process whose throughput
-is bounded by the GIL.
+Small work runs on the loop itself, because a thread hand-off costs more in a process whose
+throughput is bounded by the GIL, and under a burst each hand-off waits behind every refusal
+queued on the loop: postprocessing that draws nothing (scores, raw maps, coordinates: ~0.4 ms
+for cbam's 8 maps), and preprocessing a small image that is not kept
+(``inline_preprocess_bytes``: the sample digit, 1.7 ms).
 """
 
 from __future__ import annotations
@@ -306,9 +308,14 @@ class Pipeline:
             executor = self.render_executor if cost.heavy else self.executor
 
             keep_image = attention.needs_image or options.overlay
-            prepared = await loop.run_in_executor(
-                executor, self._prepare, request, spec, keep_image, render_side
-            )
+            if not keep_image and cost.memory_bytes <= self.settings.inline_preprocess_bytes:
+                # a small image (the sample digit: 1.7 ms): no thread hand-off, which costs more,
+                # and which under a burst waits behind every refusal before the call goes on
+                prepared = self._prepare(request, spec, keep_image, render_side)
+            else:
+                prepared = await loop.run_in_executor(
+                    executor, self._prepare, request, spec, keep_image, render_side
+                )
             geometry = prepared.geometry
             render_size = fit_within(geometry.width, geometry.height, render_side)
             if response_limit_bytes is not None:

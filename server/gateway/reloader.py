@@ -181,8 +181,9 @@ class ModelReloader:
         started = time.perf_counter()
         if pause:
             self.catalog.pause(name)
-            await self._drain(name)
         try:
+            if pause:
+                await self._drain(name)
             await self.backend.load_model(name)
         except Unavailable:
             return  # Triton went away: when it is back it loads what is on disk then
