@@ -71,12 +71,26 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
     # the load generator on the first core, the gateway and Triton on the others (given two)
     cores = sorted(os.sched_getaffinity(0))
     pin = len(cores) > 1
-    (summary,) = tool("burst.py", "--adaptive", *(["--pin"] if pin else []))
+    (summary,) = tool("burst.py", "--adaptive", "--bursts", "2", *(["--pin"] if pin else []))
     if pin:
         assert summary["cores"] == {"load_generator": cores[:1], "server": cores[1:]}, summary
     assert summary["adaptive"] and 2 <= summary["capacity"] <= 64, summary
-    assert summary["calls"] == 10 * summary["capacity"]
+    assert summary["calls"] == 10 * summary["capacity"] and summary["bursts"] == 2
+    assert sum(kind["sent"] for kind in summary["by_kind"].values()) == 2 * summary["calls"]
     check(summary)
+
+
+def test_an_a_b_alternates_servers_with_and_without_a_setting_at_the_same_calls() -> None:
+    summaries = tool(
+        "burst.py", "--adaptive", "--heavy-share", "0", "--factor", "3", "--rounds", "1",
+        "--against", "inline_preprocess_bytes=0",
+    )  # fmt: skip
+    assert [s["setting"] for s in summaries] == [None, "inline_preprocess_bytes=0"]
+    assert summaries[0]["calls"] == summaries[1]["calls"] == 3 * summaries[0]["capacity"]
+    for summary in summaries:
+        assert summary["by_kind"]["cheap"]["codes"].get("OK", 0) > 0 and summary["internal"] == 0, summary
+        assert summary["by_kind"]["heavy"]["sent"] == 0 and summary["exit_code"] == 0, summary
+        assert summary["resource_exhausted_seen"] == summary["rejections_counted"], summary
 
 
 def test_640_calls_at_once_on_one_connection_are_answered_refused_or_refused_streams() -> None:

@@ -7,6 +7,7 @@ exactly, and how do the admitted cheap requests fare against an unloaded gateway
     .venv/bin/python tools/burst.py --max-in-flight 8
     .venv/bin/python tools/burst.py --adaptive --pin     # the load generator on its own core
     .venv/bin/python tools/burst.py --json
+    .venv/bin/python tools/burst.py --adaptive --heavy-share 0 --bursts 10 --against inline_preprocess_bytes=0
 
 Capacity is what the gateway admits at once after warm-up (`attnserve_concurrency_limit`: the
 adaptive limit, or ``max_in_flight``); the burst sends 10× that many calls at once over one
@@ -45,6 +46,8 @@ from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "docs" / "samples" / "digit.png").read_bytes()
 DETAILS: dict[str, str] = {}
+PAUSE_S = 1.5
+"""Between repeated bursts (a fifth of it when there are no overlays to finish)."""
 
 
 def photo() -> bytes:
@@ -96,7 +99,12 @@ async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float
 
 
 async def measure(
-    address: str, metrics_url: str, burst_factor: int, heavy_share: float, calls: int | None = None
+    address: str,
+    metrics_url: str,
+    burst_factor: int,
+    heavy_share: float,
+    calls: int | None = None,
+    bursts: int = 1,
 ) -> dict[str, Any]:
     cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
     heavy = pb.PredictRequest(
@@ -124,9 +132,15 @@ async def measure(
         floor = await asyncio.gather(*(call(stub, unknown[k]) for k in kinds))
 
         before = rejected_total(metrics_url)
-        started = time.perf_counter()
-        results = await asyncio.gather(*(call(stub, heavy if k == "heavy" else cheap) for k in kinds))
-        wall = time.perf_counter() - started
+        results, kinds_sent, wall = [], [], 0.0
+        for index in range(bursts):
+            if index:  # the previous burst's overlays finish first
+                await asyncio.sleep(PAUSE_S if heavy_share else PAUSE_S / 5)
+            started = time.perf_counter()
+            results += await asyncio.gather(*(call(stub, heavy if k == "heavy" else cheap) for k in kinds))
+            wall += time.perf_counter() - started
+            kinds_sent += kinds
+        kinds = kinds_sent
         counted = rejected_total(metrics_url) - before
         limit_after = gauge(metrics_url, "attnserve_concurrency_limit")
     by_kind: dict[str, Any] = {}
@@ -146,6 +160,7 @@ async def measure(
     return {
         "capacity": capacity,
         "calls": calls,
+        "bursts": bursts,
         "wall_s": round(wall, 2),
         "unloaded_p50_ms": percentile([s for _, s, _ in unloaded], 50),
         "unloaded_p99_ms": percentile([s for _, s, _ in unloaded], 99),
@@ -183,22 +198,31 @@ def run(
     heavy_share: float,
     calls: int | None = None,
     pin: bool = False,
+    bursts: int = 1,
+    setting: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
+    """One `attnserve serve` and its bursts. ``setting``: a gateway setting (name, value) that
+    differs from the defaults in this run."""
     env = {
         "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
     }
+    if setting is not None:
+        env[f"ATTNSERVE_GATEWAY__{setting[0].upper()}"] = setting[1]
     DETAILS.clear()
     with pinned(pin) as cores, serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
         assert served.metrics_url is not None
         if pin:  # the server keeps the other cores; the load generator moves to the first
             os.sched_setaffinity(0, cores[:1])
-        summary = asyncio.run(measure(served.address, served.metrics_url, burst_factor, heavy_share, calls))
+        summary = asyncio.run(
+            measure(served.address, served.metrics_url, burst_factor, heavy_share, calls, bursts)
+        )
         summary["cores"] = {
             "load_generator": sorted(os.sched_getaffinity(0)),
             "server": sorted(os.sched_getaffinity(served.pid)),
         }
     summary.update(max_in_flight=max_in_flight, adaptive=adaptive, pinned=pin, exit_code=served.exit_code)
+    summary["setting"] = None if setting is None else "=".join(setting)
     cheap = summary["by_kind"]["cheap"]
     if cheap["admitted_p99_ms"] and summary["unloaded_p99_ms"]:
         summary["cheap_p99_ratio"] = round(cheap["admitted_p99_ms"] / summary["unloaded_p99_ms"], 1)
@@ -210,9 +234,11 @@ def run(
 
 def report(summary: dict[str, Any]) -> None:
     mode = ("adaptive" if summary["adaptive"] else "fixed") + (", pinned" if summary["pinned"] else "")
+    if summary.get("setting"):
+        mode += f", {summary['setting']}"
     print(
         f"[{mode}] capacity {summary['capacity']} (max_in_flight {summary['max_in_flight']}), "
-        f"{summary['calls']} calls at once; limit after: {summary['limit_after']:g}"
+        f"{summary['calls']} calls at once × {summary['bursts']}; limit after: {summary['limit_after']:g}"
     )
     print(
         f"  unloaded cheap p50/p99: {summary['unloaded_p50_ms']} / {summary['unloaded_p99_ms']} ms "
@@ -241,18 +267,63 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument(
         "--pin", action="store_true", help="the load generator on the first core, the server on the others"
     )
+    parser.add_argument("--bursts", type=int, default=1, help="bursts per server (their figures pooled)")
+    parser.add_argument(
+        "--against",
+        metavar="SETTING=VALUE",
+        help="A/B: rounds alternating between the defaults and this gateway setting (e.g. "
+        "inline_preprocess_bytes=0), the same number of calls in each",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--against: rounds of each")
     parser.add_argument("--json", action="store_true", help="print only the JSON summaries")
     args = parser.parse_args()
-    summaries = [run(args.max_in_flight, args.adaptive, args.factor, args.heavy_share, pin=args.pin)]
+    if args.against:
+        return against(args)
+    shape = (args.max_in_flight, args.adaptive, args.factor, args.heavy_share)
+    summaries = [run(*shape, pin=args.pin, bursts=args.bursts)]
     if args.compare:
         calls = summaries[0]["calls"]
         other = not args.adaptive
         summaries.append(
-            run(args.max_in_flight, other, args.factor, args.heavy_share, calls=calls, pin=args.pin)
+            run(args.max_in_flight, other, args.factor, args.heavy_share, calls, args.pin, args.bursts)
         )
     for summary in summaries:
         if not args.json:
             report(summary)
+        print(json.dumps(summary))
+    return summaries
+
+
+def against(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rounds alternating between the defaults and ``--against`` (ABBA…), the calls of the first."""
+    name, _, value = args.against.partition("=")
+    if not value:
+        raise SystemExit("--against takes SETTING=VALUE, e.g. inline_preprocess_bytes=0")
+    summaries: list[dict[str, Any]] = []
+    calls = None
+    for index in range(2 * args.rounds):
+        other = index % 4 in (1, 2)
+        summary = run(
+            args.max_in_flight,
+            args.adaptive,
+            args.factor,
+            args.heavy_share,
+            calls,
+            args.pin,
+            args.bursts,
+            (name, value) if other else None,
+        )
+        calls = calls or summary["calls"]
+        summaries.append(summary)
+        if not args.json:
+            report(summary)
+    for mode in (None, f"{name}={value}"):
+        mine = [s for s in summaries if s["setting"] == mode]
+        ratios = [s.get("cheap_gateway_p99_ratio") for s in mine]
+        answered = [s["by_kind"]["cheap"]["codes"].get("OK", 0) for s in mine]
+        if not args.json:
+            print(f"{mode or 'defaults'}: cheap answered {answered}; in-gateway p99 / unloaded {ratios}")
+    for summary in summaries:
         print(json.dumps(summary))
     return summaries
 
