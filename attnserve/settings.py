@@ -149,9 +149,10 @@ class GatewaySettings(BaseModel):
     inline_preprocess_bytes: int = Field(
         256 * 1024,
         ge=0,
-        description="an image whose decode needs at most this (estimated from its header) and that "
-        "nothing is drawn on is preprocessed on the event loop, not handed to a worker thread "
-        "(a hand-off costs more; under a burst it waits behind every refusal); 0: never",
+        description="an image of at most this many bytes whose decode needs at most this much "
+        "(estimated from its header) and that nothing is drawn on is preprocessed on the event loop, "
+        "not handed to a worker thread (a hand-off costs more; under a burst it waits behind every "
+        "refusal); 0: never",
     )
     render_threads: int = Field(1, gt=0, description="threads for heavy requests (see max_heavy_in_flight)")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain: gRPC and HTTP over TLS")

@@ -129,6 +129,7 @@ def test_upsampled_answers_that_cannot_fit_a_message_are_refused_up_front() -> N
         (1024, frozenset({MapForm.RAW}), 256 * 1024, False),  # 1 MiB to decode: a worker thread
         (64, frozenset({MapForm.OVERLAY_PNG}), 256 * 1024, False),  # kept and drawn on
         (64, frozenset({MapForm.RAW}), 0, False),  # turned off
+        (-64, frozenset({MapForm.RAW}), 256 * 1024, False),  # a tiny raster in 300 KB of chunks
     ],
 )
 def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_threads(
@@ -140,9 +141,10 @@ def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_
 ) -> None:
     import asyncio
     import io
+    import os
     import threading
 
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     from attnserve.server.gateway import pipeline as pipeline_module
     from attnserve.server.gateway.catalog import ModelCatalog
@@ -158,7 +160,14 @@ def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_
 
     monkeypatch.setattr(pipeline_module, "preprocess_image", recorded)
     buffer = io.BytesIO()
-    Image.new("L", (side, side), 40).save(buffer, format="PNG")
+    image = Image.new("L", (abs(side), abs(side)), 40)
+    if side > 0:
+        image.save(buffer, format="PNG")
+    else:  # the same pixels, with 300 KB of text chunks to read
+        info = PngImagePlugin.PngInfo()
+        info.add_text("padding", os.urandom(150_000).hex(), zip=False)
+        image.save(buffer, format="PNG", pnginfo=info)
+        assert len(buffer.getvalue()) > 256 * 1024
     call = PredictionRequest(image=buffer.getvalue(), maps=("spatial_stage3",), forms=forms)
 
     async def run() -> str:

@@ -308,9 +308,13 @@ class Pipeline:
             executor = self.render_executor if cost.heavy else self.executor
 
             keep_image = attention.needs_image or options.overlay
-            if not keep_image and cost.memory_bytes <= self.settings.inline_preprocess_bytes:
+            inline = self.settings.inline_preprocess_bytes
+            encoded = len(request.image) if request.image is not None else 0
+            if not keep_image and cost.memory_bytes <= inline and encoded <= inline:
                 # a small image (the sample digit: 1.7 ms): no thread hand-off, which costs more,
-                # and which under a burst waits behind every refusal before the call goes on
+                # and which under a burst waits behind every refusal before the call goes on;
+                # small to decode and small on the wire (a tiny raster in megabytes of chunks or
+                # scans would take the loop for as long as they take to read)
                 prepared = self._prepare(request, spec, keep_image, render_side)
             else:
                 prepared = await loop.run_in_executor(
