@@ -66,7 +66,8 @@ class TritonSettings(BaseModel):
         False,
         description="`attnserve serve` loads models added to the repository, reloads changed ones "
         "and unloads removed ones while serving, without a restart (Triton's model control, on "
-        "loopback, driven by the gateway); off: the repository is read once at start",
+        "loopback, driven by the gateway; local users can then load models too); off: the "
+        "repository is read once at start",
     )
     watch_interval_s: float = Field(
         1.0,
