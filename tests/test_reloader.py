@@ -156,6 +156,14 @@ def test_a_release_with_another_interface_pauses_calls_drains_them_and_resumes_w
         (tmp_path / "cbam" / "config.pbtxt").write_text(config_to_text(new_config))
         await reloader.check()
 
+        refreshed_when: list[float] = []  # the reload's count, each time the catalog rereads
+        original = catalog.refresh
+
+        async def refresh(backend: object) -> None:
+            refreshed_when.append(loads(reloader.metrics, "cbam", "reload", "ok"))
+            await original(backend)  # type: ignore[arg-type]
+
+        catalog.refresh = refresh  # type: ignore[method-assign]
         ticket = reloader.admission.admit("cbam", Cost(0, heavy=False))  # a call in flight on the old release
         backend.load_gate = asyncio.Event()
         round_ = asyncio.create_task(reloader.check())
@@ -175,6 +183,8 @@ def test_a_release_with_another_interface_pauses_calls_drains_them_and_resumes_w
         await asyncio.wait_for(waiting, 1)
         assert catalog.paused == {} and catalog.get("cbam").spec.labels[0] == "digit 0"
         assert backend.paused_during_load == [True]
+        # counted once the catalog serves the new release, not before (a metric read then is true)
+        assert refreshed_when == [0] and loads(reloader.metrics, "cbam", "reload", "ok") == 1
 
     asyncio.run(scenario())
 

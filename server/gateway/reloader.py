@@ -154,8 +154,6 @@ class ModelReloader:
             await self._unload(name)
         for name in (*changes.added, *changes.changed):
             await self._load(name, current[name], reload=name in changes.changed)
-        if changes:
-            await self.catalog.refresh(self.backend)
         return changes
 
     async def _unload(self, name: str) -> None:
@@ -169,16 +167,19 @@ class ModelReloader:
             self._count(name, "unload", ok=False)
             log.error("unloading %s (its directory left the repository) failed: %s", name, exc)
         else:
+            await self.catalog.refresh(self.backend)
             self._count(name, "unload", ok=True)
             log.info("unloaded %s: its directory left the repository", name)
         self._loaded.pop(name, None)
 
     async def _load(self, name: str, digest: str, reload: bool) -> None:
+        """Loads (or reloads) ``name``; counted once the catalog serves the outcome."""
         assert self._loaded is not None
         action = "reload" if reload else "load"
         serving = self.catalog.models.get(name)
         pause = serving is not None and not self._same_interface(name, serving)
         started = time.perf_counter()
+        failure: AttnserveError | None = None
         if pause:
             self.catalog.pause(name)
         try:
@@ -188,20 +189,22 @@ class ModelReloader:
         except Unavailable:
             return  # Triton went away: when it is back it loads what is on disk then
         except AttnserveError as exc:
-            self._count(name, action, ok=False)
+            failure = exc
+        finally:
+            try:
+                await self.catalog.refresh(self.backend)
+            except AttnserveError as exc:  # Triton went away meanwhile: the watcher rediscovers
+                log.warning("rereading the models after the %s of %s failed: %s", action, name, exc)
+            finally:
+                self.catalog.resume(name)
+        self._loaded[name] = digest
+        self._count(name, action, ok=failure is None)
+        if failure is not None:
             kept = "; the previous release keeps serving" if serving is not None else ""
-            log.error("%s of %s failed%s: %s", action, name, kept, exc)
+            log.error("%s of %s failed%s: %s", action, name, kept, failure)
         else:
-            self._count(name, action, ok=True)
             how = " (its interface changed: calls waited for it)" if pause else ""
             log.info("%sed %s in %.2f s%s", action, name, time.perf_counter() - started, how)
-        finally:
-            if pause:
-                try:
-                    await self.catalog.refresh(self.backend)
-                finally:
-                    self.catalog.resume(name)
-        self._loaded[name] = digest
 
     def _same_interface(self, name: str, serving: ModelInfo) -> bool:
         """The release on disk answers like the one serving (only its weights changed); anything
