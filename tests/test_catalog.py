@@ -87,6 +87,26 @@ def test_every_model_triton_lists_is_listed_with_its_readiness_and_reason() -> N
     assert catalog.describe("broken") is listing["broken"] and catalog.describe(None) is listing["cbam"]
 
 
+def test_a_reason_from_triton_carries_no_traceback_and_no_server_path() -> None:
+    backend = RepositoryBackend()
+    reason = (
+        "Internal: InvalidProtobuf: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from "
+        "/srv/models/repository/broken/1/model.onnx failed:Protobuf parsing failed.\n\nAt:\n"
+        "  /opt/triton/backends/onnxruntime/model.py(189): initialize\n"
+    )
+    backend.index.append(RepositoryModel("broken", "1", "UNAVAILABLE", reason))
+    catalog = ModelCatalog()
+    asyncio.run(catalog.refresh(backend))
+    listed = catalog.describe("broken")
+    assert listed.reason == (
+        "UNAVAILABLE: Internal: InvalidProtobuf: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF : "
+        "Load model from model.onnx failed:Protobuf parsing failed."
+    )
+    with pytest.raises(ModelNotReady) as raised:
+        catalog.get("broken")
+    assert "/" not in str(raised.value) and "At:" not in str(raised.value)
+
+
 def test_a_model_that_stops_being_servable_keeps_its_description() -> None:
     backend = RepositoryBackend()
     catalog = ModelCatalog(configured_default="cbam")

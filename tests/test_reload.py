@@ -17,7 +17,7 @@ import pytest
 
 from attnserve._net import free_port
 from attnserve.clients import Client
-from attnserve.errors import AttnserveError, ModelNotFound
+from attnserve.errors import AttnserveError, ModelNotFound, Unavailable
 from attnserve.export.repository import read_config, write_model
 from attnserve.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -147,6 +147,19 @@ def test_releases_load_reload_and_unload_while_every_call_is_answered(tmp_path: 
                 wait_until(lambda: "ran" not in _listed(client), process, log)
                 with pytest.raises(ModelNotFound):
                     client.predict(DIGIT, model="ran")
+
+                # a new model Triton cannot load: listed not ready, with Triton's reason
+                broken = tmp_path / "broken"
+                shutil.copytree(DEFAULT_MODEL_REPOSITORY / "ran", broken)
+                (broken / "1" / "model.onnx").write_bytes(b"not an onnx graph")
+                release(repository, "broken", broken)
+                wait_until(lambda: model_loads(metrics).get(("broken", "load", "failed")) == 1, process, log)
+                (listed,) = [m for m in client.list_models().models if m.name == "broken"]
+                assert not listed.ready and "Load model from model.onnx failed" in listed.reason, listed
+                with pytest.raises(Unavailable, match="'broken' is not ready: UNAVAILABLE") as refused:
+                    client.predict(DIGIT, model="broken")
+                for text in (listed.reason, str(refused.value)):  # no traceback, no server path
+                    assert "At:" not in text and str(tmp_path) not in text and ".py" not in text, text
                 assert client.health() == "SERVING"
 
         for calls in (cbam_calls, se_calls):
@@ -164,6 +177,7 @@ def test_releases_load_reload_and_unload_while_every_call_is_answered(tmp_path: 
             ("se", "reload", "failed"): 1,
             ("ran", "load", "ok"): 1,
             ("ran", "unload", "ok"): 1,
+            ("broken", "load", "failed"): 1,
         }
         text = log.read_text()
         assert "its interface changed: calls waited for it" in text

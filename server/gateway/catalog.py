@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
@@ -205,10 +206,19 @@ class ModelCatalog:
         return default is not None and default in self.models
 
 
+_SERVER_PATH = re.compile(r"(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)")
+
+
 def _state_reason(entry: RepositoryModel) -> str:
-    """Triton's state and reason, as "UNAVAILABLE: load failed ..."."""
+    """Triton's state and reason, as "UNAVAILABLE: load failed ...", fit for callers: its first
+    line only (a backend that fails to load appends its Python traceback) and files on the
+    server by name only (the repository's location is nobody's business; Triton's log has it)."""
     state = entry.state or "UNKNOWN"
-    return f"{state}: {entry.reason}" if entry.reason else state
+    lines = entry.reason.strip().splitlines()
+    if not lines:
+        return state
+    first = _SERVER_PATH.sub(r"\1", lines[0].strip())
+    return f"{state}: {first}"
 
 
 def _newer(version: str, than: RepositoryModel | ModelInfo | None) -> bool:
