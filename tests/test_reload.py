@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from attnserve._net import free_port
 from attnserve.clients import Client
@@ -68,15 +69,15 @@ class Predicting:
 
 
 def model_loads(metrics_url: str) -> dict[tuple[str, str, str], float]:
+    """``attnserve_model_loads_total`` by (model, action, outcome)."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("attnserve_model_loads_total{"):
-            labels, value = line.removeprefix("attnserve_model_loads_total{").split("} ")
-            parts = dict(part.split("=") for part in labels.split(","))
-            key = (parts["model"].strip('"'), parts["action"].strip('"'), parts["outcome"].strip('"'))
-            found[key] = float(value)
-    return found
+    return {
+        (sample.labels["model"], sample.labels["action"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "attnserve_model_loads"
+        for sample in family.samples
+        if sample.name == "attnserve_model_loads_total"
+    }
 
 
 def wait_until(condition: object, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from attnserve.cli import build_parser, settings_from_args
 from attnserve.errors import DeadlineExceeded, ModelNotReady, UpstreamError
-from attnserve.export.repository import config_to_text
+from attnserve.export.repository import config_to_text, read_config
 from attnserve.server.gateway.admission import Admission, Cost
 from attnserve.server.gateway.catalog import ModelCatalog
 from attnserve.server.gateway.metrics import GatewayMetrics
@@ -94,14 +94,18 @@ class ReloadingFake(FakeBackend):
             await self.load_gate.wait()
         if self.load_error is not None:
             raise self.load_error
-        self.configs[name] = self.configs.get(name) or next(iter(self.configs.values()))
+        self.configs[name] = read_config(self.repository / name / "config.pbtxt")
 
     async def unload_model(self, name: str) -> None:
         self.unloads.append(name)
         self.configs.pop(name, None)
 
 
-def reloader_for(tmp_path: Path, names: tuple[str, ...] = ("cbam",)) -> tuple[ModelReloader, ReloadingFake]:
+async def started_reloader(
+    tmp_path: Path, names: tuple[str, ...] = ("cbam",)
+) -> tuple[ModelReloader, ReloadingFake]:
+    """A reloader over ``names`` written to ``tmp_path``, its catalog read and its first round
+    (the baseline: what Triton loaded at start) taken."""
     backend = ReloadingFake(tmp_path, names)
     for name in names:
         write_model(tmp_path, name, config_to_text(backend.configs[name]))
@@ -110,6 +114,8 @@ def reloader_for(tmp_path: Path, names: tuple[str, ...] = ("cbam",)) -> tuple[Mo
     metrics = GatewayMetrics()
     admission = Admission(GatewaySettings(), metrics)
     reloader = ModelReloader(backend, catalog, admission, metrics, tmp_path, 0.01, drain_timeout_s=5)
+    await catalog.refresh(backend)
+    assert await reloader.check() == Changes()  # the baseline: nothing to do
     return reloader, backend
 
 
@@ -127,9 +133,7 @@ def loads(metrics: GatewayMetrics, name: str, action: str, outcome: str) -> floa
 
 def test_new_weights_are_reloaded_without_a_pause_once_two_scans_agree(tmp_path: Path) -> None:
     async def scenario() -> None:
-        reloader, backend = reloader_for(tmp_path)
-        await reloader.catalog.refresh(backend)
-        assert await reloader.check() == Changes()  # the baseline: what Triton loaded at start
+        reloader, backend = await started_reloader(tmp_path)
         touch(tmp_path / "cbam" / "1" / "model.onnx")
         assert await reloader.check() == Changes()  # seen once
         assert await reloader.check() == Changes(changed=("cbam",))
@@ -144,10 +148,8 @@ def test_a_release_with_another_interface_pauses_calls_drains_them_and_resumes_w
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        reloader, backend = reloader_for(tmp_path)
+        reloader, backend = await started_reloader(tmp_path)
         catalog = reloader.catalog
-        await catalog.refresh(backend)
-        await reloader.check()
         old = catalog.get("cbam")
         new_config = type(backend.configs["cbam"])()
         new_config.CopyFrom(backend.configs["cbam"])
@@ -177,7 +179,6 @@ def test_a_release_with_another_interface_pauses_calls_drains_them_and_resumes_w
             await catalog.wait_resumed(None, 0.01, deadline_bound=True)  # the default model: cbam
         with pytest.raises(ModelNotReady, match="retry"):
             await catalog.wait_resumed("cbam", 0.01, deadline_bound=False)
-        backend.configs["cbam"] = new_config  # what Triton reads once it has loaded the release
         backend.load_gate.set()
         assert await round_ == Changes(changed=("cbam",))
         await asyncio.wait_for(waiting, 1)
@@ -193,9 +194,7 @@ def test_a_release_that_fails_to_load_keeps_the_old_one_and_is_not_retried_until
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        reloader, backend = reloader_for(tmp_path)
-        await reloader.catalog.refresh(backend)
-        await reloader.check()
+        reloader, backend = await started_reloader(tmp_path)
         (tmp_path / "cbam" / "config.pbtxt").write_text("this is not a config")
         backend.load_error = UpstreamError("Triton error INTERNAL: failed to load 'cbam'")
         await reloader.check()
@@ -212,10 +211,8 @@ def test_models_added_and_removed_are_loaded_and_unloaded_and_a_restarted_triton
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        reloader, backend = reloader_for(tmp_path, ("cbam", "se"))
+        reloader, backend = await started_reloader(tmp_path, ("cbam", "se"))
         catalog = reloader.catalog
-        await catalog.refresh(backend)
-        await reloader.check()
         write_model(tmp_path, "ran", config_to_text(backend.configs["cbam"]).replace('"cbam"', '"ran"'))
         await reloader.check()
         assert await reloader.check() == Changes(added=("ran",))

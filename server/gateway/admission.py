@@ -201,6 +201,10 @@ class Admission:
         limit = self.settings.max_heavy_in_flight if heavy else self.cheap_limit
         return max(1, math.ceil(limit * self.settings.model_share))
 
+    def in_flight_on(self, model: str) -> int:
+        """Admitted requests on ``model`` not yet answered, cheap and heavy."""
+        return self.by_model[model, False] + self.by_model[model, True]
+
     def retry_after(self, heavy: bool) -> float:
         return min(_RETRY_MAX_S, max(_RETRY_MIN_S, self._service_s[heavy]))
 

@@ -220,7 +220,7 @@ class ModelReloader:
     async def _drain(self, name: str) -> None:
         """Waits until no admitted call on ``name`` is in flight (they hold the old spec)."""
         deadline = time.monotonic() + self.drain_timeout_s
-        while any(model == name for model, _ in self.admission.by_model):
+        while self.admission.in_flight_on(name):
             if time.monotonic() > deadline:
                 waited = self.drain_timeout_s
                 log.warning("calls on %s still in flight after %.0f s; reloading anyway", name, waited)
