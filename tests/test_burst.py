@@ -80,6 +80,15 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
     check(summary)
 
 
+def test_the_server_and_the_load_generator_get_disjoint_cores() -> None:
+    assert burst_tool.split_cores([0, 1, 2, 3], None) == ([0, 1, 2, 3], [0, 1, 2, 3])
+    assert burst_tool.split_cores([0, 1, 2, 3], 3) == ([0], [1, 2, 3])  # --pin on 4 cores
+    assert burst_tool.split_cores(list(range(16)), 2) == (list(range(14)), [14, 15])
+    for impossible in (0, 4, 5):  # the load generator needs a core of its own, the server one
+        with pytest.raises(SystemExit, match="1 to 3 of the 4 cores"):
+            burst_tool.split_cores([0, 1, 2, 3], impossible)
+
+
 def test_an_a_b_alternates_servers_with_and_without_a_setting_at_the_same_calls() -> None:
     summaries = tool(
         "burst.py", "--adaptive", "--heavy-share", "0", "--factor", "3", "--rounds", "1",

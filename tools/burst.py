@@ -6,6 +6,7 @@ exactly, and how do the admitted cheap requests fare against an unloaded gateway
     .venv/bin/python tools/burst.py --adaptive --compare   # adaptive concurrency, then without
     .venv/bin/python tools/burst.py --max-in-flight 8
     .venv/bin/python tools/burst.py --adaptive --pin     # the load generator on its own core
+    .venv/bin/python tools/burst.py --adaptive --server-cores 2  # the server on 2 cores, clients on the rest
     .venv/bin/python tools/burst.py --json
     .venv/bin/python tools/burst.py --adaptive --heavy-share 0 --bursts 10 --against inline_preprocess_bytes=0
 
@@ -16,7 +17,9 @@ three ways: as the client saw it, inside the gateway (the answer's ``timings.tot
 the floor — the same burst refused on arrival — which is what the transport and a load
 generator on the same cores cost before any work is done. ``--pin`` keeps the load generator
 on the first core and the gateway and Triton on the others, so that what the server pays is
-not what the load generator took from it.
+not what the load generator took from it. ``--server-cores N`` gives the server the last N cores
+and the load generator all the others: on a machine with more cores than the server needs, what
+clients see is then the server's doing alone.
 """
 
 from __future__ import annotations
@@ -176,15 +179,26 @@ async def measure(
     }
 
 
+def split_cores(cores: list[int], server_cores: int | None) -> tuple[list[int], list[int]]:
+    """(load generator's cores, server's cores), disjoint: the server gets the last
+    ``server_cores`` of ``cores``, the load generator the rest."""
+    if server_cores is None:
+        return cores, cores
+    if not 1 <= server_cores < len(cores):
+        raise SystemExit(
+            f"the server needs 1 to {len(cores) - 1} of the {len(cores)} cores, and the load generator one"
+        )
+    return cores[:-server_cores], cores[-server_cores:]
+
+
 @contextmanager
-def pinned(pin: bool) -> Iterator[list[int]]:
-    """With ``pin``, this process (and so what it starts) on all cores but the first; the caller
-    moves itself to the first once the server is up. Restored when the block ends."""
+def pinned(server_cores: int | None) -> Iterator[list[int]]:
+    """With ``server_cores``, this process (and so what it starts) on the server's cores; the
+    caller moves itself to the others once the server is up (`split_cores`). Restored when the
+    block ends."""
     cores = sorted(os.sched_getaffinity(0))
-    if pin and len(cores) < 2:
-        raise SystemExit("--pin needs at least 2 cores")
-    if pin:
-        os.sched_setaffinity(0, cores[1:])
+    _, server = split_cores(cores, server_cores)
+    os.sched_setaffinity(0, server)
     try:
         yield cores
     finally:
@@ -197,12 +211,13 @@ def run(
     burst_factor: int,
     heavy_share: float,
     calls: int | None = None,
-    pin: bool = False,
+    server_cores: int | None = None,
     bursts: int = 1,
     setting: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One `attnserve serve` and its bursts. ``setting``: a gateway setting (name, value) that
-    differs from the defaults in this run."""
+    """One `attnserve serve` and its bursts. ``server_cores``: the server on that many cores and
+    the load generator on the others (None: all share every core). ``setting``: a gateway
+    setting (name, value) that differs from the defaults in this run."""
     env = {
         "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
@@ -210,10 +225,13 @@ def run(
     if setting is not None:
         env[f"ATTNSERVE_GATEWAY__{setting[0].upper()}"] = setting[1]
     DETAILS.clear()
-    with pinned(pin) as cores, serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
+    with (
+        pinned(server_cores) as cores,
+        serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served,
+    ):
         assert served.metrics_url is not None
-        if pin:  # the server keeps the other cores; the load generator moves to the first
-            os.sched_setaffinity(0, cores[:1])
+        # the server keeps its cores; the load generator moves to the others
+        os.sched_setaffinity(0, split_cores(cores, server_cores)[0])
         summary = asyncio.run(
             measure(served.address, served.metrics_url, burst_factor, heavy_share, calls, bursts)
         )
@@ -221,6 +239,7 @@ def run(
             "load_generator": sorted(os.sched_getaffinity(0)),
             "server": sorted(os.sched_getaffinity(served.pid)),
         }
+    pin = server_cores is not None
     summary.update(max_in_flight=max_in_flight, adaptive=adaptive, pinned=pin, exit_code=served.exit_code)
     summary["setting"] = None if setting is None else "=".join(setting)
     cheap = summary["by_kind"]["cheap"]
@@ -267,6 +286,12 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument(
         "--pin", action="store_true", help="the load generator on the first core, the server on the others"
     )
+    parser.add_argument(
+        "--server-cores",
+        type=int,
+        metavar="N",
+        help="the server (gateway and Triton) on the last N cores, the load generator on the others",
+    )
     parser.add_argument("--bursts", type=int, default=1, help="bursts per server (their figures pooled)")
     parser.add_argument(
         "--against",
@@ -277,15 +302,25 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--rounds", type=int, default=3, help="--against: rounds of each")
     parser.add_argument("--json", action="store_true", help="print only the JSON summaries")
     args = parser.parse_args()
+    if args.pin and args.server_cores is None:
+        args.server_cores = len(os.sched_getaffinity(0)) - 1
     if args.against:
         return against(args)
     shape = (args.max_in_flight, args.adaptive, args.factor, args.heavy_share)
-    summaries = [run(*shape, pin=args.pin, bursts=args.bursts)]
+    summaries = [run(*shape, server_cores=args.server_cores, bursts=args.bursts)]
     if args.compare:
         calls = summaries[0]["calls"]
         other = not args.adaptive
         summaries.append(
-            run(args.max_in_flight, other, args.factor, args.heavy_share, calls, args.pin, args.bursts)
+            run(
+                args.max_in_flight,
+                other,
+                args.factor,
+                args.heavy_share,
+                calls,
+                args.server_cores,
+                args.bursts,
+            )
         )
     for summary in summaries:
         if not args.json:
@@ -309,7 +344,7 @@ def against(args: argparse.Namespace) -> list[dict[str, Any]]:
             args.factor,
             args.heavy_share,
             calls,
-            args.pin,
+            args.server_cores,
             args.bursts,
             (name, value) if other else None,
         )
