@@ -38,6 +38,7 @@ from .conftest import REPO_ROOT, triton_settings
 DEPLOY = REPO_ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 GPU_OVERRIDE = DEPLOY / "docker-compose.gpu.yml"
+WATCH_OVERRIDE = DEPLOY / "docker-compose.watch.yml"
 DOCKERFILE = DEPLOY / "gateway.Dockerfile"
 
 
@@ -59,7 +60,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --- the compose file -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [COMPOSE, GPU_OVERRIDE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, GPU_OVERRIDE, WATCH_OVERRIDE], ids=lambda p: p.name)
 def test_compose_files_validate_against_the_compose_specification(path: Path) -> None:
     schema = json.loads(
         files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
@@ -95,6 +96,27 @@ def test_gateway_waits_for_triton_drains_within_its_stop_grace_and_runs_unprivil
     assert gateway["command"][:3] == ["gateway", "--triton-url", "triton:8001"]
     assert gateway["read_only"] is True
     assert "/ready" in " ".join(gateway["healthcheck"]["test"])
+
+
+def test_the_watch_override_changes_only_model_control_and_shares_the_repository_read_only(
+    compose: dict[str, Any],
+) -> None:
+    watch = services(load(WATCH_OVERRIDE))
+    expected = []
+    for arg in services(compose)["triton"]["command"]:
+        if arg == "--model-control-mode=none":
+            expected += ["--model-control-mode=explicit", "--load-model=*"]
+        else:
+            expected.append("--strict-readiness=false" if arg == "--strict-readiness=true" else arg)
+    assert watch["triton"]["command"] == expected, "the override's Triton flags drifted from the base file's"
+    gateway = watch["gateway"]
+    assert gateway["environment"] == {
+        "ATTNSERVE_TRITON__WATCH_REPOSITORY": "true",
+        "ATTNSERVE_TRITON__MODEL_REPOSITORY": "/models",
+    }
+    # the gateway reads the folder Triton serves, at the same path, and cannot write to it
+    assert gateway["volumes"] == services(compose)["triton"]["volumes"] == ["../model_repository:/models:ro"]
+    assert set(watch) == {"triton", "gateway"} and set(watch["triton"]) == {"command"}
 
 
 def test_every_service_has_a_health_check_a_non_root_user_and_pinned_image(compose: dict[str, Any]) -> None:
@@ -291,6 +313,79 @@ def test_gateway_only_install_serves_without_torch(gateway_venv: Path, compose_t
             assert answer.status_code == 200, answer.text
             assert answer.json()["predictions"][0]["label"] == "6"
         assert httpx.get(url + "/").status_code == 200, "the web page ships in the wheel"
+    finally:
+        gateway.terminate()
+        output = gateway.communicate(timeout=30)[0].decode()
+    assert gateway.returncode == 0, output
+
+
+@pytest.fixture()
+def watched_triton(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """Triton started with the watch override's flags on a repository holding cbam alone."""
+    from attnserve.server.triton import TritonProcess
+
+    repository = tmp_path / "models"
+    shutil.copytree(REPO_ROOT / "model_repository" / "cbam", repository / "cbam")
+    command = services(load(WATCH_OVERRIDE))["triton"]["command"]
+    server_args = [arg.replace("=/models", f"={repository}") for arg in command[1:]]
+    with TritonProcess(triton_settings(repository), server_args=server_args) as triton:
+        yield triton, repository
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_the_watch_override_loads_and_unloads_models_while_the_gateway_serves(
+    watched_triton: tuple[Any, Path],
+) -> None:
+    triton, repository = watched_triton
+    environment = services(load(WATCH_OVERRIDE))["gateway"]["environment"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNSERVE_")}
+    env.update(environment, ATTNSERVE_TRITON__MODEL_REPOSITORY=str(repository))
+    env["ATTNSERVE_TRITON__WATCH_INTERVAL_S"] = "0.2"
+    http_port, triton_url = free_port(), f"127.0.0.1:{triton.settings.grpc_port}"
+    command = [
+        sys.executable, "-m", "attnserve", "gateway", "--triton-url", triton_url,
+        "--port", str(free_port()), "--gateway-http-port", str(http_port), "--gateway-metrics-port", "0",
+    ]  # fmt: skip
+    gateway = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http_port}"
+    sample = (REPO_ROOT / "docs" / "samples" / "digit.png").read_bytes()
+
+    def predict(model: str) -> httpx.Response:
+        return httpx.post(
+            f"{url}/v1/models/{model}:predict?maps=primary",
+            content=sample,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
+
+    def eventually(model: str, status: int) -> None:
+        deadline = time.monotonic() + 60
+        while (answer := predict(model)).status_code != status:
+            assert gateway.poll() is None, gateway.communicate()[0].decode()
+            assert time.monotonic() < deadline, f"{model}: still {answer.status_code} {answer.text}"
+            time.sleep(0.2)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert gateway.poll() is None, gateway.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the gateway did not become ready"
+            time.sleep(0.3)
+        assert predict("cbam").status_code == 200
+        assert predict("se").status_code == 404
+        # a release copied in while serving (the two-scan rule waits for the copy to settle)
+        shutil.copytree(REPO_ROOT / "model_repository" / "se", repository / "se")
+        eventually("se", 200)
+        assert predict("se").json()["predictions"][0]["label"] == "6"
+        shutil.rmtree(repository / "cbam")
+        eventually("cbam", 404)
+        assert predict("se").status_code == 200, "the other model kept serving"
     finally:
         gateway.terminate()
         output = gateway.communicate(timeout=30)[0].decode()
