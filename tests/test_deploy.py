@@ -232,6 +232,20 @@ def test_repository_is_what_nvidias_onnxruntime_backend_loads(model_dir: Path) -
 # --- the gateway-only install, against a Triton started as compose starts it ------------------
 
 
+def wait_ready(gateway: subprocess.Popen[bytes], url: str, timeout_s: float = 60) -> None:
+    """Until the gateway process at ``url`` answers /ready; its output if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert gateway.poll() is None, gateway.communicate()[0].decode()
+        assert time.monotonic() < deadline, "the gateway did not become ready"
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def gateway_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with `attnserve[gateway]` installed from this checkout (no torch)."""
@@ -292,16 +306,7 @@ def test_gateway_only_install_serves_without_torch(gateway_venv: Path, compose_t
     )
     try:
         url = f"http://127.0.0.1:{http_port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert gateway.poll() is None, gateway.communicate()[0].decode()
-            assert time.monotonic() < deadline, "the gateway did not become ready"
-            time.sleep(0.3)
+        wait_ready(gateway, url)
         sample = (REPO_ROOT / "docs" / "samples" / "digit.png").read_bytes()
         for model in ("cbam", "racnn"):
             answer = httpx.post(
@@ -367,16 +372,7 @@ def test_the_watch_override_loads_and_unloads_models_while_the_gateway_serves(
             time.sleep(0.2)
 
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert gateway.poll() is None, gateway.communicate()[0].decode()
-            assert time.monotonic() < deadline, "the gateway did not become ready"
-            time.sleep(0.3)
+        wait_ready(gateway, url)
         assert predict("cbam").status_code == 200
         assert predict("se").status_code == 404
         # a release copied in while serving (the two-scan rule waits for the copy to settle)
