@@ -465,6 +465,7 @@ def model_info_to_proto(model: ListedModel) -> pb.ModelInfo:
         primary_reason=spec.primary_reason,
         max_batch_size=model.max_batch_size,
         reason=model.reason,
+        release_error=model.release_error,
         options=[
             pb.ModelOption(
                 name=o.name,

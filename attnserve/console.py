@@ -269,6 +269,8 @@ def models_to_console(client: AnyClient, as_json: bool = False) -> None:
             f"{len(model.labels)} words" if model.task == "captioning" else f"{len(model.labels)} classes"
         )
         print(f"  {task}input {p.height}×{p.width} {p.color_mode}, {p.resize_mode}; {labels}")
+        if model.release_error:
+            print(f"  its last release failed to load (this one serves): {model.release_error}")
         for a in model.attention:
             tag = "  [primary]" if a.name == model.primary_attention else ""
             quality = ", ".join(f"{k} {v:.3f}" for k, v in sorted(a.quality.items()))

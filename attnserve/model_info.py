@@ -29,6 +29,9 @@ class ModelInfo:
     reason: str = ""
     """Why the model is not ready (empty when it is): the last description of a model that
     stopped being servable is kept, with ``ready=False`` and this reason."""
+    release_error: str = ""
+    """Why the last release put in the repository while serving could not be loaded (empty when
+    it went into service): this description is then of the release that keeps serving."""
 
     def output_shape(self, name: str) -> tuple[int, ...]:
         """An output's shape as Triton declares it (batch axis included when the model batches)."""

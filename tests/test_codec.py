@@ -1,10 +1,11 @@
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from attnserve import codec
-from attnserve.console import summary_json
+from attnserve.console import models_to_console, summary_json
 from attnserve.errors import InvalidInput
 from attnserve.export.models import get_spec
 from attnserve.export.repository import ServingOptions, build_config
@@ -215,12 +216,21 @@ def test_the_cli_summary_keeps_its_documented_fields() -> None:
     assert document["attention"][1]["class_label"] == "zero" and document["predictions"][0]["label"] == "four"
 
 
-def test_models_carry_their_readiness_and_reason() -> None:
+def test_models_carry_their_readiness_reason_and_failed_release(capsys: pytest.CaptureFixture[str]) -> None:
     spec = get_spec("cbam")
     dims = {name: CBAM_OUTPUT_DIMS[name] for name in spec.output_names}
     ready = model_info_from_config(build_config("cbam", spec, dims, ServingOptions()), "1")
     as_json = codec.message_to_json(codec.model_info_to_proto(ready))
     assert as_json["ready"] is True and "reason" not in as_json  # ready models look as they always did
+    assert "release_error" not in as_json
+
+    kept = codec.model_info_to_proto(replace(ready, release_error="INTERNAL: failed to load 'cbam'"))
+    assert kept.ready and codec.message_to_json(kept)["release_error"] == "INTERNAL: failed to load 'cbam'"
+    listing = SimpleNamespace(
+        list_models=lambda: codec.model_list_to_proto([replace(ready, release_error="x")], "cbam")
+    )
+    models_to_console(listing)  # type: ignore[arg-type]
+    assert "its last release failed to load (this one serves): x" in capsys.readouterr().out
 
     gone = codec.model_info_to_proto(replace(ready, ready=False, reason="Triton is unavailable"))
     assert not gone.ready and gone.reason == "Triton is unavailable"

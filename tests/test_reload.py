@@ -138,7 +138,16 @@ def test_releases_load_reload_and_unload_while_every_call_is_answered(tmp_path: 
                 # a broken release: Triton cannot load it, and the previous one keeps serving
                 (repository / "se" / "1" / "model.onnx").write_bytes(b"not an onnx graph")
                 wait_until(lambda: model_loads(metrics).get(("se", "reload", "failed")) == 1, process, log)
+                listed_se = client.get_model("se")
+                assert listed_se.ready and "model.onnx failed" in listed_se.release_error, listed_se
+                assert "At:" not in listed_se.release_error and str(tmp_path) not in listed_se.release_error
+                assert not client.get_model("cbam").release_error
                 time.sleep(1.0)
+                # the next good release goes in and clears the note
+                good = (DEFAULT_MODEL_REPOSITORY / "se" / "1" / "model.onnx").read_bytes()
+                (repository / "se" / "1" / "model.onnx").write_bytes(good)
+                wait_until(lambda: model_loads(metrics).get(("se", "reload", "ok")) == 1, process, log)
+                assert not client.get_model("se").release_error
 
                 # a new model, then removed
                 release(repository, "ran", DEFAULT_MODEL_REPOSITORY / "ran")
@@ -176,6 +185,7 @@ def test_releases_load_reload_and_unload_while_every_call_is_answered(tmp_path: 
         assert model_loads(metrics) == {
             ("cbam", "reload", "ok"): 2,
             ("se", "reload", "failed"): 1,
+            ("se", "reload", "ok"): 1,
             ("ran", "load", "ok"): 1,
             ("ran", "unload", "ok"): 1,
             ("broken", "load", "failed"): 1,

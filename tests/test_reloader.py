@@ -195,14 +195,31 @@ def test_a_release_that_fails_to_load_keeps_the_old_one_and_is_not_retried_until
 ) -> None:
     async def scenario() -> None:
         reloader, backend = await started_reloader(tmp_path)
-        (tmp_path / "cbam" / "config.pbtxt").write_text("this is not a config")
-        backend.load_error = UpstreamError("Triton error INTERNAL: failed to load 'cbam'")
+        config = tmp_path / "cbam" / "config.pbtxt"
+        good = config.read_text()
+        config.write_text("this is not a config")
+        backend.load_error = UpstreamError(
+            "Triton error INTERNAL: failed to load 'cbam': Load model from /srv/models/cbam/1/model.onnx "
+            "failed\nAt:\n  /srv/backends/onnxruntime/model.py(189): initialize"
+        )
         await reloader.check()
         assert await reloader.check() == Changes(changed=("cbam",))
         assert loads(reloader.metrics, "cbam", "reload", "failed") == 1
         assert reloader.catalog.paused == {} and reloader.catalog.get("cbam").ready
+        # listed with the release that keeps serving, and why the new one did not go in
+        (listed,) = reloader.catalog.listing()
+        expected = "Triton error INTERNAL: failed to load 'cbam': Load model from model.onnx failed"
+        assert listed.ready and listed.release_error == expected
+        assert reloader.catalog.describe("cbam") == listed == reloader.catalog.served("cbam")
+        assert not reloader.catalog.get("cbam").release_error  # what calls use is unchanged
         await reloader.check()
         assert backend.loads == ["cbam"]  # not tried again until its files change
+
+        backend.load_error = None  # the next release goes in: the note goes
+        config.write_text(good)
+        await reloader.check()
+        assert await reloader.check() == Changes(changed=("cbam",))
+        assert reloader.catalog.release_errors == {} and not reloader.catalog.describe("cbam").release_error
 
     asyncio.run(scenario())
 
@@ -217,12 +234,14 @@ def test_models_added_and_removed_are_loaded_and_unloaded_and_a_restarted_triton
         await reloader.check()
         assert await reloader.check() == Changes(added=("ran",))
         assert "ran" in catalog.models
+        catalog.note_release("se", "Triton error INTERNAL: failed to load 'se'")
         for path in sorted((tmp_path / "se").rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         (tmp_path / "se").rmdir()
         await reloader.check()
         assert await reloader.check() == Changes(removed=("se",))
         assert backend.unloads == ["se"] and "se" not in catalog.models
+        assert catalog.release_errors == {}, "a model that left takes its failed release's note along"
 
         backend.ready = False  # Triton died: a restarted one loads what is on disk then
         await reloader.check()

@@ -456,7 +456,7 @@ class PreprocessInfo(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., color_mode: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize_mode: _Optional[str] = ..., pad_value: _Optional[float] = ..., crop_pct: _Optional[float] = ..., interpolation: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "ready", "architecture", "description", "task", "labels", "inputs", "outputs", "attention", "preprocess", "primary_attention", "primary_reason", "max_batch_size", "reason", "options")
+    __slots__ = ("name", "version", "ready", "architecture", "description", "task", "labels", "inputs", "outputs", "attention", "preprocess", "primary_attention", "primary_reason", "max_batch_size", "reason", "options", "release_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -473,6 +473,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     ready: bool
@@ -489,7 +490,8 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     reason: str
     options: _containers.RepeatedCompositeFieldContainer[ModelOption]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., architecture: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionInfo, _Mapping]]] = ..., preprocess: _Optional[_Union[PreprocessInfo, _Mapping]] = ..., primary_attention: _Optional[str] = ..., primary_reason: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., reason: _Optional[str] = ..., options: _Optional[_Iterable[_Union[ModelOption, _Mapping]]] = ...) -> None: ...
+    release_error: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., architecture: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionInfo, _Mapping]]] = ..., preprocess: _Optional[_Union[PreprocessInfo, _Mapping]] = ..., primary_attention: _Optional[str] = ..., primary_reason: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., reason: _Optional[str] = ..., options: _Optional[_Iterable[_Union[ModelOption, _Mapping]]] = ..., release_error: _Optional[str] = ...) -> None: ...
 
 class ModelOption(_message.Message):
     __slots__ = ("name", "description", "default_value", "minimum", "maximum")

@@ -81,6 +81,9 @@ class ModelCatalog:
     paused: dict[str, asyncio.Event] = field(default_factory=dict)
     """Models being replaced by a release with another interface: calls wait for the new one
     (`wait_resumed`), so that no answer mixes one release's spec with the other's graph."""
+    release_errors: dict[str, str] = field(default_factory=dict)
+    """Models whose last release in the repository could not be loaded, each with why (callers'
+    form), while the release before keeps serving (`note_release`)."""
 
     @property
     def default_model(self) -> str | None:
@@ -164,10 +167,18 @@ class ModelCatalog:
             return replace(last, ready=False, reason=reason)
         return ModelStatus(name, version, reason)
 
+    def note_release(self, name: str, error: str) -> None:
+        """The outcome of putting ``name``'s release from the repository into service: why it
+        failed (`for_callers` is applied), or "" when it went in (or the model left)."""
+        if error:
+            self.release_errors[name] = for_callers(error)
+        else:
+            self.release_errors.pop(name, None)
+
     def listing(self) -> list[ListedModel]:
         """Every model Triton lists (or listed before it went away), by name, ready or not."""
         every: dict[str, ListedModel] = {**self.unsupported, **self.not_ready, **self.models}
-        return [every[name] for name in sorted(every)]
+        return [self._noted(every[name]) for name in sorted(every)]
 
     def describe(self, name: str | None) -> ListedModel:
         """A model's description, ready or not (``None``: the default model)."""
@@ -175,7 +186,18 @@ class ModelCatalog:
         known = self.models.get(resolved) or self.not_ready.get(resolved) or self.unsupported.get(resolved)
         if known is None:
             raise self._not_found(resolved)
-        return known
+        return self._noted(known)
+
+    def _noted(self, model: ListedModel) -> ListedModel:
+        error = self.release_errors.get(model.name)
+        return replace(model, release_error=error) if error and isinstance(model, ModelInfo) else model
+
+    def served(self, name: str | None) -> ModelInfo:
+        """A servable model as it is described to callers: with why its last release did not go
+        into service, if it did not (`get` is what predictions use)."""
+        model = self.get(name)
+        error = self.release_errors.get(model.name)
+        return replace(model, release_error=error) if error else model
 
     def get(self, name: str | None) -> ModelInfo:
         """A servable model; `ModelNotReady` (with the reason) or `ModelNotFound` otherwise."""
@@ -209,16 +231,19 @@ class ModelCatalog:
 _SERVER_PATH = re.compile(r"(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)")
 
 
+def for_callers(text: str) -> str:
+    """Triton's text fit for callers: its first line only (a backend that fails to load appends
+    its Python traceback) and files on the server by name only (the repository's location is
+    nobody's business; Triton's log has it)."""
+    lines = text.strip().splitlines()
+    return _SERVER_PATH.sub(r"\1", lines[0].strip()) if lines else ""
+
+
 def _state_reason(entry: RepositoryModel) -> str:
-    """Triton's state and reason, as "UNAVAILABLE: load failed ...", fit for callers: its first
-    line only (a backend that fails to load appends its Python traceback) and files on the
-    server by name only (the repository's location is nobody's business; Triton's log has it)."""
+    """Triton's state and reason, as "UNAVAILABLE: load failed ...", fit for callers."""
     state = entry.state or "UNKNOWN"
-    lines = entry.reason.strip().splitlines()
-    if not lines:
-        return state
-    first = _SERVER_PATH.sub(r"\1", lines[0].strip())
-    return f"{state}: {first}"
+    reason = for_callers(entry.reason)
+    return f"{state}: {reason}" if reason else state
 
 
 def _newer(version: str, than: RepositoryModel | ModelInfo | None) -> bool:

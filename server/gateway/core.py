@@ -130,7 +130,7 @@ class GatewayCore:
 
     def get_model(self, name: str | None) -> ModelInfo:
         """``None``: the default model."""
-        return self.catalog.get(name)
+        return self.catalog.served(name)
 
     def metric_label(self, name: str | None) -> str:
         """A requested model as a metric label: the served name, or "unknown" for any other."""

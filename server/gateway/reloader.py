@@ -170,6 +170,7 @@ class ModelReloader:
             await self.catalog.refresh(self.backend)
             self._count(name, "unload", ok=True)
             log.info("unloaded %s: its directory left the repository", name)
+        self.catalog.note_release(name, "")
         self._loaded.pop(name, None)
 
     async def _load(self, name: str, digest: str, reload: bool) -> None:
@@ -198,6 +199,9 @@ class ModelReloader:
             finally:
                 self.catalog.resume(name)
         self._loaded[name] = digest
+        # a release that failed beside one still serving is shown with it (ListModels); a new
+        # model that failed is listed not ready with Triton's reason already
+        self.catalog.note_release(name, str(failure) if failure is not None and serving is not None else "")
         self._count(name, action, ok=failure is None)
         if failure is not None:
             kept = "; the previous release keeps serving" if serving is not None else ""
