@@ -107,6 +107,14 @@ class GatewaySettings(BaseModel):
         "latency before throughput (see docs/overload.md)",
     )
     latency_tolerance: float = Field(2.0, gt=1, description="see adaptive_concurrency")
+    max_queued_ms: float | None = Field(
+        None,
+        ge=0,
+        description="refuse (RESOURCE_EXHAUSTED, retry hint) a cheap prediction that waited longer "
+        "than this between its client sending it and the gateway taking it up, as told by clients "
+        "that send x-attnserve-timeout-ms with a deadline (attnserve's own do); default: with "
+        "adaptive_concurrency, (latency_tolerance - 1) × the model's no-load latency, else never",
+    )
     min_in_flight: int | None = Field(
         None,
         gt=0,

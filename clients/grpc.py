@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
-from typing import Unpack
+from typing import Any, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from attnserve.codec import prediction_from_proto
 from attnserve.errors import AttnserveError, Unavailable
 from attnserve.prediction import Prediction
+from attnserve.queueing import encodable_timeout, timeout_metadata
 from attnserve.settings import DEFAULT_GATEWAY_ADDRESS
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
@@ -37,6 +38,15 @@ from .retry import call_with_retry, call_with_retry_async
 from .slots import DEFAULT_MAX_CONCURRENT_CALLS, AsyncCallSlots, CallSlots
 
 _STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
+
+
+def sent_with(metadata: tuple[tuple[str, str], ...] | None, timeout_s: float | None) -> dict[str, Any]:
+    """A call's timeout and metadata, the timeout stated in it, so that the gateway can tell how
+    long the call waited before it was taken up (`attnserve.queueing`)."""
+    if timeout_s is None:
+        return {"timeout": None, "metadata": metadata}
+    timeout_s = encodable_timeout(timeout_s)
+    return {"timeout": timeout_s, "metadata": (*(metadata or ()), *timeout_metadata(timeout_s))}
 
 
 class Client:
@@ -69,7 +79,7 @@ class Client:
         try:
             with self._slots.held(self.timeout_s) as timeout_s:
                 answer = call_with_retry(
-                    lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
+                    lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout)),
                     timeout_s,
                 )
             return prediction_from_proto(answer)
@@ -167,7 +177,7 @@ class AsyncClient:
         try:
             async with self._slots.held(self.timeout_s) as timeout_s:
                 answer = await call_with_retry_async(
-                    lambda timeout: self._stub.Predict(request, timeout=timeout, metadata=self._metadata),
+                    lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout)),
                     timeout_s,
                 )
             return prediction_from_proto(answer)

@@ -82,6 +82,29 @@ def test_the_estimate_grows_with_the_decoded_raster_and_the_render_size_not_the_
 # --- the limits -------------------------------------------------------------------------------
 
 
+def test_a_cheap_call_that_waited_longer_than_its_latency_allows_is_refused() -> None:
+    metrics = GatewayMetrics()
+    fixed = Admission(GatewaySettings(max_queued_ms=20), metrics)
+    assert fixed.queue_budget("a") == pytest.approx(0.020)
+    fixed.admit("a", Cost(10, False), queued_s=0.019).release()
+    with pytest.raises(
+        Overloaded, match="waited 21 ms before the gateway could take it up, more than the 20 ms"
+    ):
+        fixed.admit("a", Cost(10, False), queued_s=0.021)
+    fixed.admit("a", Cost(10, True), queued_s=5.0).release()  # a render's latency is its own queue
+    fixed.admit("a", Cost(10, False), queued_s=None).release()  # a client that does not say
+    assert rejected(metrics) == {"queued": 1}
+
+    # adaptive: (tolerance - 1) × the no-load latency learnt for the model; nothing before it is
+    adaptive = Admission(GatewaySettings(adaptive_concurrency=True, latency_tolerance=2.0), GatewayMetrics())
+    assert adaptive.queue_budget("a") is None
+    adaptive.admit("a", Cost(10, False), queued_s=9.0).release(service_s=0.006)
+    assert adaptive.queue_budget("a") == pytest.approx(0.006) and adaptive.queue_budget("b") is None
+    with pytest.raises(Overloaded, match="more than the 6 ms its latency allows"):
+        adaptive.admit("a", Cost(10, False), queued_s=0.007)
+    assert Admission(GatewaySettings(), GatewayMetrics()).queue_budget("a") is None  # off by default
+
+
 def test_each_limit_refuses_at_once_with_a_retry_hint_and_counts_the_refusal() -> None:
     settings = GatewaySettings(
         max_in_flight=4, model_share=0.5, max_heavy_in_flight=1, memory_budget_bytes=100

@@ -55,13 +55,15 @@ def tool(script: str, *flags: str) -> list[dict[str, Any]]:
     return summaries
 
 
-def check(summary: dict[str, Any]) -> None:
+def check(summary: dict[str, Any], cheap_answered: bool = True) -> None:
+    """What every burst must show; ``cheap_answered``: some cheap call was answered (with the
+    adaptive limit, all may have waited for the event loop longer than their budget)."""
     codes = {code for kind in summary["by_kind"].values() for code in kind["codes"]}
     assert codes <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"} and summary["internal"] == 0, summary
     # UNAVAILABLE only as grpc-core's refused stream (nothing processed; attnserve's clients retry it)
     assert all(REFUSED_STREAM in details for details in summary["other_errors"].values()), summary
     assert summary["resource_exhausted_seen"] == summary["rejections_counted"] > 0, summary
-    assert summary["by_kind"]["cheap"]["codes"].get("OK", 0) > 0, summary
+    assert summary["by_kind"]["cheap"]["codes"].get("OK", 0) > 0 or not cheap_answered, summary
     assert summary["by_kind"]["heavy"]["codes"].get("OK", 0) > 0, summary
     assert set(summary["floor_codes"]) <= {"NOT_FOUND", "UNAVAILABLE"}, summary  # refused streams too
     assert summary["exit_code"] == 0, summary
@@ -75,9 +77,12 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
     if pin:
         assert summary["cores"] == {"load_generator": cores[:1], "server": cores[1:]}, summary
     assert summary["adaptive"] and 2 <= summary["capacity"] <= 64, summary
+    # the burst's calls state their timeout, and those that waited for the event loop longer than
+    # the adaptive budget are refused for it (attnserve.queueing)
+    assert summary["rejections_by_reason"].get("queued", 0) > 0, summary
     assert summary["calls"] == 10 * summary["capacity"] and summary["bursts"] == 2
     assert sum(kind["sent"] for kind in summary["by_kind"].values()) == 2 * summary["calls"]
-    check(summary)
+    check(summary, cheap_answered=False)
 
 
 def test_the_server_and_the_load_generator_get_disjoint_cores() -> None:

@@ -42,6 +42,7 @@ from PIL import Image
 
 from attnserve.bench import stats
 from attnserve.demo import serving
+from attnserve.queueing import timeout_metadata
 from attnserve.settings import Settings
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
@@ -49,6 +50,8 @@ from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "docs" / "samples" / "digit.png").read_bytes()
 DETAILS: dict[str, str] = {}
+TIMEOUT_S = 120.0
+"""Each call's deadline: whole seconds, which gRPC sends exactly (`attnserve.queueing`)."""
 PAUSE_S = 1.5
 """Between repeated bursts (a fifth of it when there are no overlays to finish)."""
 
@@ -75,12 +78,15 @@ def scrape(metrics_url: str) -> list[tuple[str, float]]:
     ]
 
 
-def rejected_total(metrics_url: str) -> float:
-    return sum(
-        value
-        for series, value in scrape(metrics_url)
-        if series.startswith("attnserve_rejected_total{") and 'reason="too_large"' not in series
-    )
+def rejected(metrics_url: str) -> Counter[str]:
+    """The gateway's refusals so far by reason, but too_large (a client's error, not overload)."""
+    by_reason: Counter[str] = Counter()
+    for series, value in scrape(metrics_url):
+        if series.startswith("attnserve_rejected_total{"):
+            reason = series.split('reason="', 1)[1].split('"', 1)[0]
+            if reason != "too_large":
+                by_reason[reason] += int(value)
+    return by_reason
 
 
 def gauge(metrics_url: str, name: str) -> float:
@@ -92,7 +98,9 @@ async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float
     started = time.perf_counter()
     in_gateway = None
     try:
-        answer = await stub.Predict(request, timeout=120)
+        # as attnserve's clients send it: with a deadline and the timeout behind it, so that the
+        # gateway can tell how long the call waited before it was taken up (attnserve.queueing)
+        answer = await stub.Predict(request, timeout=TIMEOUT_S, metadata=timeout_metadata(TIMEOUT_S))
         code, in_gateway = "OK", answer.timings.total_ms / 1e3
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
@@ -134,7 +142,7 @@ async def measure(
             request.model = "no-such-model"
         floor = await asyncio.gather(*(call(stub, unknown[k]) for k in kinds))
 
-        before = rejected_total(metrics_url)
+        before = rejected(metrics_url)
         results, kinds_sent, wall = [], [], 0.0
         for index in range(bursts):
             if index:  # the previous burst's overlays finish first
@@ -144,7 +152,8 @@ async def measure(
             wall += time.perf_counter() - started
             kinds_sent += kinds
         kinds = kinds_sent
-        counted = rejected_total(metrics_url) - before
+        by_reason = rejected(metrics_url) - before
+        counted = sum(by_reason.values())
         limit_after = gauge(metrics_url, "attnserve_concurrency_limit")
     by_kind: dict[str, Any] = {}
     for kind in ("cheap", "heavy"):
@@ -173,6 +182,7 @@ async def measure(
         "by_kind": by_kind,
         "resource_exhausted_seen": seen,
         "rejections_counted": counted,
+        "rejections_by_reason": dict(sorted(by_reason.items())),
         "limit_after": limit_after,
         "internal": sum(c == "INTERNAL" for c, _, _ in results),
         "other_errors": dict(DETAILS),
@@ -268,7 +278,8 @@ def report(summary: dict[str, Any]) -> None:
         print(f"  {kind:5}: {figures}")
     print(
         f"  RESOURCE_EXHAUSTED seen {summary['resource_exhausted_seen']}, counted "
-        f"{summary['rejections_counted']:.0f}; INTERNAL {summary['internal']}; admitted cheap p99 "
+        f"{summary['rejections_counted']:.0f} {summary['rejections_by_reason']}; INTERNAL "
+        f"{summary['internal']}; admitted cheap p99 "
         f"{summary.get('cheap_p99_ratio')}× unloaded as clients saw it, "
         f"{summary.get('cheap_gateway_p99_ratio')}× inside the gateway"
     )

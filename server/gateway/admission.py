@@ -221,8 +221,28 @@ class Admission:
     def leave(self) -> None:
         self.in_flight -= 1
 
-    def admit(self, model: str, cost: Cost) -> Ticket:
-        """Reserves ``cost`` for one request on ``model`` or refuses it."""
+    def queue_budget(self, model: str) -> float | None:
+        """How long a cheap prediction on ``model`` may have waited before the gateway took it
+        up (s), or None: no bound. See `attnserve.queueing`."""
+        if self.settings.max_queued_ms is not None:
+            return self.settings.max_queued_ms / 1e3
+        if self.limit is None:
+            return None
+        no_load = self.limit.no_load_s.get(model)
+        return None if no_load is None else (self.settings.latency_tolerance - 1) * no_load
+
+    def admit(self, model: str, cost: Cost, queued_s: float | None = None) -> Ticket:
+        """Reserves ``cost`` for one request on ``model`` or refuses it. ``queued_s``: how long
+        it waited before the gateway took it up, when its client said (`attnserve.queueing`)."""
+        if not cost.heavy and queued_s is not None:
+            budget = self.queue_budget(model)
+            if budget is not None and queued_s > budget:
+                self._refuse(
+                    "queued",
+                    f"this call waited {queued_s * 1e3:.0f} ms before the gateway could take it up, "
+                    f"more than the {budget * 1e3:.0f} ms its latency allows",
+                    False,
+                )
         if not cost.heavy and self.cheap >= self.cheap_limit:
             self._refuse(
                 "concurrency",

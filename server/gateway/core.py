@@ -121,8 +121,9 @@ class GatewayCore:
         request: PredictionRequest,
         deadline_s: float | None = None,
         response_limit_bytes: int | None = None,
+        queued_s: float | None = None,
     ) -> Prediction:
-        return await self.pipeline.predict(request, deadline_s, response_limit_bytes)
+        return await self.pipeline.predict(request, deadline_s, response_limit_bytes, queued_s)
 
     def list_models(self) -> list[ListedModel]:
         """Every model Triton lists, ready or not (a not-ready one says why), by name."""

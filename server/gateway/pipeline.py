@@ -262,11 +262,13 @@ class Pipeline:
         request: PredictionRequest,
         deadline_s: float | None = None,
         response_limit_bytes: int | None = None,
+        queued_s: float | None = None,
     ) -> Prediction:
         """One image through the pipeline.
 
         ``deadline_s`` is the caller's remaining time; ``response_limit_bytes`` the largest
-        answer the calling front can send.
+        answer the calling front can send; ``queued_s`` how long the call waited before the
+        front took it up, when the caller said (`attnserve.queueing`).
         """
         if deadline_s is not None and deadline_s < MIN_DEADLINE_S:
             raise DeadlineExceeded(
@@ -278,12 +280,16 @@ class Pipeline:
             request = dataclasses.replace(request, request_id=request_id)
         self.admission.enter()
         try:
-            return await self._predict(request, deadline_s, response_limit_bytes)
+            return await self._predict(request, deadline_s, response_limit_bytes, queued_s)
         finally:
             self.admission.leave()
 
     async def _predict(
-        self, request: PredictionRequest, deadline_s: float | None, response_limit_bytes: int | None
+        self,
+        request: PredictionRequest,
+        deadline_s: float | None,
+        response_limit_bytes: int | None,
+        queued_s: float | None,
     ) -> Prediction:
         started = time.perf_counter()
         if self.catalog.paused:  # a model is being replaced (watch_repository): wait for it
@@ -303,7 +309,7 @@ class Pipeline:
         render_side = request.render_max_side or self.settings.render_max_side
         header = probe_image(request.image, self.limits) if request.image is not None else None
         cost = estimate_cost(header, spec, attention, render_side, self.settings, options)
-        with self.admission.admit(model.name, cost):
+        with self.admission.admit(model.name, cost, queued_s):
             loop = asyncio.get_running_loop()
             executor = self.render_executor if cost.heavy else self.executor
 

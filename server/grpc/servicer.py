@@ -13,6 +13,7 @@ import grpc
 
 from attnserve import codec
 from attnserve.errors import describe, log_failure
+from attnserve.queueing import queued_s
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
@@ -35,8 +36,10 @@ class AttentionService(pb_grpc.AttentionServiceServicer):
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
+        remaining = _remaining(context)
+        queued = queued_s(context.invocation_metadata(), remaining)
         prediction = await self.core.predict(
-            codec.request_from_proto(request), _remaining(context), self.max_message_bytes
+            codec.request_from_proto(request), remaining, self.max_message_bytes, queued
         )
         return codec.prediction_to_proto(prediction)
 

@@ -1,0 +1,87 @@
+"""How long a call waited before the gateway took it up (attnserve.queueing): the header
+attnserve's clients send, what the gateway makes of it, and admission by it, end to end through
+the real gateway and Triton."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import grpc
+import pytest
+
+from attnserve.clients import Client
+from attnserve.errors import Overloaded
+from attnserve.queueing import TIMEOUT_HEADER, encodable_timeout, queued_s, timeout_metadata
+from attnserve.settings import TritonSettings
+from attnserve.v1 import attnserve_pb2 as pb
+from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+
+from .conftest import REPO_ROOT, GatewayThread, gateway_settings
+
+DIGIT = (REPO_ROOT / "docs" / "samples" / "digit.png").read_bytes()
+
+
+def test_the_header_states_the_timeout_in_whole_milliseconds() -> None:
+    assert timeout_metadata(30.0) == ((TIMEOUT_HEADER, "30000"),)
+    assert timeout_metadata(0.0004) == ((TIMEOUT_HEADER, "1"),)
+    for none in (None, 0.0, -1.0, float("inf"), float("nan")):
+        assert timeout_metadata(none) == ()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "remaining", "expected"),
+    [
+        (((TIMEOUT_HEADER, "5000"),), 4.9, 0.1),
+        (((TIMEOUT_HEADER, b"5000"),), 4.75, 0.25),  # as bytes
+        (((TIMEOUT_HEADER, "5000"),), 5.2, 0.0),  # the client's clock ran slow: never negative
+        (((TIMEOUT_HEADER, "5000"),), None, None),  # no deadline reached the server
+        ((), 4.9, None),  # a client that does not say
+        (None, 4.9, None),
+        ((("authorization", "Bearer k"), (TIMEOUT_HEADER, "5000")), 3.0, 2.0),
+        *((((TIMEOUT_HEADER, bad),), 4.9, None) for bad in ("soon", "-5", "0", "nan", "inf", "")),
+    ],
+)
+def test_what_the_gateway_makes_of_it(
+    metadata: tuple[tuple[str, str | bytes], ...] | None, remaining: float | None, expected: float | None
+) -> None:
+    got = queued_s(metadata, remaining)
+    assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+def busy_loop(thread: GatewayThread, seconds: float) -> None:
+    """Keeps the gateway's event loop busy for ``seconds`` from now, as a burst would: calls that
+    arrive meanwhile wait in grpc-core until it asks for them."""
+    thread.loop.call_soon_threadsafe(time.sleep, seconds)
+    time.sleep(0.05)
+
+
+@pytest.mark.triton
+def test_a_call_that_waited_longer_than_allowed_is_refused_as_queued_and_counted(
+    triton: TritonSettings,
+) -> None:
+    thread = GatewayThread(gateway_settings(triton, max_queued_ms=100.0)).start()
+    try:
+        with Client(thread.address) as client:
+            client.wait_until_serving(60)
+            assert client.predict(DIGIT, maps=["primary"]).predictions[0].label == "6"  # no wait
+            busy_loop(thread, 0.4)
+            with pytest.raises(Overloaded, match=r"before the gateway could take it up") as refused:
+                client.predict(DIGIT, maps=["primary"])  # attnserve's client states its timeout
+            waited = re.search(r"waited (\d+) ms", str(refused.value))
+            assert waited is not None and 150 <= int(waited.group(1)) <= 400, refused.value
+            assert "retry in" in str(refused.value)
+        assert thread.gateway.core.metrics.rejected.labels("queued")._value.get() == 1
+        with grpc.insecure_channel(thread.address) as channel:  # a client that does not say
+            busy_loop(thread, 0.4)
+            answer = pb_grpc.AttentionServiceStub(channel).Predict(pb.PredictRequest(image=DIGIT), timeout=30)
+        assert answer.predictions[0].label == "6"
+    finally:
+        thread.stop()
+
+
+def test_timeouts_are_rounded_down_to_what_grpc_sends_exactly() -> None:
+    # grpc-core rounds a timeout up: to ms below 1 s, 10 ms below 10 s, 100 ms below 100 s, seconds
+    cases = {0.5004: 0.5, 0.0002: 0.001, 2.3456: 2.34, 30.0004: 30.0, 29.99: 29.9, 120.7: 120.0}
+    for timeout, expected in cases.items():
+        assert encodable_timeout(timeout) == pytest.approx(expected)
