@@ -111,7 +111,7 @@ class GatewaySettings(BaseModel):
         None,
         ge=0,
         description="refuse (RESOURCE_EXHAUSTED, retry hint) a cheap prediction that waited longer "
-        "than this between its client sending it and the gateway taking it up, as told by clients "
+        "than this between arriving and the gateway taking it up, as told by clients "
         "that send x-attnserve-timeout-ms with a deadline (attnserve's own do); default: with "
         "adaptive_concurrency, (latency_tolerance - 1) × the model's no-load latency, else never",
     )
