@@ -24,13 +24,15 @@ TIMEOUT_HEADER = "x-attnserve-timeout-ms"
 def encodable_timeout(timeout_s: float) -> float:
     """``timeout_s`` rounded down to what gRPC sends exactly. grpc-core writes a call's timeout
     in a few digits, rounding *up*: to whole ms below 1 s, 10 ms below 10 s, 100 ms below
-    100 s, whole seconds beyond; so a timeout of 30.0004 s reaches the server as 30.1 s, and the
-    wait would read 100 ms short. A timeout on that grid, sent within one step of being set,
-    arrives as it was set."""
-    for below_s, step_s in ((1.0, 0.001), (10.0, 0.01), (100.0, 0.1)):
+    100 s, then whole, tens and hundreds of seconds; so a timeout of 30.0004 s reaches the
+    server as 30.1 s, and the wait would read 100 ms short (a wait read short only admits). A
+    timeout on that grid, sent within one step of being set, arrives as it was set; a client
+    slower than that to send counts its own delay as waiting."""
+    grid = ((1.0, 0.001), (10.0, 0.01), (100.0, 0.1), (1e3, 1.0), (1e4, 10.0), (1e5, 100.0))
+    for below_s, step_s in grid:
         if timeout_s < below_s:
             return max(0.001, math.floor(timeout_s / step_s) * step_s)
-    return float(math.floor(timeout_s))
+    return math.floor(timeout_s / 3600.0) * 3600.0  # beyond 27 hours gRPC counts in hours at most
 
 
 def timeout_metadata(timeout_s: float | None) -> tuple[tuple[str, str], ...]:
