@@ -45,7 +45,7 @@ def timeout_metadata(timeout_s: float | None) -> tuple[tuple[str, str], ...]:
 def queued_s(
     metadata: Iterable[tuple[str, str | bytes]] | None, time_remaining_s: float | None
 ) -> float | None:
-    """How long the call waited between its client sending it and now (≥ 0), or None when it
+    """How long the call waited between arriving and now (≥ 0), or None when it
     cannot be told: no deadline, no header, or a header that is not a positive number of ms."""
     if time_remaining_s is None:
         return None

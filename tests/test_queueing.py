@@ -34,7 +34,7 @@ def test_the_header_states_the_timeout_in_whole_milliseconds() -> None:
     [
         (((TIMEOUT_HEADER, "5000"),), 4.9, 0.1),
         (((TIMEOUT_HEADER, b"5000"),), 4.75, 0.25),  # as bytes
-        (((TIMEOUT_HEADER, "5000"),), 5.2, 0.0),  # the client's clock ran slow: never negative
+        (((TIMEOUT_HEADER, "5000"),), 5.2, 0.0),  # a deadline later than stated: never negative
         (((TIMEOUT_HEADER, "5000"),), None, None),  # no deadline reached the server
         ((), 4.9, None),  # a client that does not say
         (None, 4.9, None),
@@ -81,7 +81,7 @@ def test_a_call_that_waited_longer_than_allowed_is_refused_as_queued_and_counted
 
 
 def test_timeouts_are_rounded_down_to_what_grpc_sends_exactly() -> None:
-    # grpc-core rounds a timeout up: to ms below 1 s, 10 ms below 10 s, 100 ms below 100 s, seconds
+    # grpc-core rounds a timeout up: to ms below 1 s, 10 ms below 10 s, 100 ms below 100 s, then s, 10 s...
     cases = {0.5004: 0.5, 0.0002: 0.001, 2.3456: 2.34, 30.0004: 30.0, 29.99: 29.9, 120.7: 120.0}
     cases |= {1234.5: 1230.0, 54321.0: 54300.0, 200000.0: 198000.0}
     for timeout, expected in cases.items():

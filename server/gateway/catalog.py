@@ -189,15 +189,16 @@ class ModelCatalog:
         return self._noted(known)
 
     def _noted(self, model: ListedModel) -> ListedModel:
+        return self._with_release_error(model) if isinstance(model, ModelInfo) else model
+
+    def _with_release_error(self, model: ModelInfo) -> ModelInfo:
         error = self.release_errors.get(model.name)
-        return replace(model, release_error=error) if error and isinstance(model, ModelInfo) else model
+        return replace(model, release_error=error) if error else model
 
     def served(self, name: str | None) -> ModelInfo:
         """A servable model as it is described to callers: with why its last release did not go
         into service, if it did not (`get` is what predictions use)."""
-        model = self.get(name)
-        error = self.release_errors.get(model.name)
-        return replace(model, release_error=error) if error else model
+        return self._with_release_error(self.get(name))
 
     def get(self, name: str | None) -> ModelInfo:
         """A servable model; `ModelNotReady` (with the reason) or `ModelNotFound` otherwise."""
