@@ -75,7 +75,8 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
     pin = len(cores) > 1
     (summary,) = tool("burst.py", "--adaptive", "--bursts", "2", *(["--pin"] if pin else []))
     if pin:
-        assert summary["cores"] == {"load_generator": cores[:1], "server": cores[1:]}, summary
+        # Triton and its Python-backend stubs inherit the server's cores
+        assert summary["cores"] == {"load_generator": cores[:1], "server": cores[1:], "triton": cores[1:]}
     assert summary["adaptive"] and 2 <= summary["capacity"] <= 64, summary
     # the burst's calls state their timeout, and those that waited for the event loop longer than
     # the adaptive budget are refused for it (attnserve.queueing)
@@ -83,6 +84,12 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
     assert summary["calls"] == 10 * summary["capacity"] and summary["bursts"] == 2
     assert sum(kind["sent"] for kind in summary["by_kind"].values()) == 2 * summary["calls"]
     check(summary, cheap_answered=False)
+    # where an answer's time went: waiting and transport outside the gateway, then its stages
+    assert all(v is not None and v >= 0 for v in summary["unloaded_stages_p99_ms"].values()), summary
+    for kind in summary["by_kind"].values():
+        parts = kind["admitted_stages_p99_ms"]
+        assert set(parts) == {"outside", *burst_tool.STAGES}, summary
+        assert (parts["inference"] is not None) == ("OK" in kind["codes"]), summary
 
 
 def test_the_server_and_the_load_generator_get_disjoint_cores() -> None:
@@ -92,6 +99,38 @@ def test_the_server_and_the_load_generator_get_disjoint_cores() -> None:
     for impossible in (0, 4, 5):  # the load generator needs a core of its own, the server one
         with pytest.raises(SystemExit, match="1 to 3 of the 4 cores"):
             burst_tool.split_cores([0, 1, 2, 3], impossible)
+
+
+def test_triton_and_the_gateway_can_get_cores_of_their_own_among_the_servers() -> None:
+    assert burst_tool.split_server([2, 3], None) == ([2, 3], [2, 3])
+    assert burst_tool.split_server([12, 13, 14, 15], 1) == ([12, 13, 14], [15])
+    for impossible in (0, 2):
+        with pytest.raises(SystemExit, match="1 to 1 of the server's 2 cores"):
+            burst_tool.split_server([14, 15], impossible)
+    # a process's children and theirs, every thread of each moved (as Triton and its stubs are)
+    script = (
+        "import subprocess, sys, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        "print(flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    started = [child.pid]
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"\n"
+        (grandchild,) = burst_tool.descendants(child.pid)
+        started.append(grandchild)
+        core = sorted(os.sched_getaffinity(0))[-1]
+        for pid in started:
+            burst_tool.pin_process(pid, [core])
+            threads = list(Path(f"/proc/{pid}/task").iterdir())
+            assert len(threads) >= (2 if pid == child.pid else 1)
+            assert all(os.sched_getaffinity(int(t.name)) == {core} for t in threads)
+    finally:
+        for pid in started:
+            os.kill(pid, 9)
+        child.communicate()
 
 
 def test_an_a_b_alternates_servers_with_and_without_a_setting_at_the_same_calls() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -93,20 +94,35 @@ def gauge(metrics_url: str, name: str) -> float:
     return next(value for series, value in scrape(metrics_url) if series == name)
 
 
-async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float | None]:
-    """One call: its code, its latency as the client saw it, and the gateway's own total (s)."""
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float | None, dict[str, float]]:
+    """One call: its code, its latency as the client saw it, the gateway's own total (s), and
+    for an answer where the time went: the gateway's stages and what lay outside them (waiting
+    to be taken up, the transport, both ends' encoding)."""
     started = time.perf_counter()
-    in_gateway = None
+    in_gateway, stages = None, {}
     try:
         # as attnserve's clients send it: with a deadline and the timeout behind it, so that the
         # gateway can tell how long the call waited before it was taken up (attnserve.queueing)
         answer = await stub.Predict(request, timeout=TIMEOUT_S, metadata=timeout_metadata(TIMEOUT_S))
         code, in_gateway = "OK", answer.timings.total_ms / 1e3
+        stages = {stage: getattr(answer.timings, f"{stage}_ms") / 1e3 for stage in STAGES}
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         if code not in ("RESOURCE_EXHAUSTED", "OK", "NOT_FOUND"):
             DETAILS[code] = exc.details() or ""
-    return code, time.perf_counter() - started, in_gateway
+    seconds = time.perf_counter() - started
+    if in_gateway is not None:
+        stages["outside"] = seconds - in_gateway
+    return code, seconds, in_gateway, stages
+
+
+def stages_p99(answers: Iterable[dict[str, float]]) -> dict[str, float | None]:
+    """Each part of the answered calls' latency at its own p99 (ms): where the time went."""
+    answers = list(answers)
+    return {part: percentile([a.get(part) for a in answers], 99) for part in ("outside", *STAGES)}
 
 
 async def measure(
@@ -158,33 +174,35 @@ async def measure(
     by_kind: dict[str, Any] = {}
     for kind in ("cheap", "heavy"):
         mine = [r for r, k in zip(results, kinds, strict=True) if k == kind]
-        ok = [s for c, s, _ in mine if c == "OK"]
-        refused = [s for c, s, _ in mine if c == "RESOURCE_EXHAUSTED"]
+        ok = [s for c, s, _, _ in mine if c == "OK"]
+        refused = [s for c, s, _, _ in mine if c == "RESOURCE_EXHAUSTED"]
         by_kind[kind] = {
             "sent": len(mine),
-            "codes": dict(Counter(c for c, _, _ in mine)),
+            "codes": dict(Counter(c for c, _, _, _ in mine)),
             "admitted_p50_ms": percentile(ok, 50),
             "admitted_p99_ms": percentile(ok, 99),
-            "admitted_gateway_p99_ms": percentile([t for _, _, t in mine], 99),
+            "admitted_gateway_p99_ms": percentile([t for _, _, t, _ in mine], 99),
+            "admitted_stages_p99_ms": stages_p99(st for c, _, _, st in mine if c == "OK"),
             "refused_p99_ms": percentile(refused, 99),
         }
-    seen = sum(c == "RESOURCE_EXHAUSTED" for c, _, _ in results)
+    seen = sum(c == "RESOURCE_EXHAUSTED" for c, _, _, _ in results)
     return {
         "capacity": capacity,
         "calls": calls,
         "bursts": bursts,
         "wall_s": round(wall, 2),
-        "unloaded_p50_ms": percentile([s for _, s, _ in unloaded], 50),
-        "unloaded_p99_ms": percentile([s for _, s, _ in unloaded], 99),
-        "unloaded_gateway_p99_ms": percentile([t for _, _, t in unloaded], 99),
-        "floor_p99_ms": percentile([s for _, s, _ in floor], 99),
-        "floor_codes": dict(Counter(c for c, _, _ in floor)),
+        "unloaded_p50_ms": percentile([s for _, s, _, _ in unloaded], 50),
+        "unloaded_p99_ms": percentile([s for _, s, _, _ in unloaded], 99),
+        "unloaded_gateway_p99_ms": percentile([t for _, _, t, _ in unloaded], 99),
+        "unloaded_stages_p99_ms": stages_p99(st for _, _, _, st in unloaded),
+        "floor_p99_ms": percentile([s for _, s, _, _ in floor], 99),
+        "floor_codes": dict(Counter(c for c, _, _, _ in floor)),
         "by_kind": by_kind,
         "resource_exhausted_seen": seen,
         "rejections_counted": counted,
         "rejections_by_reason": dict(sorted(by_reason.items())),
         "limit_after": limit_after,
-        "internal": sum(c == "INTERNAL" for c, _, _ in results),
+        "internal": sum(c == "INTERNAL" for c, _, _, _ in results),
         "other_errors": dict(DETAILS),
     }
 
@@ -199,6 +217,42 @@ def split_cores(cores: list[int], server_cores: int | None) -> tuple[list[int], 
             f"the server needs 1 to {len(cores) - 1} of the {len(cores)} cores, and the load generator one"
         )
     return cores[:-server_cores], cores[-server_cores:]
+
+
+def split_server(server: list[int], triton_cores: int | None) -> tuple[list[int], list[int]]:
+    """(the gateway's cores, Triton's cores) among the server's: Triton gets the last
+    ``triton_cores``, the gateway the rest (None: both share them all)."""
+    if triton_cores is None:
+        return server, server
+    if not 1 <= triton_cores < len(server):
+        raise SystemExit(
+            f"Triton needs 1 to {len(server) - 1} of the server's {len(server)} cores, and the gateway one"
+        )
+    return server[:-triton_cores], server[-triton_cores:]
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Triton, its Python-backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def pin_process(pid: int, cores: list[int]) -> None:
+    """Every thread of ``pid`` on ``cores`` (a process's affinity is its threads'; the threads
+    it starts later inherit their creator's)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cores)
 
 
 @contextmanager
@@ -224,10 +278,12 @@ def run(
     server_cores: int | None = None,
     bursts: int = 1,
     setting: tuple[str, str] | None = None,
+    triton_cores: int | None = None,
 ) -> dict[str, Any]:
     """One `attnserve serve` and its bursts. ``server_cores``: the server on that many cores and
-    the load generator on the others (None: all share every core). ``setting``: a gateway
-    setting (name, value) that differs from the defaults in this run."""
+    the load generator on the others (None: all share every core); ``triton_cores``: of those,
+    Triton's own, the gateway on the rest. ``setting``: a gateway setting (name, value) that
+    differs from the defaults in this run."""
     env = {
         "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
@@ -241,13 +297,20 @@ def run(
     ):
         assert served.metrics_url is not None
         # the server keeps its cores; the load generator moves to the others
-        os.sched_setaffinity(0, split_cores(cores, server_cores)[0])
+        load_generator, server = split_cores(cores, server_cores)
+        os.sched_setaffinity(0, load_generator)
+        if triton_cores is not None:
+            gateway, triton = split_server(server, triton_cores)
+            pin_process(served.pid, gateway)
+            for pid in descendants(served.pid):
+                pin_process(pid, triton)
         summary = asyncio.run(
             measure(served.address, served.metrics_url, burst_factor, heavy_share, calls, bursts)
         )
         summary["cores"] = {
             "load_generator": sorted(os.sched_getaffinity(0)),
             "server": sorted(os.sched_getaffinity(served.pid)),
+            "triton": sorted({c for pid in descendants(served.pid) for c in os.sched_getaffinity(pid)}),
         }
     pin = server_cores is not None
     summary.update(max_in_flight=max_in_flight, adaptive=adaptive, pinned=pin, exit_code=served.exit_code)
@@ -274,6 +337,7 @@ def report(summary: dict[str, Any]) -> None:
         f"(in the gateway p99 {summary['unloaded_gateway_p99_ms']} ms); the same burst refused on "
         f"arrival: p99 {summary['floor_p99_ms']} ms"
     )
+    print(f"  unloaded cheap, each part at its p99 (ms): {summary['unloaded_stages_p99_ms']}")
     for kind, figures in summary["by_kind"].items():
         print(f"  {kind:5}: {figures}")
     print(
@@ -303,6 +367,12 @@ def main() -> list[dict[str, Any]]:
         metavar="N",
         help="the server (gateway and Triton) on the last N cores, the load generator on the others",
     )
+    parser.add_argument(
+        "--triton-cores",
+        type=int,
+        metavar="K",
+        help="with --server-cores (or --pin): Triton on K of the server's cores, the gateway on the rest",
+    )
     parser.add_argument("--bursts", type=int, default=1, help="bursts per server (their figures pooled)")
     parser.add_argument(
         "--against",
@@ -315,10 +385,14 @@ def main() -> list[dict[str, Any]]:
     args = parser.parse_args()
     if args.pin and args.server_cores is None:
         args.server_cores = len(os.sched_getaffinity(0)) - 1
+    if args.triton_cores is not None and args.server_cores is None:
+        raise SystemExit("--triton-cores divides the server's cores: give --server-cores (or --pin)")
     if args.against:
         return against(args)
     shape = (args.max_in_flight, args.adaptive, args.factor, args.heavy_share)
-    summaries = [run(*shape, server_cores=args.server_cores, bursts=args.bursts)]
+    summaries = [
+        run(*shape, server_cores=args.server_cores, bursts=args.bursts, triton_cores=args.triton_cores)
+    ]
     if args.compare:
         calls = summaries[0]["calls"]
         other = not args.adaptive
@@ -331,6 +405,7 @@ def main() -> list[dict[str, Any]]:
                 calls,
                 args.server_cores,
                 args.bursts,
+                triton_cores=args.triton_cores,
             )
         )
     for summary in summaries:
@@ -358,6 +433,7 @@ def against(args: argparse.Namespace) -> list[dict[str, Any]]:
             args.server_cores,
             args.bursts,
             (name, value) if other else None,
+            args.triton_cores,
         )
         calls = calls or summary["calls"]
         summaries.append(summary)
