@@ -113,7 +113,8 @@ class GatewaySettings(BaseModel):
         description="refuse (RESOURCE_EXHAUSTED, retry hint) a cheap prediction that waited longer "
         "than this between arriving and the gateway taking it up, as told by clients "
         "that send x-attnserve-timeout-ms with a deadline (attnserve's own do); default: with "
-        "adaptive_concurrency, (latency_tolerance - 1) × the model's no-load latency, else never",
+        "adaptive_concurrency, latency_tolerance × the model's no-load latency less its recent "
+        "latency (at least 2 ms), else never",
     )
     min_in_flight: int | None = Field(
         None,

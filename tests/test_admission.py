@@ -19,6 +19,7 @@ from attnserve.errors import Overloaded, TooLarge
 from attnserve.export.models import create_model, get_spec, serving_spec
 from attnserve.prediction import MapForm, PredictionRequest
 from attnserve.server.gateway.admission import Admission, Cost, estimate_cost
+from attnserve.server.gateway.concurrency import MIN_EXCESS_S
 from attnserve.server.gateway.metrics import GatewayMetrics
 from attnserve.server.gateway.pipeline import resolve_attention
 from attnserve.server.gateway.postprocess import AttentionRequest, TaskOptions, postprocess
@@ -95,14 +96,40 @@ def test_a_cheap_call_that_waited_longer_than_its_latency_allows_is_refused() ->
     fixed.admit("a", Cost(10, False), queued_s=None).release()  # a client that does not say
     assert rejected(metrics) == {"queued": 1}
 
-    # adaptive: (tolerance - 1) × the no-load latency learnt for the model; nothing before it is
-    adaptive = Admission(GatewaySettings(adaptive_concurrency=True, latency_tolerance=2.0), GatewayMetrics())
+    # adaptive: tolerance × the no-load latency learnt for the model, less its recent latency
+    # (unloaded: (tolerance - 1) × no-load); nothing before a model's first completion
+    settings = GatewaySettings(adaptive_concurrency=True, latency_tolerance=2.0, min_in_flight=2)
+    adaptive = Admission(settings, GatewayMetrics())
     assert adaptive.queue_budget("a") is None
     adaptive.admit("a", Cost(10, False), queued_s=9.0).release(service_s=0.006)
     assert adaptive.queue_budget("a") == pytest.approx(0.006) and adaptive.queue_budget("b") is None
     with pytest.raises(Overloaded, match="more than the 6 ms its latency allows"):
         adaptive.admit("a", Cost(10, False), queued_s=0.007)
     assert Admission(GatewaySettings(), GatewayMetrics()).queue_budget("a") is None  # off by default
+
+
+def test_the_wait_a_call_is_allowed_shrinks_while_the_gateway_is_slow_and_recovers() -> None:
+    """A burst slows the admitted calls too (its refusals take the event loop): what they may have
+    waited is what their recent latency leaves of the tolerance, never below timer noise."""
+    settings = GatewaySettings(adaptive_concurrency=True, latency_tolerance=2.0, min_in_flight=2)
+    admission = Admission(settings, GatewayMetrics())
+    admission.admit("a", Cost(10, False), queued_s=0.0).release(service_s=0.006)  # no-load 6 ms
+    assert admission.queue_budget("a") == pytest.approx(0.006)
+    limit = admission.limit
+    assert limit is not None
+    for _ in range(12):  # completions at 9 ms under load: the no-load latency stays, the recent rises
+        limit.observe("a", 0.009, others_in_flight=8)
+    recent = limit.recent_s["a"]
+    assert limit.no_load_s["a"] == pytest.approx(0.006) and 0.0085 < recent < 0.009
+    assert admission.queue_budget("a") == pytest.approx(0.012 - recent)
+    for _ in range(12):
+        limit.observe("a", 0.030, others_in_flight=8)
+    assert admission.queue_budget("a") == MIN_EXCESS_S  # 2× no-load is spent serving: timer noise
+    with pytest.raises(Overloaded, match="waited 3 ms .* more than the 2 ms"):
+        admission.admit("a", Cost(10, False), queued_s=0.003)
+    for _ in range(20):  # taken up at once, always admitted: fast answers bring the budget back
+        admission.admit("a", Cost(10, False), queued_s=0.001).release(service_s=0.006)
+    assert admission.queue_budget("a") == pytest.approx(0.006, rel=0.05)
 
 
 def test_each_limit_refuses_at_once_with_a_retry_hint_and_counts_the_refusal() -> None:

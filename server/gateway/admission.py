@@ -32,7 +32,7 @@ from attnserve.settings import GatewaySettings
 from attnserve.spec import AttentionKind, ColorMode, ModelSpec
 from attnserve.transform import HIGH_DEPTH_MODES, ImageHeader, draft_reduction, fit_within, jpeg_draft_scale
 
-from .concurrency import AdaptiveLimit, machine_cores
+from .concurrency import MIN_EXCESS_S, AdaptiveLimit, machine_cores
 from .metrics import GatewayMetrics
 from .postprocess import AttentionRequest, TaskOptions, answer_draws, task_draws
 
@@ -223,13 +223,24 @@ class Admission:
 
     def queue_budget(self, model: str) -> float | None:
         """How long a cheap prediction on ``model`` may have waited before the gateway took it
-        up (s), or None: no bound. See `attnserve.queueing`."""
+        up (s), or None: no bound. See `attnserve.queueing`.
+
+        With the adaptive limit: what is left of ``latency_tolerance`` × the model's no-load
+        latency once its predictions' recent latency is served, so that waiting and serving
+        together stay within the tolerance. Unloaded that is (tolerance − 1) × no-load; while a
+        burst slows the gateway (its refusals take the event loop from the admitted calls) it
+        shrinks, to no less than timer noise (`MIN_EXCESS_S`): a call taken up at once is
+        always admitted, so the recent latency keeps being measured and recovers.
+        """
         if self.settings.max_queued_ms is not None:
             return self.settings.max_queued_ms / 1e3
         if self.limit is None:
             return None
         no_load = self.limit.no_load_s.get(model)
-        return None if no_load is None else (self.settings.latency_tolerance - 1) * no_load
+        if no_load is None:
+            return None
+        serving = max(no_load, self.limit.recent_s.get(model, no_load))
+        return max(MIN_EXCESS_S, self.settings.latency_tolerance * no_load - serving)
 
     def admit(self, model: str, cost: Cost, queued_s: float | None = None) -> Ticket:
         """Reserves ``cost`` for one request on ``model`` or refuses it. ``queued_s``: how long

@@ -42,6 +42,8 @@ MIN_EXCESS_S = 0.002
 latencies timer noise alone is a factor of two."""
 LEARN = 0.05
 """How fast a light sample above the no-load latency raises it (a model that became slower)."""
+RECENT = 0.2
+"""The weight of each completion in a kind's recent latency (an exponential average)."""
 
 
 def machine_cores() -> int:
@@ -61,6 +63,8 @@ class AdaptiveLimit:
         self.minimum, self.maximum, self.tolerance = minimum, maximum, tolerance
         self.limit = min(max(initial, minimum), maximum)
         self.no_load_s: dict[Hashable, float] = {}
+        self.recent_s: dict[Hashable, float] = {}
+        """Each kind's latency now, loaded or not: an exponential average of every completion."""
         self._ratios: list[float] = []
         self._busy = 0
 
@@ -71,6 +75,8 @@ class AdaptiveLimit:
     def observe(self, key: Hashable, latency_s: float, others_in_flight: int) -> None:
         """One completed request of kind ``key``: its latency, and the most others of its kind
         in flight when it was admitted or when it finished."""
+        recent = self.recent_s.get(key)
+        self.recent_s[key] = latency_s if recent is None else recent + RECENT * (latency_s - recent)
         known = self.no_load_s.get(key)
         if others_in_flight < self.minimum:  # light: what this kind costs when the machine is free
             known = latency_s if known is None or latency_s < known else known + LEARN * (latency_s - known)
