@@ -146,6 +146,18 @@ def test_an_a_b_alternates_servers_with_and_without_a_setting_at_the_same_calls(
         assert summary["resource_exhausted_seen"] == summary["rejections_counted"], summary
 
 
+def test_a_burst_from_several_client_processes_is_sent_whole_and_counted_exactly() -> None:
+    (summary,) = tool(
+        "burst.py", "--adaptive", "--heavy-share", "0", "--factor", "3", "--bursts", "2", "--clients", "3"
+    )  # fmt: skip
+    cheap = summary["by_kind"]["cheap"]
+    assert summary["clients"] == 3 and summary["calls"] == 3 * summary["capacity"], summary
+    assert cheap["sent"] == 2 * summary["calls"] == sum(cheap["codes"].values()), summary
+    assert set(cheap["codes"]) <= {"OK", "RESOURCE_EXHAUSTED"} and summary["internal"] == 0, summary
+    assert summary["resource_exhausted_seen"] == summary["rejections_counted"], summary
+    assert cheap["codes"].get("OK", 0) > 0 and summary["exit_code"] == 0, summary
+
+
 def test_640_calls_at_once_on_one_connection_are_answered_refused_or_refused_streams() -> None:
     (summary,) = tool("burst.py", "--max-in-flight", "64")
     assert summary["calls"] == 640 and not summary["adaptive"]

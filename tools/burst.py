@@ -7,19 +7,24 @@ exactly, and how do the admitted cheap requests fare against an unloaded gateway
     .venv/bin/python tools/burst.py --max-in-flight 8
     .venv/bin/python tools/burst.py --adaptive --pin     # the load generator on its own core
     .venv/bin/python tools/burst.py --adaptive --server-cores 2  # the server on 2 cores, clients on the rest
+    .venv/bin/python tools/burst.py --adaptive --server-cores 3 --triton-cores 1 --clients 8
     .venv/bin/python tools/burst.py --json
     .venv/bin/python tools/burst.py --adaptive --heavy-share 0 --bursts 10 --against inline_preprocess_bytes=0
 
 Capacity is what the gateway admits at once after warm-up (`attnserve_concurrency_limit`: the
 adaptive limit, or ``max_in_flight``); the burst sends 10× that many calls at once over one
-channel, a quarter of them overlays of every map of a 4000×3000 JPEG. Each latency is reported
-three ways: as the client saw it, inside the gateway (the answer's ``timings.total_ms``), and
-the floor — the same burst refused on arrival — which is what the transport and a load
-generator on the same cores cost before any work is done. ``--pin`` keeps the load generator
-on the first core and the gateway and Triton on the others, so that what the server pays is
-not what the load generator took from it. ``--server-cores N`` gives the server the last N cores
-and the load generator all the others: on a machine with more cores than the server needs, what
-clients see is then the server's doing alone.
+channel (or ``--clients``), a quarter of them overlays of every map of a 4000×3000 JPEG. Each
+latency is reported three ways: as the client saw it, inside the gateway (the answer's
+``timings.total_ms``), and the floor — the same burst refused on arrival — which is what the
+transport and a load generator on the same cores cost before any work is done. ``--pin`` keeps
+the load generator on the first core and the gateway and Triton on the others, so that what the
+server pays is not what the load generator took from it. ``--server-cores N`` gives the server
+the last N cores and the load generator all the others: on a machine with more cores than the
+server needs, what clients see is then the server's doing alone; ``--triton-cores K`` gives
+Triton K of those and the gateway the rest. ``--clients N`` sends each burst from N processes at
+once, each its share on its own connection, as a burst from many clients arrives; one client
+process answers its calls one after another on its own event loop, which holds an answer back
+behind the others.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import time
 import urllib.request
@@ -125,6 +131,78 @@ def stages_p99(answers: Iterable[dict[str, float]]) -> dict[str, float | None]:
     return {part: percentile([a.get(part) for a in answers], 99) for part in ("outside", *STAGES)}
 
 
+def requests(photo: bytes) -> tuple[pb.PredictRequest, pb.PredictRequest]:
+    """(a cheap prediction: the digit, its primary map; a heavy one: every map of a photo as an
+    overlay)."""
+    cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
+    heavy = pb.PredictRequest(image=photo, attention=pb.AttentionOptions(formats=[pb.MAP_FORMAT_OVERLAY_PNG]))
+    return cheap, heavy
+
+
+Result = tuple[str, float, float | None, dict[str, float]]
+
+
+async def send_bursts(
+    stub: Any,
+    request: dict[str, pb.PredictRequest],
+    kinds: list[str],
+    bursts: int,
+    pause_s: float,
+    barrier: Any = None,
+) -> tuple[list[Result], list[str], list[float]]:
+    """``bursts`` times, every call of ``kinds`` at once (after ``barrier``, when other processes
+    send their share of each burst): (the results, their kinds, each burst's wall time)."""
+    results: list[Result] = []
+    walls = []
+    for index in range(bursts):
+        if index:  # the previous burst's overlays finish first
+            await asyncio.sleep(pause_s)
+        if barrier is not None:
+            barrier.wait()  # nothing else runs on this loop meanwhile
+        started = time.perf_counter()
+        results += await asyncio.gather(*(call(stub, request[k]) for k in kinds))
+        walls.append(time.perf_counter() - started)
+    return results, kinds * bursts, walls
+
+
+def client_process(
+    address: str, photo: bytes, kinds: list[str], bursts: int, pause_s: float, barrier: Any
+) -> Any:
+    """One of ``--clients`` processes: its own channel, its share of every burst."""
+
+    async def main() -> tuple[list[Result], list[str], list[float], dict[str, str]]:
+        cheap, heavy = requests(photo)
+        options = [("grpc.max_receive_message_length", 2**26)]
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            stub = pb_grpc.AttentionServiceStub(channel)
+            await call(stub, cheap)  # connected before the first burst
+            sent = await send_bursts(stub, {"cheap": cheap, "heavy": heavy}, kinds, bursts, pause_s, barrier)
+        return (*sent, dict(DETAILS))
+
+    return asyncio.run(main())
+
+
+def from_processes(
+    address: str, photo: bytes, kinds: list[str], bursts: int, pause_s: float, clients: int
+) -> tuple[list[Result], list[str], list[float]]:
+    """Each burst sent by ``clients`` processes at once, each its share on its own connection,
+    as a burst from many clients arrives: no one client's event loop holds the answers back."""
+    context = multiprocessing.get_context("spawn")  # grpc does not survive a fork
+    with context.Manager() as manager, context.Pool(clients) as pool:
+        barrier = manager.Barrier(clients)
+        shares = [
+            pool.apply_async(client_process, (address, photo, kinds[i::clients], bursts, pause_s, barrier))
+            for i in range(clients)
+        ]
+        done = [share.get(timeout=TIMEOUT_S * bursts) for share in shares]
+    results = [r for share in done for r in share[0]]
+    sent = [k for share in done for k in share[1]]
+    walls = [max(share[2][index] for share in done) for index in range(bursts)]
+    for share in done:
+        DETAILS.update(share[3])
+    return results, sent, walls
+
+
 async def measure(
     address: str,
     metrics_url: str,
@@ -132,12 +210,9 @@ async def measure(
     heavy_share: float,
     calls: int | None = None,
     bursts: int = 1,
+    clients: int = 1,
 ) -> dict[str, Any]:
-    cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
-    heavy = pb.PredictRequest(
-        image=photo(),
-        attention=pb.AttentionOptions(formats=[pb.MAP_FORMAT_OVERLAY_PNG]),
-    )
+    cheap, heavy = requests(photo())
     async with grpc.aio.insecure_channel(
         address, options=[("grpc.max_receive_message_length", 2**26)]
     ) as channel:
@@ -159,15 +234,14 @@ async def measure(
         floor = await asyncio.gather(*(call(stub, unknown[k]) for k in kinds))
 
         before = rejected(metrics_url)
-        results, kinds_sent, wall = [], [], 0.0
-        for index in range(bursts):
-            if index:  # the previous burst's overlays finish first
-                await asyncio.sleep(PAUSE_S if heavy_share else PAUSE_S / 5)
-            started = time.perf_counter()
-            results += await asyncio.gather(*(call(stub, heavy if k == "heavy" else cheap) for k in kinds))
-            wall += time.perf_counter() - started
-            kinds_sent += kinds
-        kinds = kinds_sent
+        pause = PAUSE_S if heavy_share else PAUSE_S / 5
+        if clients == 1:
+            results, kinds, walls = await send_bursts(
+                stub, {"cheap": cheap, "heavy": heavy}, kinds, bursts, pause
+            )
+        else:
+            results, kinds, walls = from_processes(address, heavy.image, kinds, bursts, pause, clients)
+        wall = sum(walls)
         by_reason = rejected(metrics_url) - before
         counted = sum(by_reason.values())
         limit_after = gauge(metrics_url, "attnserve_concurrency_limit")
@@ -279,10 +353,12 @@ def run(
     bursts: int = 1,
     setting: tuple[str, str] | None = None,
     triton_cores: int | None = None,
+    clients: int = 1,
 ) -> dict[str, Any]:
     """One `attnserve serve` and its bursts. ``server_cores``: the server on that many cores and
     the load generator on the others (None: all share every core); ``triton_cores``: of those,
-    Triton's own, the gateway on the rest. ``setting``: a gateway setting (name, value) that
+    Triton's own, the gateway on the rest; ``clients``: the processes that send each burst.
+    ``setting``: a gateway setting (name, value) that
     differs from the defaults in this run."""
     env = {
         "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
@@ -305,7 +381,7 @@ def run(
             for pid in descendants(served.pid):
                 pin_process(pid, triton)
         summary = asyncio.run(
-            measure(served.address, served.metrics_url, burst_factor, heavy_share, calls, bursts)
+            measure(served.address, served.metrics_url, burst_factor, heavy_share, calls, bursts, clients)
         )
         summary["cores"] = {
             "load_generator": sorted(os.sched_getaffinity(0)),
@@ -314,6 +390,7 @@ def run(
         }
     pin = server_cores is not None
     summary.update(max_in_flight=max_in_flight, adaptive=adaptive, pinned=pin, exit_code=served.exit_code)
+    summary["clients"] = clients
     summary["setting"] = None if setting is None else "=".join(setting)
     cheap = summary["by_kind"]["cheap"]
     if cheap["admitted_p99_ms"] and summary["unloaded_p99_ms"]:
@@ -373,6 +450,13 @@ def main() -> list[dict[str, Any]]:
         metavar="K",
         help="with --server-cores (or --pin): Triton on K of the server's cores, the gateway on the rest",
     )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        metavar="N",
+        help="each burst sent by N processes at once, each its share on its own connection",
+    )
     parser.add_argument("--bursts", type=int, default=1, help="bursts per server (their figures pooled)")
     parser.add_argument(
         "--against",
@@ -385,13 +469,21 @@ def main() -> list[dict[str, Any]]:
     args = parser.parse_args()
     if args.pin and args.server_cores is None:
         args.server_cores = len(os.sched_getaffinity(0)) - 1
+    if args.clients < 1:
+        raise SystemExit("--clients: at least 1")
     if args.triton_cores is not None and args.server_cores is None:
         raise SystemExit("--triton-cores divides the server's cores: give --server-cores (or --pin)")
     if args.against:
         return against(args)
     shape = (args.max_in_flight, args.adaptive, args.factor, args.heavy_share)
     summaries = [
-        run(*shape, server_cores=args.server_cores, bursts=args.bursts, triton_cores=args.triton_cores)
+        run(
+            *shape,
+            server_cores=args.server_cores,
+            bursts=args.bursts,
+            triton_cores=args.triton_cores,
+            clients=args.clients,
+        )
     ]
     if args.compare:
         calls = summaries[0]["calls"]
@@ -406,6 +498,7 @@ def main() -> list[dict[str, Any]]:
                 args.server_cores,
                 args.bursts,
                 triton_cores=args.triton_cores,
+                clients=args.clients,
             )
         )
     for summary in summaries:
@@ -434,6 +527,7 @@ def against(args: argparse.Namespace) -> list[dict[str, Any]]:
             args.bursts,
             (name, value) if other else None,
             args.triton_cores,
+            args.clients,
         )
         calls = calls or summary["calls"]
         summaries.append(summary)
