@@ -175,7 +175,8 @@ def client_process(
         options = [("grpc.max_receive_message_length", 2**26)]
         async with grpc.aio.insecure_channel(address, options=options) as channel:
             stub = pb_grpc.AttentionServiceStub(channel)
-            await call(stub, cheap)  # connected before the first burst
+            # connected before the first burst, with no call: the parent counts refusals from now on
+            await asyncio.wait_for(channel.channel_ready(), TIMEOUT_S)
             sent = await send_bursts(stub, {"cheap": cheap, "heavy": heavy}, kinds, bursts, pause_s, barrier)
         return (*sent, dict(DETAILS))
 
