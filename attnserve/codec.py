@@ -345,7 +345,13 @@ def prediction_from_proto(response: pb.PredictResponse) -> Prediction:
         predictions=[ClassScore(c.index, c.label, c.score) for c in response.predictions],
         attention=attention,
         image=ImageInfo(response.image.width, response.image.height, response.image.format),
-        timings=Timings(t.preprocess_ms, t.inference_ms, t.postprocess_ms, t.total_ms),
+        timings=Timings(
+            t.preprocess_ms,
+            t.inference_ms,
+            t.postprocess_ms,
+            t.total_ms,
+            t.queued_ms if t.HasField("queued_ms") else None,
+        ),
         request_id=response.request_id,
         task=response.task or "classification",
         segmentation=_segmentation_from_proto(response.segmentation)

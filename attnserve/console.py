@@ -114,6 +114,7 @@ def predict_to_console(
     print(
         f"  timings: preprocess {t.preprocess_ms:.1f} ms, inference {t.inference_ms:.1f} ms, "
         f"postprocess {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms"
+        + ("" if t.queued_ms is None else f" (after waiting {t.queued_ms:.1f} ms to be taken up)")
     )
     return prediction
 

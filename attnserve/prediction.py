@@ -282,6 +282,9 @@ class Timings:
     inference_ms: float = 0.0
     postprocess_ms: float = 0.0
     total_ms: float = 0.0
+    queued_ms: float | None = None
+    """How long the call waited before the gateway took it up, when its client said
+    (`attnserve.queueing`); not part of ``total_ms``."""
 
 
 @dataclass

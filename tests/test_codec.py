@@ -108,6 +108,19 @@ def test_prediction_round_trips_through_the_proto() -> None:
     assert back.attention_map("c") is back.attention[1]
 
 
+def test_the_wait_before_a_call_was_taken_up_is_sent_only_when_known() -> None:
+    prediction = sample_prediction()
+    assert "queued_ms" not in codec.prediction_to_json(prediction)["timings"]  # the client did not say
+    prediction.timings = Timings(1.0, 2.0, 3.0, 6.0, queued_ms=0.0)  # known, and none
+    assert codec.prediction_to_proto(prediction).timings.HasField("queued_ms")
+    assert codec.prediction_to_json(prediction)["timings"]["queued_ms"] == 0.0
+    for back in (
+        codec.prediction_from_proto(codec.prediction_to_proto(prediction)),
+        codec.prediction_from_json(codec.prediction_to_json(prediction)),
+    ):
+        assert back.timings == prediction.timings
+
+
 def test_prediction_round_trips_through_json_losslessly() -> None:
     prediction = sample_prediction()
     document = codec.prediction_to_json(prediction)

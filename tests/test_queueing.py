@@ -64,18 +64,28 @@ def test_a_call_that_waited_longer_than_allowed_is_refused_as_queued_and_counted
     try:
         with Client(thread.address) as client:
             client.wait_until_serving(60)
-            assert client.predict(DIGIT, maps=["primary"]).predictions[0].label == "6"  # no wait
+            answered = client.predict(DIGIT, maps=["primary"])  # no wait
+            assert answered.predictions[0].label == "6"
+            # the answer says how long it waited, apart from its time in the gateway
+            queued_ms = answered.timings.queued_ms
+            assert queued_ms is not None and 0 <= queued_ms < 100, answered.timings
             busy_loop(thread, 0.4)
             with pytest.raises(Overloaded, match=r"before the gateway could take it up") as refused:
                 client.predict(DIGIT, maps=["primary"])  # attnserve's client states its timeout
             waited = re.search(r"waited (\d+) ms", str(refused.value))
             assert waited is not None and 150 <= int(waited.group(1)) <= 400, refused.value
             assert "retry in" in str(refused.value)
-        assert thread.gateway.core.metrics.rejected.labels("queued")._value.get() == 1
+        metrics = thread.gateway.core.metrics
+        assert metrics.rejected.labels("queued")._value.get() == 1
+        # every wait told is observed, the refused one's too (the first prediction, then 250+ ms)
+        (histogram,) = metrics.queued_seconds.collect()
+        samples = {s.name: s.value for s in histogram.samples if s.labels.get("model") == "cbam"}
+        assert samples["attnserve_queued_seconds_count"] == 2, samples
+        assert samples["attnserve_queued_seconds_sum"] > 0.15, samples
         with grpc.insecure_channel(thread.address) as channel:  # a client that does not say
             busy_loop(thread, 0.4)
             answer = pb_grpc.AttentionServiceStub(channel).Predict(pb.PredictRequest(image=DIGIT), timeout=30)
-        assert answer.predictions[0].label == "6"
+        assert answer.predictions[0].label == "6" and not answer.timings.HasField("queued_ms")
     finally:
         thread.stop()
 

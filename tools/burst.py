@@ -101,12 +101,14 @@ def gauge(metrics_url: str, name: str) -> float:
 
 
 STAGES = ("preprocess", "inference", "postprocess")
+PARTS = ("queued", "outside", *STAGES)
 
 
 async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float | None, dict[str, float]]:
     """One call: its code, its latency as the client saw it, the gateway's own total (s), and
-    for an answer where the time went: the gateway's stages and what lay outside them (waiting
-    to be taken up, the transport, both ends' encoding)."""
+    for an answer where the time went: how long it waited to be taken up as the gateway read it
+    (``queued``), the gateway's stages, and what lay outside all of them (the transport, both
+    ends' encoding, and any wait the gateway could not see)."""
     started = time.perf_counter()
     in_gateway, stages = None, {}
     try:
@@ -115,20 +117,22 @@ async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float
         answer = await stub.Predict(request, timeout=TIMEOUT_S, metadata=timeout_metadata(TIMEOUT_S))
         code, in_gateway = "OK", answer.timings.total_ms / 1e3
         stages = {stage: getattr(answer.timings, f"{stage}_ms") / 1e3 for stage in STAGES}
+        if answer.timings.HasField("queued_ms"):
+            stages["queued"] = answer.timings.queued_ms / 1e3
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         if code not in ("RESOURCE_EXHAUSTED", "OK", "NOT_FOUND"):
             DETAILS[code] = exc.details() or ""
     seconds = time.perf_counter() - started
     if in_gateway is not None:
-        stages["outside"] = seconds - in_gateway
+        stages["outside"] = seconds - in_gateway - stages.get("queued", 0.0)
     return code, seconds, in_gateway, stages
 
 
 def stages_p99(answers: Iterable[dict[str, float]]) -> dict[str, float | None]:
     """Each part of the answered calls' latency at its own p99 (ms): where the time went."""
     answers = list(answers)
-    return {part: percentile([a.get(part) for a in answers], 99) for part in ("outside", *STAGES)}
+    return {part: percentile([a.get(part) for a in answers], 99) for part in PARTS}
 
 
 def requests(photo: bytes) -> tuple[pb.PredictRequest, pb.PredictRequest]:

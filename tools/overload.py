@@ -72,18 +72,18 @@ async def measure(
             await asyncio.gather(watch(), open_loop())
         else:
             await asyncio.gather(watch(), *(client() for _ in range(clients)))
-    ok = [s for c, s, _ in results if c == "OK"]
+    ok = [s for c, s, _, _ in results if c == "OK"]
     late = limits[len(limits) // 2 :]
     return {
         "clients": None if rate else clients,
         "offered_per_s": rate or None,
         "seconds": seconds,
-        "unloaded_p99_ms": percentile([s for _, s, _ in unloaded], 99),
+        "unloaded_p99_ms": percentile([s for _, s, _, _ in unloaded], 99),
         "answered_per_s": round(len(ok) / seconds, 1),
-        "codes": dict(Counter(c for c, _, _ in results)),
+        "codes": dict(Counter(c for c, _, _, _ in results)),
         "admitted_p50_ms": percentile(ok, 50),
         "admitted_p99_ms": percentile(ok, 99),
-        "admitted_gateway_p99_ms": percentile([t for _, _, t in results], 99),
+        "admitted_gateway_p99_ms": percentile([t for _, _, t, _ in results], 99),
         "limit_second_half": [min(late), max(late)] if late else None,
     }
 

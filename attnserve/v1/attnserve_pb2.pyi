@@ -297,16 +297,18 @@ class Instance(_message.Message):
     def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., mask_png: _Optional[bytes] = ..., mask_x: _Optional[int] = ..., mask_y: _Optional[int] = ..., rle: _Optional[_Union[MaskRle, _Mapping]] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ..., area: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")
+    __slots__ = ("preprocess_ms", "inference_ms", "postprocess_ms", "total_ms", "queued_ms")
     PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_MS_FIELD_NUMBER: _ClassVar[int]
     preprocess_ms: float
     inference_ms: float
     postprocess_ms: float
     total_ms: float
-    def __init__(self, preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    queued_ms: float
+    def __init__(self, preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., queued_ms: _Optional[float] = ...) -> None: ...
 
 class ImageInfo(_message.Message):
     __slots__ = ("width", "height", "format")

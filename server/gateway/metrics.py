@@ -37,6 +37,15 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.queued_seconds = Histogram(
+            "attnserve_queued_seconds",
+            "How long predictions waited between reaching the server and the gateway taking them "
+            "up, admitted or refused (only calls whose client states its timeout, as attnserve's "
+            "clients do), by model",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.predictions = Counter(
             "attnserve_predictions",
             "Images predicted (unary and streamed), by model",

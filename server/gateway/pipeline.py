@@ -298,6 +298,8 @@ class Pipeline:
                 wait_s, bound = deadline_s, True
             await self.catalog.wait_resumed(request.model, wait_s, bound)
         model = self.catalog.get(request.model)
+        if queued_s is not None:
+            self.metrics.queued_seconds.labels(model.name).observe(queued_s)
         if request.model_version and request.model_version != model.version:
             raise ModelNotFound(
                 f"model {model.name!r} has no version {shorten(request.model_version)}; "
@@ -378,6 +380,7 @@ class Pipeline:
                     inference_ms=(inferred - preprocessed) * 1e3,
                     postprocess_ms=(finished - inferred) * 1e3,
                     total_ms=(finished - started) * 1e3,
+                    queued_ms=None if queued_s is None else queued_s * 1e3,
                 ),
                 request_id=request.request_id,
                 task=spec.task.value,
