@@ -259,6 +259,7 @@ def test_the_dashboard_has_the_wanted_panels() -> None:
         "attnserve_requests_total",
         "attnserve_request_seconds_bucket",
         "attnserve_stage_seconds_bucket",
+        "attnserve_queued_seconds_bucket",
         'code!~"OK|200"',
         'code=~"RESOURCE_EXHAUSTED|429"',
         "attnserve_in_flight_requests",
@@ -343,7 +344,12 @@ def test_every_metric_the_monitoring_uses_is_exported_by_the_real_processes(gate
     missing = {name: sorted(where) for name, where in used.items() if not exported(name, types, samples)}
     assert not missing, f"not exported by Triton or the gateway: {missing}"
     # Every histogram/counter the dashboard reads has live series now, not only a TYPE line.
-    assert {"attnserve_request_seconds_bucket", "attnserve_stage_seconds_bucket"} <= samples
+    # (attnserve's gRPC client states its timeout, so the wait before take-up is observed too)
+    assert {
+        "attnserve_request_seconds_bucket",
+        "attnserve_stage_seconds_bucket",
+        "attnserve_queued_seconds_bucket",
+    } <= samples
     assert {
         "attnserve_requests_total",
         "nv_inference_queue_duration_us",
