@@ -102,9 +102,10 @@ def gauge(metrics_url: str, name: str) -> float:
 
 STAGES = ("preprocess", "inference", "postprocess")
 PARTS = ("queued", "outside", *STAGES)
+Result = tuple[str, float, float | None, dict[str, float]]
 
 
-async def call(stub: Any, request: pb.PredictRequest) -> tuple[str, float, float | None, dict[str, float]]:
+async def call(stub: Any, request: pb.PredictRequest) -> Result:
     """One call: its code, its latency as the client saw it, the gateway's own total (s), and
     for an answer where the time went: how long it waited to be taken up as the gateway read it
     (``queued``), the gateway's stages, and what lay outside all of them (the transport, both
@@ -141,9 +142,6 @@ def requests(photo: bytes) -> tuple[pb.PredictRequest, pb.PredictRequest]:
     cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
     heavy = pb.PredictRequest(image=photo, attention=pb.AttentionOptions(formats=[pb.MAP_FORMAT_OVERLAY_PNG]))
     return cheap, heavy
-
-
-Result = tuple[str, float, float | None, dict[str, float]]
 
 
 async def send_bursts(
