@@ -284,28 +284,30 @@ async def measure(
     }
 
 
-def split_cores(cores: list[int], server_cores: int | None) -> tuple[list[int], list[int]]:
+Split = tuple[list[int], list[int]]
+
+
+def split_last(cores: list[int], last: int | None, taker: str, whose: str, other: str) -> Split:
+    """(the rest of ``cores``, their last ``last``), disjoint; None: both get them all. The names
+    say who needs what when ``last`` leaves either side without a core."""
+    if last is None:
+        return cores, cores
+    if not 1 <= last < len(cores):
+        needs = f"1 to {len(cores) - 1} of {whose} {len(cores)} cores"
+        raise SystemExit(f"{taker} needs {needs}, and {other} one")
+    return cores[:-last], cores[-last:]
+
+
+def split_cores(cores: list[int], server_cores: int | None) -> Split:
     """(load generator's cores, server's cores), disjoint: the server gets the last
     ``server_cores`` of ``cores``, the load generator the rest."""
-    if server_cores is None:
-        return cores, cores
-    if not 1 <= server_cores < len(cores):
-        raise SystemExit(
-            f"the server needs 1 to {len(cores) - 1} of the {len(cores)} cores, and the load generator one"
-        )
-    return cores[:-server_cores], cores[-server_cores:]
+    return split_last(cores, server_cores, "the server", "the", "the load generator")
 
 
-def split_server(server: list[int], triton_cores: int | None) -> tuple[list[int], list[int]]:
+def split_server(server: list[int], triton_cores: int | None) -> Split:
     """(the gateway's cores, Triton's cores) among the server's: Triton gets the last
     ``triton_cores``, the gateway the rest (None: both share them all)."""
-    if triton_cores is None:
-        return server, server
-    if not 1 <= triton_cores < len(server):
-        raise SystemExit(
-            f"Triton needs 1 to {len(server) - 1} of the server's {len(server)} cores, and the gateway one"
-        )
-    return server[:-triton_cores], server[-triton_cores:]
+    return split_last(server, triton_cores, "Triton", "the server's", "the gateway")
 
 
 def descendants(pid: int) -> list[int]:
