@@ -59,6 +59,8 @@ SAMPLE = (ROOT / "docs" / "samples" / "digit.png").read_bytes()
 DETAILS: dict[str, str] = {}
 TIMEOUT_S = 120.0
 """Each call's deadline: whole seconds, which gRPC sends exactly (`attnserve.queueing`)."""
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 2**26)]
+"""The load generator's channels: overlays of a 12 MP photo are answers of tens of MB."""
 PAUSE_S = 1.5
 """Between repeated bursts (a fifth of it when there are no overlays to finish)."""
 
@@ -136,12 +138,15 @@ def stages_p99(answers: Iterable[dict[str, float]]) -> dict[str, float | None]:
     return {part: percentile([a.get(part) for a in answers], 99) for part in PARTS}
 
 
-def requests(photo: bytes) -> tuple[pb.PredictRequest, pb.PredictRequest]:
-    """(a cheap prediction: the digit, its primary map; a heavy one: every map of a photo as an
-    overlay)."""
-    cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
-    heavy = pb.PredictRequest(image=photo, attention=pb.AttentionOptions(formats=[pb.MAP_FORMAT_OVERLAY_PNG]))
-    return cheap, heavy
+def requests(photo: bytes) -> dict[str, pb.PredictRequest]:
+    """Each kind's request: cheap, the digit and its primary map; heavy, every map of a photo as
+    an overlay."""
+    return {
+        "cheap": pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"])),
+        "heavy": pb.PredictRequest(
+            image=photo, attention=pb.AttentionOptions(formats=[pb.MAP_FORMAT_OVERLAY_PNG])
+        ),
+    }
 
 
 async def send_bursts(
@@ -173,13 +178,11 @@ def client_process(
     """One of ``--clients`` processes: its own channel, its share of every burst."""
 
     async def main() -> tuple[list[Result], list[str], list[float], dict[str, str]]:
-        cheap, heavy = requests(photo)
-        options = [("grpc.max_receive_message_length", 2**26)]
-        async with grpc.aio.insecure_channel(address, options=options) as channel:
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.AttentionServiceStub(channel)
             # connected before the first burst, with no call: the parent counts refusals from now on
             await asyncio.wait_for(channel.channel_ready(), TIMEOUT_S)
-            sent = await send_bursts(stub, {"cheap": cheap, "heavy": heavy}, kinds, bursts, pause_s, barrier)
+            sent = await send_bursts(stub, requests(photo), kinds, bursts, pause_s, barrier)
         return (*sent, dict(DETAILS))
 
     return asyncio.run(main())
@@ -215,14 +218,12 @@ async def measure(
     bursts: int = 1,
     clients: int = 1,
 ) -> dict[str, Any]:
-    cheap, heavy = requests(photo())
-    async with grpc.aio.insecure_channel(
-        address, options=[("grpc.max_receive_message_length", 2**26)]
-    ) as channel:
+    request = requests(photo())
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
         for _ in range(20):
-            await call(stub, cheap)
-        unloaded = [await call(stub, cheap) for _ in range(200)]
+            await call(stub, request["cheap"])
+        unloaded = [await call(stub, request["cheap"]) for _ in range(200)]
         capacity = int(gauge(metrics_url, "attnserve_concurrency_limit"))
         calls = calls or burst_factor * capacity
         every = round(1 / heavy_share) if heavy_share else 0
@@ -230,20 +231,19 @@ async def measure(
 
         # the floor: the same burst, every call refused on arrival (an unknown model: nothing is
         # decoded), so all it measures is the transport, the client and the gateway's front
-        unknown = {"cheap": pb.PredictRequest(), "heavy": pb.PredictRequest()}
-        for kind, request in unknown.items():
-            request.CopyFrom(heavy if kind == "heavy" else cheap)
-            request.model = "no-such-model"
+        unknown = {kind: pb.PredictRequest() for kind in request}
+        for kind, copy in unknown.items():
+            copy.CopyFrom(request[kind])
+            copy.model = "no-such-model"
         floor = await asyncio.gather(*(call(stub, unknown[k]) for k in kinds))
 
         before = rejected(metrics_url)
         pause = PAUSE_S if heavy_share else PAUSE_S / 5
         if clients == 1:
-            results, kinds, walls = await send_bursts(
-                stub, {"cheap": cheap, "heavy": heavy}, kinds, bursts, pause
-            )
+            results, kinds, walls = await send_bursts(stub, request, kinds, bursts, pause)
         else:
-            results, kinds, walls = from_processes(address, heavy.image, kinds, bursts, pause, clients)
+            photo_bytes = request["heavy"].image
+            results, kinds, walls = from_processes(address, photo_bytes, kinds, bursts, pause, clients)
         wall = sum(walls)
         by_reason = rejected(metrics_url) - before
         counted = sum(by_reason.values())
@@ -335,15 +335,15 @@ def pin_process(pid: int, cores: list[int]) -> None:
 
 
 @contextmanager
-def pinned(server_cores: int | None) -> Iterator[list[int]]:
-    """With ``server_cores``, this process (and so what it starts) on the server's cores; the
-    caller moves itself to the others once the server is up (`split_cores`). Restored when the
-    block ends."""
+def pinned(server_cores: int | None) -> Iterator[Split]:
+    """With ``server_cores``, this process (and so what it starts) on the server's cores; yields
+    (the load generator's cores, the server's) (`split_cores`), and the caller moves itself to
+    the first once the server is up. Restored when the block ends."""
     cores = sorted(os.sched_getaffinity(0))
-    _, server = split_cores(cores, server_cores)
+    load_generator, server = split_cores(cores, server_cores)
     os.sched_setaffinity(0, server)
     try:
-        yield cores
+        yield load_generator, server
     finally:
         os.sched_setaffinity(0, cores)
 
@@ -373,13 +373,11 @@ def run(
         env[f"ATTNSERVE_GATEWAY__{setting[0].upper()}"] = setting[1]
     DETAILS.clear()
     with (
-        pinned(server_cores) as cores,
+        pinned(server_cores) as (load_generator, server),
         serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served,
     ):
         assert served.metrics_url is not None
-        # the server keeps its cores; the load generator moves to the others
-        load_generator, server = split_cores(cores, server_cores)
-        os.sched_setaffinity(0, load_generator)
+        os.sched_setaffinity(0, load_generator)  # the server keeps its cores
         if triton_cores is not None:
             gateway, triton = split_server(server, triton_cores)
             pin_process(served.pid, gateway)
