@@ -87,13 +87,12 @@ def test_a_cheap_call_that_waited_longer_than_its_latency_allows_is_refused() ->
     metrics = GatewayMetrics()
     fixed = Admission(GatewaySettings(max_queued_ms=20), metrics)
     assert fixed.queue_budget("a") == pytest.approx(0.020)
-    fixed.admit("a", Cost(10, False), queued_s=0.019).release()
+    fixed.check_wait("a", 0.019)
     with pytest.raises(
         Overloaded, match="waited 21 ms before the gateway could take it up, more than the 20 ms"
     ):
-        fixed.admit("a", Cost(10, False), queued_s=0.021)
-    fixed.admit("a", Cost(10, True), queued_s=5.0).release()  # a render's latency is its own queue
-    fixed.admit("a", Cost(10, False), queued_s=None).release()  # a client that does not say
+        fixed.check_wait("a", 0.021)
+    fixed.check_wait("a", None)  # a client that does not say
     assert rejected(metrics) == {"queued": 1}
 
     # adaptive: tolerance × the no-load latency learnt for the model, less its recent latency
@@ -101,10 +100,11 @@ def test_a_cheap_call_that_waited_longer_than_its_latency_allows_is_refused() ->
     settings = GatewaySettings(adaptive_concurrency=True, latency_tolerance=2.0, min_in_flight=2)
     adaptive = Admission(settings, GatewayMetrics())
     assert adaptive.queue_budget("a") is None
-    adaptive.admit("a", Cost(10, False), queued_s=9.0).release(service_s=0.006)
+    adaptive.check_wait("a", 9.0)
+    adaptive.admit("a", Cost(10, False)).release(service_s=0.006)
     assert adaptive.queue_budget("a") == pytest.approx(0.006) and adaptive.queue_budget("b") is None
     with pytest.raises(Overloaded, match="more than the 6 ms its latency allows"):
-        adaptive.admit("a", Cost(10, False), queued_s=0.007)
+        adaptive.check_wait("a", 0.007)
     assert Admission(GatewaySettings(), GatewayMetrics()).queue_budget("a") is None  # off by default
 
 
@@ -113,7 +113,7 @@ def test_the_wait_a_call_is_allowed_shrinks_while_the_gateway_is_slow_and_recove
     waited is what their recent latency leaves of the tolerance, never below timer noise."""
     settings = GatewaySettings(adaptive_concurrency=True, latency_tolerance=2.0, min_in_flight=2)
     admission = Admission(settings, GatewayMetrics())
-    admission.admit("a", Cost(10, False), queued_s=0.0).release(service_s=0.006)  # no-load 6 ms
+    admission.admit("a", Cost(10, False)).release(service_s=0.006)  # no-load 6 ms
     assert admission.queue_budget("a") == pytest.approx(0.006)
     limit = admission.limit
     assert limit is not None
@@ -126,9 +126,10 @@ def test_the_wait_a_call_is_allowed_shrinks_while_the_gateway_is_slow_and_recove
         limit.observe("a", 0.030, others_in_flight=8)
     assert admission.queue_budget("a") == MIN_EXCESS_S  # 2× no-load is spent serving: timer noise
     with pytest.raises(Overloaded, match="waited 3 ms .* more than the 2 ms"):
-        admission.admit("a", Cost(10, False), queued_s=0.003)
+        admission.check_wait("a", 0.003)
     for _ in range(20):  # taken up at once, always admitted: fast answers bring the budget back
-        admission.admit("a", Cost(10, False), queued_s=0.001).release(service_s=0.006)
+        admission.check_wait("a", 0.001)
+        admission.admit("a", Cost(10, False)).release(service_s=0.006)
     assert admission.queue_budget("a") == pytest.approx(0.006, rel=0.05)
 
 

@@ -75,13 +75,22 @@ def test_a_call_that_waited_longer_than_allowed_is_refused_as_queued_and_counted
             waited = re.search(r"waited (\d+) ms", str(refused.value))
             assert waited is not None and 150 <= int(waited.group(1)) <= 400, refused.value
             assert "retry in" in str(refused.value)
+            # a late call that draws nothing is refused before its request is checked: a top_k
+            # the model cannot give is found out only once it is taken up in time
+            busy_loop(thread, 0.4)
+            with pytest.raises(Overloaded, match=r"before the gateway could take it up"):
+                client.predict(DIGIT, maps=["primary"], top_k=99)
+            # a render's latency is its own queue: the same wait, and it is answered
+            busy_loop(thread, 0.4)
+            drawn = client.predict(DIGIT, maps=["primary"], forms=["heatmap_png"])
+            assert drawn.attention[0].heatmap_png and (drawn.timings.queued_ms or 0) > 150, drawn.timings
         metrics = thread.gateway.core.metrics
-        assert metrics.rejected.labels("queued")._value.get() == 1
-        # every wait told is observed, the refused one's too (the first prediction, then 250+ ms)
+        assert metrics.rejected.labels("queued")._value.get() == 2
+        # every wait told is observed, the refused ones' too (the first prediction, then 250+ ms)
         (histogram,) = metrics.queued_seconds.collect()
         samples = {s.name: s.value for s in histogram.samples if s.labels.get("model") == "cbam"}
-        assert samples["attnserve_queued_seconds_count"] == 2, samples
-        assert samples["attnserve_queued_seconds_sum"] > 0.15, samples
+        assert samples["attnserve_queued_seconds_count"] == 4, samples
+        assert samples["attnserve_queued_seconds_sum"] > 0.45, samples
         with grpc.insecure_channel(thread.address) as channel:  # a client that does not say
             busy_loop(thread, 0.4)
             answer = pb_grpc.AttentionServiceStub(channel).Predict(pb.PredictRequest(image=DIGIT), timeout=30)

@@ -1,6 +1,6 @@
 """Admission: what a request may cost, decided before any work is done on it.
 
-Five limits, each checked on the event loop before decoding, each refused at once with
+Six limits, each checked on the event loop before decoding, each refused at once with
 RESOURCE_EXHAUSTED and a retry hint — nothing waits in a hidden queue:
 
 - requests in flight (``max_in_flight``), a hard cap checked before anything is looked at;
@@ -11,6 +11,9 @@ RESOURCE_EXHAUSTED and a retry hint — nothing waits in a hidden queue:
 - heavy requests in flight (``max_heavy_in_flight``): those that render image forms or decode a
   large image. They also run on their own threads (`Pipeline`), so cheap predictions are never
   queued behind a 12-megapixel overlay;
+- the wait before the gateway took a call up, when its client stated its timeout
+  (`check_wait`, `attnserve.queueing`): what the model's latency allows, checked first of all
+  for predictions that draw nothing;
 - memory: every request's decode and render memory is estimated from its image header
   (`estimate_cost`) and reserved from ``memory_budget_bytes``; what does not fit is refused (and
   a request that could never fit is `TooLarge`, with what to change).
@@ -242,18 +245,29 @@ class Admission:
         serving = max(no_load, self.limit.recent_s.get(model, no_load))
         return max(MIN_EXCESS_S, self.settings.latency_tolerance * no_load - serving)
 
-    def admit(self, model: str, cost: Cost, queued_s: float | None = None) -> Ticket:
-        """Reserves ``cost`` for one request on ``model`` or refuses it. ``queued_s``: how long
-        it waited before the gateway took it up, when its client said (`attnserve.queueing`)."""
-        if not cost.heavy and queued_s is not None:
-            budget = self.queue_budget(model)
-            if budget is not None and queued_s > budget:
-                self._refuse(
-                    "queued",
-                    f"this call waited {queued_s * 1e3:.0f} ms before the gateway could take it up, "
-                    f"more than the {budget * 1e3:.0f} ms its latency allows",
-                    False,
-                )
+    def check_wait(self, model: str, queued_s: float | None) -> None:
+        """Refuses a prediction on ``model`` that waited longer before the gateway took it up
+        than its latency allows (`queue_budget`; ``queued_s`` None: its client did not say).
+
+        The pipeline checks it for every prediction that draws nothing, as soon as the model is
+        known: before the request is checked or its image read, so that a burst's late calls
+        cost the event loop little more than an unknown model's. So a large image asked for
+        without drawing is refused too (it is not read to find out that it is heavy); a render
+        is never checked, its latency is its own queue.
+        """
+        if queued_s is None:
+            return
+        budget = self.queue_budget(model)
+        if budget is not None and queued_s > budget:
+            self._refuse(
+                "queued",
+                f"this call waited {queued_s * 1e3:.0f} ms before the gateway could take it up, "
+                f"more than the {budget * 1e3:.0f} ms its latency allows",
+                False,
+            )
+
+    def admit(self, model: str, cost: Cost) -> Ticket:
+        """Reserves ``cost`` for one request on ``model`` or refuses it."""
         if not cost.heavy and self.cheap >= self.cheap_limit:
             self._refuse(
                 "concurrency",

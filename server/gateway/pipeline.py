@@ -25,6 +25,7 @@ from attnserve import request_ids
 from attnserve.errors import DeadlineExceeded, InvalidInput, ModelNotFound, TooLarge, shorten
 from attnserve.model_info import ModelInfo
 from attnserve.prediction import (
+    IMAGE_FORMS,
     QUALITY_RANGE,
     ImageInfo,
     MapDType,
@@ -42,7 +43,7 @@ from .backend import InferenceBackend
 from .catalog import ModelCatalog
 from .metrics import GatewayMetrics
 from .outputs import check_output_shapes
-from .postprocess import AttentionRequest, TaskOptions, answer_draws, postprocess, task_inputs
+from .postprocess import AttentionRequest, TaskOptions, answer_draws, postprocess, task_draws, task_inputs
 from .postprocess.tasks import DEFAULT_SCORE_THRESHOLD, MAX_INSTANCES
 from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 from .render import ImageEncoder
@@ -149,6 +150,14 @@ def resolve_attention(request: PredictionRequest, spec: ModelSpec) -> AttentionR
         encoder=encoder,
         map_dtype=request.map_dtype,
     )
+
+
+def may_draw(request: PredictionRequest, spec: ModelSpec) -> bool:
+    """Whether the answer may hold images, told from the request's fields before they are
+    checked: a map asked for in an image form, a task that always draws, or the task's overlay.
+    (`answer_draws` tells for sure, once the request is resolved.)"""
+    asked = not request.omit_attention and bool(request.forms & IMAGE_FORMS)
+    return asked or request.task_overlay or task_draws(spec.task)
 
 
 def with_tiles(attention: AttentionRequest, model: ModelInfo) -> AttentionRequest:
@@ -292,26 +301,14 @@ class Pipeline:
         queued_s: float | None,
     ) -> Prediction:
         started = time.perf_counter()
-        if self.catalog.paused:  # a model is being replaced (watch_repository): wait for it
-            wait_s, bound = self.settings.triton_timeout_s, False
-            if deadline_s is not None and deadline_s <= wait_s:
-                wait_s, bound = deadline_s, True
-            await self.catalog.wait_resumed(request.model, wait_s, bound)
-        model = self.catalog.get(request.model)
-        if queued_s is not None:
-            self.metrics.queued_seconds.labels(model.name).observe(queued_s)
-        if request.model_version and request.model_version != model.version:
-            raise ModelNotFound(
-                f"model {model.name!r} has no version {shorten(request.model_version)}; "
-                f"served: {model.version} (or leave model_version empty)"
-            )
+        model = await self._model_for(request, deadline_s, queued_s)
         spec = model.spec
         options = resolve_task_options(request, spec, self.settings.max_top_k)
         attention = with_tiles(resolve_attention(request, spec), model)
         render_side = request.render_max_side or self.settings.render_max_side
         header = probe_image(request.image, self.limits) if request.image is not None else None
         cost = estimate_cost(header, spec, attention, render_side, self.settings, options)
-        with self.admission.admit(model.name, cost, queued_s):
+        with self.admission.admit(model.name, cost):
             loop = asyncio.get_running_loop()
             executor = self.render_executor if cost.heavy else self.executor
 
@@ -390,6 +387,29 @@ class Pipeline:
                 task_overlay=answer.task.overlay,
                 task_overlay_encoding=answer.task.overlay_encoding,
             )
+
+    async def _model_for(
+        self, request: PredictionRequest, deadline_s: float | None, queued_s: float | None
+    ) -> ModelInfo:
+        """The request's model, once servable. A call that waited longer than its model's
+        latency allows is refused here when it draws nothing: before its request is checked or
+        its image read (`Admission.check_wait`)."""
+        if self.catalog.paused:  # a model is being replaced (watch_repository): wait for it
+            wait_s, bound = self.settings.triton_timeout_s, False
+            if deadline_s is not None and deadline_s <= wait_s:
+                wait_s, bound = deadline_s, True
+            await self.catalog.wait_resumed(request.model, wait_s, bound)
+        model = self.catalog.get(request.model)
+        if queued_s is not None:
+            self.metrics.queued_seconds.labels(model.name).observe(queued_s)
+        if request.model_version and request.model_version != model.version:
+            raise ModelNotFound(
+                f"model {model.name!r} has no version {shorten(request.model_version)}; "
+                f"served: {model.version} (or leave model_version empty)"
+            )
+        if not may_draw(request, model.spec):
+            self.admission.check_wait(model.name, queued_s)
+        return model
 
     def _prepare(
         self, request: PredictionRequest, spec: ModelSpec, keep_image: bool, render_side: int
