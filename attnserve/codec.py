@@ -216,7 +216,7 @@ def request_from_proto(message: pb.PredictRequest) -> PredictionRequest:
             raise InvalidInput(
                 f"unknown attention format {value}; use RAW, UPSAMPLED, HEATMAP_PNG or OVERLAY_PNG"
             ) from None
-    options = message.attention
+    options, task = message.attention, message.task  # each access builds a view: once
     return PredictionRequest(
         image=message.image if which == "image" else None,
         tensor=tensor,
@@ -233,10 +233,10 @@ def request_from_proto(message: pb.PredictRequest) -> PredictionRequest:
         image_encoding=encoding_from_proto(options.image_encoding),
         image_quality=options.image_quality if options.HasField("image_quality") else None,
         map_dtype=map_dtype_from_proto(options.map_dtype),
-        score_threshold=message.task.score_threshold if message.task.HasField("score_threshold") else None,
-        max_instances=message.task.max_instances,
-        task_overlay=message.task.overlay,
-        model_options=tuple(sorted(message.task.options.items())),
+        score_threshold=task.score_threshold if task.HasField("score_threshold") else None,
+        max_instances=task.max_instances,
+        task_overlay=task.overlay,
+        model_options=tuple(sorted(task.options.items())),
     )
 
 
