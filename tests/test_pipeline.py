@@ -103,6 +103,49 @@ def test_requests_beyond_the_in_flight_limit_are_refused_not_queued() -> None:
     asyncio.run(run())
 
 
+def test_calls_waiting_for_a_new_release_leave_the_other_models_their_room() -> None:
+    """A model being replaced (watch_repository) holds its calls until the new release loads:
+    they wait outside the in-flight cap, under a cap of their own, so that calls on the other
+    models are still served meanwhile."""
+    import asyncio
+    import io
+
+    from PIL import Image
+
+    from attnserve.errors import Overloaded
+    from attnserve.server.gateway.catalog import ModelCatalog
+    from attnserve.server.gateway.metrics import GatewayMetrics
+    from attnserve.server.gateway.pipeline import Pipeline
+    from attnserve.settings import GatewaySettings
+
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64)).save(buffer, format="PNG")
+    image = buffer.getvalue()
+
+    async def run() -> None:
+        backend = FakeBackend(("cbam", "other"))
+        catalog = ModelCatalog()
+        await catalog.refresh(backend)
+        metrics = GatewayMetrics()
+        pipeline = Pipeline(GatewaySettings(max_in_flight=1), catalog, backend, metrics)
+        catalog.pause("cbam")
+        waiting = asyncio.create_task(pipeline.predict(PredictionRequest(image=image, model="cbam"), 5.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and pipeline.admission.in_flight == 0
+        # the one slot in flight is free for the other model's call
+        assert (await pipeline.predict(PredictionRequest(image=image, model="other"))).model == "other"
+        beyond = r"1 calls are waiting for a new release of 'cbam'.*retry in 1000 ms"
+        with pytest.raises(Overloaded, match=beyond):
+            await pipeline.predict(PredictionRequest(image=image, model="cbam"))
+        catalog.resume("cbam")
+        assert (await waiting).model == "cbam"
+        assert pipeline.admission.paused_waiting == 0 and pipeline.admission.in_flight == 0
+        assert metrics.rejected.labels("paused")._value.get() == 1
+        pipeline.close()
+
+    asyncio.run(run())
+
+
 def test_upsampled_answers_that_cannot_fit_a_message_are_refused_up_front() -> None:
     from attnserve.server.gateway.pipeline import check_response_size
 

@@ -3,7 +3,9 @@
 Six limits, each checked on the event loop before decoding, each refused at once with
 RESOURCE_EXHAUSTED and a retry hint — nothing waits in a hidden queue:
 
-- requests in flight (``max_in_flight``), a hard cap checked before anything is looked at;
+- requests in flight (``max_in_flight``), a hard cap checked before anything is looked at
+  (calls waiting for a model's new release are not in flight: they have a cap of their own,
+  `Admission.waiting`);
 - cheap requests in flight: as many as keep their latency within ``latency_tolerance`` × their
   no-load latency (`AdaptiveLimit`, learnt from their completions; ``adaptive_concurrency``);
 - one model's share of each of the two (``model_share`` of the cheap limit and of
@@ -24,9 +26,11 @@ The retry hint is the category's recent service time (an exponential average), c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from attnserve.errors import Overloaded, TooLarge
@@ -43,6 +47,9 @@ MIB = 2**20
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La", "P"})
 _DRAWN_KINDS = frozenset({AttentionKind.BOXES, AttentionKind.PATH})
 _RETRY_MIN_S, _RETRY_MAX_S = 0.05, 10.0
+PAUSED_RETRY_S = 1.0
+"""The retry hint of a call refused while too many wait for a model's new release: a release
+loads in seconds."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,8 @@ class Admission:
             self.limit = AdaptiveLimit(2 * floor, floor, settings.max_in_flight, settings.latency_tolerance)
         metrics.concurrency_limit.set(self.cheap_limit)
         self.in_flight = 0
+        self.paused_waiting = 0
+        """Calls waiting for a model's new release (`waiting`), not in flight."""
         self.cheap = 0
         self.heavy = 0
         self.memory = 0
@@ -223,6 +232,26 @@ class Admission:
 
     def leave(self) -> None:
         self.in_flight -= 1
+
+    @contextlib.contextmanager
+    def waiting(self, model: str) -> Iterator[None]:
+        """A call waiting for ``model``'s new release (``watch_repository``): not in flight, so
+        that the other models' calls keep their room meanwhile, but at most ``max_in_flight``
+        such calls wait at once (each holds its request)."""
+        limit = self.settings.max_in_flight
+        if self.paused_waiting >= limit:
+            self._refuse(
+                "paused",
+                f"{self.paused_waiting} calls are waiting for a new release of {model!r} to load "
+                f"(limit {limit})",
+                heavy=False,
+                retry_s=PAUSED_RETRY_S,
+            )
+        self.paused_waiting += 1
+        try:
+            yield
+        finally:
+            self.paused_waiting -= 1
 
     def queue_budget(self, model: str) -> float | None:
         """How long a cheap prediction on ``model`` may have waited before the gateway took it
@@ -327,7 +356,7 @@ class Admission:
             previous = self._service_s[ticket.cost.heavy]
             self._service_s[ticket.cost.heavy] = 0.8 * previous + 0.2 * service_s
 
-    def _refuse(self, reason: str, what: str, heavy: bool) -> None:
+    def _refuse(self, reason: str, what: str, heavy: bool, retry_s: float | None = None) -> None:
         self.metrics.rejected.labels(reason).inc()
-        retry = self.retry_after(heavy)
+        retry = self.retry_after(heavy) if retry_s is None else retry_s
         raise Overloaded(f"{what}; retry in {retry * 1e3:.0f} ms", retry_after_s=retry)

@@ -279,6 +279,7 @@ class Pipeline:
         answer the calling front can send; ``queued_s`` how long the call waited before the
         front took it up, when the caller said (`attnserve.queueing`).
         """
+        started = time.perf_counter()
         if deadline_s is not None and deadline_s < MIN_DEADLINE_S:
             raise DeadlineExceeded(
                 f"the deadline leaves {max(deadline_s, 0) * 1e3:.1f} ms, too little to predict; "
@@ -287,21 +288,36 @@ class Pipeline:
         request_id = request_ids.bind(request.request_id)
         if request_id != request.request_id:
             request = dataclasses.replace(request, request_id=request_id)
+        if self.catalog.paused:
+            await self._wait_resumed(request.model, deadline_s)
         self.admission.enter()
         try:
-            return await self._predict(request, deadline_s, response_limit_bytes, queued_s)
+            return await self._predict(request, started, deadline_s, response_limit_bytes, queued_s)
         finally:
             self.admission.leave()
+
+    async def _wait_resumed(self, model: str | None, deadline_s: float | None) -> None:
+        """A model being replaced (watch_repository): its calls wait for the new release within
+        their deadline, outside the in-flight cap, so that they do not crowd out the other
+        models' calls meanwhile (they have a cap of their own, `Admission.waiting`)."""
+        resolved = model or self.catalog.default_model
+        if resolved not in self.catalog.paused:
+            return
+        wait_s, bound = self.settings.triton_timeout_s, False
+        if deadline_s is not None and deadline_s <= wait_s:
+            wait_s, bound = deadline_s, True
+        with self.admission.waiting(resolved):
+            await self.catalog.wait_resumed(resolved, wait_s, bound)
 
     async def _predict(
         self,
         request: PredictionRequest,
+        started: float,
         deadline_s: float | None,
         response_limit_bytes: int | None,
         queued_s: float | None,
     ) -> Prediction:
-        started = time.perf_counter()
-        model = await self._model_for(request, deadline_s, queued_s)
+        model = self._model_for(request, queued_s)
         spec = model.spec
         options = resolve_task_options(request, spec, self.settings.max_top_k)
         attention = with_tiles(resolve_attention(request, spec), model)
@@ -388,17 +404,10 @@ class Pipeline:
                 task_overlay_encoding=answer.task.overlay_encoding,
             )
 
-    async def _model_for(
-        self, request: PredictionRequest, deadline_s: float | None, queued_s: float | None
-    ) -> ModelInfo:
-        """The request's model, once servable. A call that waited longer than its model's
-        latency allows is refused here when it draws nothing: before its request is checked or
-        its image read (`Admission.check_wait`)."""
-        if self.catalog.paused:  # a model is being replaced (watch_repository): wait for it
-            wait_s, bound = self.settings.triton_timeout_s, False
-            if deadline_s is not None and deadline_s <= wait_s:
-                wait_s, bound = deadline_s, True
-            await self.catalog.wait_resumed(request.model, wait_s, bound)
+    def _model_for(self, request: PredictionRequest, queued_s: float | None) -> ModelInfo:
+        """The request's model. A call that waited longer than its model's latency allows is
+        refused here when it draws nothing: before its request is checked or its image read
+        (`Admission.check_wait`)."""
         model = self.catalog.get(request.model)
         if queued_s is not None:
             self.metrics.queued_seconds.labels(model.name).observe(queued_s)
