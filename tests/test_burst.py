@@ -149,10 +149,12 @@ def test_an_a_b_alternates_servers_with_and_without_a_setting_at_the_same_calls(
 
 def test_a_burst_from_several_client_processes_is_sent_whole_and_counted_exactly() -> None:
     (summary,) = tool(
-        "burst.py", "--adaptive", "--heavy-share", "0", "--factor", "3", "--bursts", "2", "--clients", "3"
+        "burst.py", "--adaptive", "--heavy-share", "0", "--factor", "3", "--bursts", "2", "--clients", "3",
+        "--timeout-s", "5.0049",  # sent as gRPC writes it: 5 s to the 10 ms
     )  # fmt: skip
     cheap = summary["by_kind"]["cheap"]
     assert summary["clients"] == 3 and summary["calls"] == 3 * summary["capacity"], summary
+    assert summary["timeout_s"] == 5.0, summary
     assert cheap["sent"] == 2 * summary["calls"] == sum(cheap["codes"].values()), summary
     assert set(cheap["codes"]) <= {"OK", "RESOURCE_EXHAUSTED"} and summary["internal"] == 0, summary
     assert summary["resource_exhausted_seen"] == summary["rejections_counted"], summary

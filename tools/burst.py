@@ -8,6 +8,7 @@ exactly, and how do the admitted cheap requests fare against an unloaded gateway
     .venv/bin/python tools/burst.py --adaptive --pin     # the load generator on its own core
     .venv/bin/python tools/burst.py --adaptive --server-cores 2  # the server on 2 cores, clients on the rest
     .venv/bin/python tools/burst.py --adaptive --server-cores 3 --triton-cores 1 --clients 8
+    .venv/bin/python tools/burst.py --adaptive --clients 8 --timeout-s 0.9  # deadlines sent to the ms
     .venv/bin/python tools/burst.py --json
     .venv/bin/python tools/burst.py --adaptive --heavy-share 0 --bursts 10 --against inline_preprocess_bytes=0
 
@@ -49,7 +50,7 @@ from PIL import Image
 
 from attnserve.bench import stats
 from attnserve.demo import serving
-from attnserve.queueing import timeout_metadata
+from attnserve.queueing import encodable_timeout, timeout_metadata
 from attnserve.settings import Settings
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
@@ -58,7 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "docs" / "samples" / "digit.png").read_bytes()
 DETAILS: dict[str, str] = {}
 TIMEOUT_S = 120.0
-"""Each call's deadline: whole seconds, which gRPC sends exactly (`attnserve.queueing`)."""
+"""Each call's deadline by default (``--timeout-s``): whole seconds, which gRPC sends exactly
+(`attnserve.queueing`). grpc-core writes a deadline of 100–1000 s to the second, so a delay of
+under a second in the load generator, before grpc-core writes the call, is not seen by the
+gateway; under 1 s it writes milliseconds, and every such delay is seen (and counted as waiting)."""
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 2**26)]
 """The load generator's channels: overlays of a 12 MP photo are answers of tens of MB."""
 PAUSE_S = 1.5
@@ -107,7 +111,7 @@ PARTS = ("queued", "outside", *STAGES)
 Result = tuple[str, float, float | None, dict[str, float]]
 
 
-async def call(stub: Any, request: pb.PredictRequest) -> Result:
+async def call(stub: Any, request: pb.PredictRequest, timeout_s: float = TIMEOUT_S) -> Result:
     """One call: its code, its latency as the client saw it, the gateway's own total (s), and
     for an answer where the time went: how long it waited to be taken up as the gateway read it
     (``queued``), the gateway's stages, and what lay outside all of them (the transport, both
@@ -117,7 +121,8 @@ async def call(stub: Any, request: pb.PredictRequest) -> Result:
     try:
         # as attnserve's clients send it: with a deadline and the timeout behind it, so that the
         # gateway can tell how long the call waited before it was taken up (attnserve.queueing)
-        answer = await stub.Predict(request, timeout=TIMEOUT_S, metadata=timeout_metadata(TIMEOUT_S))
+        timeout_s = encodable_timeout(timeout_s)
+        answer = await stub.Predict(request, timeout=timeout_s, metadata=timeout_metadata(timeout_s))
         code, in_gateway = "OK", answer.timings.total_ms / 1e3
         stages = {stage: getattr(answer.timings, f"{stage}_ms") / 1e3 for stage in STAGES}
         if answer.timings.HasField("queued_ms"):
@@ -156,6 +161,7 @@ async def send_bursts(
     bursts: int,
     pause_s: float,
     barrier: Any = None,
+    timeout_s: float = TIMEOUT_S,
 ) -> tuple[list[Result], list[str], list[float]]:
     """``bursts`` times, every call of ``kinds`` at once (after ``barrier``, when other processes
     send their share of each burst): (the results, their kinds, each burst's wall time)."""
@@ -167,13 +173,13 @@ async def send_bursts(
         if barrier is not None:
             barrier.wait()  # nothing else runs on this loop meanwhile
         started = time.perf_counter()
-        results += await asyncio.gather(*(call(stub, request[k]) for k in kinds))
+        results += await asyncio.gather(*(call(stub, request[k], timeout_s) for k in kinds))
         walls.append(time.perf_counter() - started)
     return results, kinds * bursts, walls
 
 
 def client_process(
-    address: str, photo: bytes, kinds: list[str], bursts: int, pause_s: float, barrier: Any
+    address: str, photo: bytes, kinds: list[str], bursts: int, pause_s: float, barrier: Any, timeout_s: float
 ) -> Any:
     """One of ``--clients`` processes: its own channel, its share of every burst."""
 
@@ -182,14 +188,20 @@ def client_process(
             stub = pb_grpc.AttentionServiceStub(channel)
             # connected before the first burst, with no call: the parent counts refusals from now on
             await asyncio.wait_for(channel.channel_ready(), TIMEOUT_S)
-            sent = await send_bursts(stub, requests(photo), kinds, bursts, pause_s, barrier)
+            sent = await send_bursts(stub, requests(photo), kinds, bursts, pause_s, barrier, timeout_s)
         return (*sent, dict(DETAILS))
 
     return asyncio.run(main())
 
 
 def from_processes(
-    address: str, photo: bytes, kinds: list[str], bursts: int, pause_s: float, clients: int
+    address: str,
+    photo: bytes,
+    kinds: list[str],
+    bursts: int,
+    pause_s: float,
+    clients: int,
+    timeout_s: float = TIMEOUT_S,
 ) -> tuple[list[Result], list[str], list[float]]:
     """Each burst sent by ``clients`` processes at once, each its share on its own connection,
     as a burst from many clients arrives: no one client's event loop holds the answers back."""
@@ -197,10 +209,12 @@ def from_processes(
     with context.Manager() as manager, context.Pool(clients) as pool:
         barrier = manager.Barrier(clients)
         shares = [
-            pool.apply_async(client_process, (address, photo, kinds[i::clients], bursts, pause_s, barrier))
+            pool.apply_async(
+                client_process, (address, photo, kinds[i::clients], bursts, pause_s, barrier, timeout_s)
+            )
             for i in range(clients)
         ]
-        done = [share.get(timeout=TIMEOUT_S * bursts) for share in shares]
+        done = [share.get(timeout=max(TIMEOUT_S, timeout_s) * bursts) for share in shares]
     results = [r for share in done for r in share[0]]
     sent = [k for share in done for k in share[1]]
     walls = [max(share[2][index] for share in done) for index in range(bursts)]
@@ -217,13 +231,14 @@ async def measure(
     calls: int | None = None,
     bursts: int = 1,
     clients: int = 1,
+    timeout_s: float = TIMEOUT_S,
 ) -> dict[str, Any]:
     request = requests(photo())
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
         for _ in range(20):
-            await call(stub, request["cheap"])
-        unloaded = [await call(stub, request["cheap"]) for _ in range(200)]
+            await call(stub, request["cheap"], timeout_s)
+        unloaded = [await call(stub, request["cheap"], timeout_s) for _ in range(200)]
         capacity = int(gauge(metrics_url, "attnserve_concurrency_limit"))
         calls = calls or burst_factor * capacity
         every = round(1 / heavy_share) if heavy_share else 0
@@ -235,15 +250,17 @@ async def measure(
         for kind, copy in unknown.items():
             copy.CopyFrom(request[kind])
             copy.model = "no-such-model"
-        floor = await asyncio.gather(*(call(stub, unknown[k]) for k in kinds))
+        floor = await asyncio.gather(*(call(stub, unknown[k], timeout_s) for k in kinds))
 
         before = rejected(metrics_url)
         pause = PAUSE_S if heavy_share else PAUSE_S / 5
         if clients == 1:
-            results, kinds, walls = await send_bursts(stub, request, kinds, bursts, pause)
+            results, kinds, walls = await send_bursts(stub, request, kinds, bursts, pause, None, timeout_s)
         else:
             photo_bytes = request["heavy"].image
-            results, kinds, walls = from_processes(address, photo_bytes, kinds, bursts, pause, clients)
+            results, kinds, walls = from_processes(
+                address, photo_bytes, kinds, bursts, pause, clients, timeout_s
+            )
         wall = sum(walls)
         by_reason = rejected(metrics_url) - before
         counted = sum(by_reason.values())
@@ -359,12 +376,13 @@ def run(
     setting: tuple[str, str] | None = None,
     triton_cores: int | None = None,
     clients: int = 1,
+    timeout_s: float = TIMEOUT_S,
 ) -> dict[str, Any]:
     """One `attnserve serve` and its bursts. ``server_cores``: the server on that many cores and
     the load generator on the others (None: all share every core); ``triton_cores``: of those,
     Triton's own, the gateway on the rest; ``clients``: the processes that send each burst.
-    ``setting``: a gateway setting (name, value) that
-    differs from the defaults in this run."""
+    ``setting``: a gateway setting (name, value) that differs from the defaults in this run;
+    ``timeout_s``: each call's deadline."""
     env = {
         "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
@@ -384,7 +402,16 @@ def run(
             for pid in descendants(served.pid):
                 pin_process(pid, triton)
         summary = asyncio.run(
-            measure(served.address, served.metrics_url, burst_factor, heavy_share, calls, bursts, clients)
+            measure(
+                served.address,
+                served.metrics_url,
+                burst_factor,
+                heavy_share,
+                calls,
+                bursts,
+                clients,
+                timeout_s,
+            )
         )
         summary["cores"] = {
             "load_generator": sorted(os.sched_getaffinity(0)),
@@ -394,6 +421,7 @@ def run(
     pin = server_cores is not None
     summary.update(max_in_flight=max_in_flight, adaptive=adaptive, pinned=pin, exit_code=served.exit_code)
     summary["clients"] = clients
+    summary["timeout_s"] = encodable_timeout(timeout_s)
     summary["setting"] = None if setting is None else "=".join(setting)
     cheap = summary["by_kind"]["cheap"]
     if cheap["admitted_p99_ms"] and summary["unloaded_p99_ms"]:
@@ -410,7 +438,8 @@ def report(summary: dict[str, Any]) -> None:
         mode += f", {summary['setting']}"
     print(
         f"[{mode}] capacity {summary['capacity']} (max_in_flight {summary['max_in_flight']}), "
-        f"{summary['calls']} calls at once × {summary['bursts']}; limit after: {summary['limit_after']:g}"
+        f"{summary['calls']} calls at once × {summary['bursts']} from {summary['clients']} process(es), "
+        f"deadline {summary['timeout_s']:g} s; limit after: {summary['limit_after']:g}"
     )
     print(
         f"  unloaded cheap p50/p99: {summary['unloaded_p50_ms']} / {summary['unloaded_p99_ms']} ms "
@@ -462,6 +491,13 @@ def main() -> list[dict[str, Any]]:
     )
     parser.add_argument("--bursts", type=int, default=1, help="bursts per server (their figures pooled)")
     parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=TIMEOUT_S,
+        help="each call's deadline; under 1 s gRPC sends it to the millisecond, so the gateway sees "
+        "any delay before the call was written (default %(default)s: it sees delays of 1 s or more)",
+    )
+    parser.add_argument(
         "--against",
         metavar="SETTING=VALUE",
         help="A/B: rounds alternating between the defaults and this gateway setting (e.g. "
@@ -486,6 +522,7 @@ def main() -> list[dict[str, Any]]:
             bursts=args.bursts,
             triton_cores=args.triton_cores,
             clients=args.clients,
+            timeout_s=args.timeout_s,
         )
     ]
     if args.compare:
@@ -502,6 +539,7 @@ def main() -> list[dict[str, Any]]:
                 args.bursts,
                 triton_cores=args.triton_cores,
                 clients=args.clients,
+                timeout_s=args.timeout_s,
             )
         )
     for summary in summaries:
@@ -531,6 +569,7 @@ def against(args: argparse.Namespace) -> list[dict[str, Any]]:
             (name, value) if other else None,
             args.triton_cores,
             args.clients,
+            args.timeout_s,
         )
         calls = calls or summary["calls"]
         summaries.append(summary)
