@@ -1,6 +1,6 @@
 """Domain errors → gRPC status codes, in one table, plus per-RPC metrics.
 
-Handlers raise `attnserve.errors` types and never touch status codes; this interceptor maps
+Handlers raise `attnserve.errors` types and never touch status codes; `ErrorMapping` maps
 them, counts every RPC by method/model/code and times it. An unexpected exception is logged
 with its traceback and answered INTERNAL with a short message; the server keeps serving.
 """
@@ -12,9 +12,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from attnserve.errors import (
     AttnserveError,
@@ -68,35 +70,48 @@ def retry_trailers(error: BaseException) -> tuple[tuple[str, str], ...]:
 
 
 ModelOf = Callable[[Any], str]
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMapping:
+    """Wraps each method of a service once, when the server is built: every call is counted,
+    timed and tracked, and any exception becomes its status.
+
+    Not a `grpc.aio.ServerInterceptor`: an interceptor runs per call, as coroutines that look the
+    handler up and build a new one, about 80 µs a call on this machine (a third of what a refused
+    call costs beyond grpc's own work); a method wrapped once costs nothing more per call.
+    """
+
     def __init__(self, metrics: GatewayMetrics, model_of: ModelOf) -> None:
         self.metrics = metrics
         self.model_of = model_of
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        if handler is None or not handler_call_details.method.startswith("/attnserve."):
-            return handler  # health, reflection: their own semantics
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+    def servicer(self, servicer: object, service: ServiceDescriptor) -> Any:
+        """``servicer`` with each of ``service``'s methods wrapped, to register in its place."""
+        methods: dict[str, Any] = {}
+        for method in service.methods:
+            behavior = getattr(servicer, method.name)
+            streams = method.client_streaming or method.server_streaming
+            methods[method.name] = (
+                self.stream(behavior, method.name) if streams else self.unary(behavior, method.name)
             )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return SimpleNamespace(**methods)
+
+    def unary(self, behavior: Unary, method: str) -> Unary:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with self._rpc(method, self.model_of(request), context):
+                return await behavior(request, context)
+
+        return unary
+
+    def stream(self, behavior: Stream, method: str) -> Stream:
+        async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with self._rpc(method, "", context):
+                async for response in behavior(request_iterator, context):
+                    yield response
+
+        return stream
 
     @contextlib.asynccontextmanager
     async def _rpc(self, method: str, model: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -127,25 +142,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             self.metrics.requests.labels("grpc", method, model, code.name).inc()
             self.metrics.request_seconds.labels("grpc", method, model).observe(time.perf_counter() - started)
 
-    def _wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str
-    ) -> Callable[..., Awaitable[Any]]:
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._rpc(method, self.model_of(request), context):
-                return await behavior(request, context)
-
-        return unary
-
-    def _wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str
-    ) -> Callable[..., AsyncIterator[Any]]:
-        async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with self._rpc(method, "", context):
-                async for response in behavior(request_iterator, context):
-                    yield response
-
-        return stream
-
 
 def _ignore_request(data: bytes) -> None:
     """The deserializer of a refused call: the request's bytes are never parsed."""
@@ -155,13 +151,15 @@ def _ignore_request(data: bytes) -> None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid API key before their request is decoded; health is open.
 
-    Installed inside `ErrorInterceptor`, so a refusal is counted and answered UNAUTHENTICATED.
+    The refusal goes through ``errors`` (`ErrorMapping`), so it is counted and answered
+    UNAUTHENTICATED like any other error.
     """
 
     OPEN = ("/grpc.health.v1.Health/",)
 
-    def __init__(self, keys: ApiKeys) -> None:
+    def __init__(self, keys: ApiKeys, errors: ErrorMapping) -> None:
         self.keys = keys
+        self.errors = errors
 
     async def intercept_service(
         self,
@@ -175,23 +173,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             self.keys.check(lambda name: metadata.get(name))
         except Unauthenticated as refusal:
-            return _refusing(handler, refusal)
+            method = handler_call_details.method.rsplit("/", 1)[-1]
+            return self._refusing(handler, refusal, method)
         return handler
 
+    def _refusing(
+        self, handler: grpc.RpcMethodHandler, refusal: Unauthenticated, method: str
+    ) -> grpc.RpcMethodHandler:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            raise refusal
 
-def _refusing(handler: grpc.RpcMethodHandler, refusal: Unauthenticated) -> grpc.RpcMethodHandler:
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise refusal
+        async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            raise refusal
+            yield  # an async generator, as the stream handler it replaces
 
-    async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        raise refusal
-        yield  # an async generator, as the stream handler it replaces
-
-    serializer = handler.response_serializer
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            stream, request_deserializer=_ignore_request, response_serializer=serializer
+        serializer = handler.response_serializer
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self.errors.stream(stream, method),
+                request_deserializer=_ignore_request,
+                response_serializer=serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            self.errors.unary(unary, method),
+            request_deserializer=_ignore_request,
+            response_serializer=serializer,
         )
-    return grpc.unary_unary_rpc_method_handler(
-        unary, request_deserializer=_ignore_request, response_serializer=serializer
-    )

@@ -23,12 +23,13 @@ from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ..gateway.core import GatewayCore
 from ..gateway.security import OPEN, Security
-from .interceptors import AuthInterceptor, ErrorInterceptor
+from .interceptors import AuthInterceptor, ErrorMapping
 from .servicer import AttentionService
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AttentionService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["AttentionService"]
+SERVICE_NAME = SERVICE.full_name
 REQUEST_OVERHEAD_BYTES = 4 * 2**20
 MAX_CONCURRENT_STREAMS = 128
 """Per connection; the in-flight cap (`max_in_flight`) still bounds the work across all."""
@@ -57,9 +58,10 @@ class GrpcFront:
     async def start(self) -> int:
         """Binds ``host:port`` (0: a free port), starts serving; returns the port."""
         limit = self.settings.max_message_bytes
-        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.core.metrics, self._model_of)]
+        errors = ErrorMapping(self.core.metrics, self._model_of)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
         if self.security.keys is not None:
-            interceptors.append(AuthInterceptor(self.security.keys))
+            interceptors.append(AuthInterceptor(self.security.keys, errors))
         # A request is an image (or a tensor) and a few options: gRPC refuses anything much larger
         # before parsing it, so oversized requests cost no memory (an image just over the limit
         # still gets the gateway's own clear message). Answers may be larger (UPSAMPLED maps).
@@ -83,7 +85,8 @@ class GrpcFront:
                 ("grpc.http.overload_protection", 1),
             ],
         )
-        pb_grpc.add_AttentionServiceServicer_to_server(AttentionService(self.core, limit), server)
+        servicer = errors.servicer(AttentionService(self.core, limit), SERVICE)
+        pb_grpc.add_AttentionServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
