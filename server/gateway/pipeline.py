@@ -416,7 +416,7 @@ class Pipeline:
                 f"model {model.name!r} has no version {shorten(request.model_version)}; "
                 f"served: {model.version} (or leave model_version empty)"
             )
-        if not may_draw(request, model.spec):
+        if queued_s is not None and not may_draw(request, model.spec):
             self.admission.check_wait(model.name, queued_s)
         return model
 

@@ -79,8 +79,9 @@ class ErrorMapping:
     timed and tracked, and any exception becomes its status.
 
     Not a `grpc.aio.ServerInterceptor`: an interceptor runs per call, as coroutines that look the
-    handler up and build a new one, about 80 µs a call on this machine (a third of what a refused
-    call costs beyond grpc's own work); a method wrapped once costs nothing more per call.
+    handler up and build a new one, 50–80 µs a call on the build machine, a quarter of what a
+    refused call cost beyond grpc's own work (docs/overload.md); a method wrapped once costs
+    nothing more per call.
     """
 
     def __init__(self, metrics: GatewayMetrics, model_of: ModelOf) -> None:
