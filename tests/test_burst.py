@@ -81,6 +81,8 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
     # the burst's calls state their timeout, and those that waited for the event loop longer than
     # the adaptive budget are refused for it (attnserve.queueing)
     assert summary["rejections_by_reason"].get("queued", 0) > 0, summary
+    # …and each such refusal says how long (burst reads it: every cheap call's wait)
+    assert summary["by_kind"]["cheap"]["waited_p50_p99_ms"][1] >= 2.0, summary
     assert summary["calls"] == 10 * summary["capacity"] and summary["bursts"] == 2
     assert sum(kind["sent"] for kind in summary["by_kind"].values()) == 2 * summary["calls"]
     check(summary, cheap_answered=False)

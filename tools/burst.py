@@ -37,6 +37,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import time
 import urllib.request
 from collections import Counter
@@ -107,6 +108,8 @@ def gauge(metrics_url: str, name: str) -> float:
 
 
 STAGES = ("preprocess", "inference", "postprocess")
+WAITED = re.compile(r"this call waited (\d+) ms before the gateway could take it up")
+"""A `queued` refusal's message (`Admission.check_wait`): the wait the gateway read."""
 PARTS = ("queued", "outside", *STAGES)
 Result = tuple[str, float, float | None, dict[str, float]]
 
@@ -115,7 +118,8 @@ async def call(stub: Any, request: pb.PredictRequest, timeout_s: float = TIMEOUT
     """One call: its code, its latency as the client saw it, the gateway's own total (s), and
     for an answer where the time went: how long it waited to be taken up as the gateway read it
     (``queued``), the gateway's stages, and what lay outside all of them (the transport, both
-    ends' encoding, and any wait the gateway could not see)."""
+    ends' encoding, and any wait the gateway could not see). A call refused for its wait has
+    ``queued`` alone, read from the refusal's message."""
     started = time.perf_counter()
     in_gateway, stages = None, {}
     try:
@@ -131,6 +135,8 @@ async def call(stub: Any, request: pb.PredictRequest, timeout_s: float = TIMEOUT
         code = exc.code().name
         if code not in ("RESOURCE_EXHAUSTED", "OK", "NOT_FOUND"):
             DETAILS[code] = exc.details() or ""
+        elif waited := WAITED.search(exc.details() or ""):
+            stages["queued"] = int(waited.group(1)) / 1e3
     seconds = time.perf_counter() - started
     if in_gateway is not None:
         stages["outside"] = seconds - in_gateway - stages.get("queued", 0.0)
@@ -284,6 +290,9 @@ async def measure(
             "admitted_gateway_p99_ms": percentile([t for _, _, t, _ in mine], 99),
             "admitted_stages_p99_ms": stages_p99(st for c, _, _, st in mine if c == "OK"),
             "refused_p99_ms": percentile(refused, 99),
+            # every call's wait before it was taken up, as far as the gateway could read it: with a
+            # deadline under 1 s, the load generator's own delay before the call was written too
+            "waited_p50_p99_ms": [percentile([st.get("queued") for *_, st in mine], q) for q in (50, 99)],
         }
     seen = sum(c == "RESOURCE_EXHAUSTED" for c, _, _, _ in results)
     return {
