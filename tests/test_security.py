@@ -205,3 +205,26 @@ def test_the_page_asks_for_the_key_and_then_works(pki: Path) -> None:
             browser.close()
     finally:
         thread.stop()
+
+
+def test_reflection_needs_the_key_too_and_its_refusal_is_unauthenticated(
+    secured: tuple[GatewayThread, FakeBackend], pki: Path
+) -> None:
+    """Every service but health needs the key; a refusal is mapped like any other error (not
+    UNKNOWN), whichever service it is for."""
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    thread, _ = secured
+    credentials = grpc.ssl_channel_credentials(
+        (pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes()
+    )
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.secure_channel(thread.address, credentials) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.ServerReflectionInfo(iter([listing]), timeout=10))
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED, refused.value
+        (answer,) = stub.ServerReflectionInfo(iter([listing]), timeout=10, metadata=(("x-api-key", KEY),))
+        services = {s.name for s in answer.list_services_response.service}
+        assert "attnserve.v1.AttentionService" in services, services
