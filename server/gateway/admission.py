@@ -258,11 +258,14 @@ class Admission:
         up (s), or None: no bound. See `attnserve.queueing`.
 
         With the adaptive limit: what is left of ``latency_tolerance`` × the model's no-load
-        latency once its predictions' recent latency is served, so that waiting and serving
-        together stay within the tolerance. Unloaded that is (tolerance − 1) × no-load; while a
-        burst slows the gateway (its refusals take the event loop from the admitted calls) it
-        shrinks, to no less than timer noise (`MIN_EXCESS_S`): a call taken up at once is
-        always admitted, so the recent latency keeps being measured and recovers.
+        latency once the call is served, so that waiting and serving together stay within the
+        tolerance. How slowly it will be served is the model's recent latency, and at least
+        no-load plus the wait itself: a call that waited W was taken up by an event loop W
+        behind, and the calls behind it keep the loop that far behind while the call is served
+        (at a burst's onset the recent latency is still the quiet one). Unloaded that allows
+        (tolerance − 1) × no-load / 2; while a burst slows the admitted calls it shrinks, to no
+        less than timer noise (`MIN_EXCESS_S`): a call taken up at once is always admitted, so
+        the recent latency keeps being measured and recovers.
         """
         if self.settings.max_queued_ms is not None:
             return self.settings.max_queued_ms / 1e3
@@ -271,8 +274,10 @@ class Admission:
         no_load = self.limit.no_load_s.get(model)
         if no_load is None:
             return None
+        allowed = self.settings.latency_tolerance * no_load
         serving = max(no_load, self.limit.recent_s.get(model, no_load))
-        return max(MIN_EXCESS_S, self.settings.latency_tolerance * no_load - serving)
+        # wait W + service max(serving, no_load + W) within the tolerance
+        return max(MIN_EXCESS_S, min(allowed - serving, (allowed - no_load) / 2))
 
     def check_wait(self, model: str, queued_s: float | None) -> None:
         """Refuses a prediction on ``model`` that waited longer before the gateway took it up
