@@ -113,8 +113,9 @@ class GatewaySettings(BaseModel):
         description="refuse (RESOURCE_EXHAUSTED, retry hint) a cheap prediction that waited longer "
         "than this between arriving and the gateway taking it up, as told by clients "
         "that send x-attnserve-timeout-ms with a deadline (attnserve's own do); default: with "
-        "adaptive_concurrency, latency_tolerance × the model's no-load latency less its recent "
-        "latency (at least 2 ms), else never",
+        "adaptive_concurrency, what latency_tolerance × the model's no-load latency leaves once "
+        "the call is served, at its recent latency and at least at no-load plus its own wait "
+        "(unloaded: (latency_tolerance - 1) × no-load / 2; at least 2 ms), else never",
     )
     min_in_flight: int | None = Field(
         None,

@@ -132,16 +132,21 @@ class ModelCatalog:
         if event is not None:
             event.set()
 
+    def paused_as(self, name: str | None) -> str | None:
+        """The model a call on ``name`` (None: the default) is for, when that model is paused;
+        None when it is not."""
+        resolved = name or self.default_model
+        return resolved if resolved is not None and resolved in self.paused else None
+
     async def wait_resumed(self, name: str | None, timeout_s: float, deadline_bound: bool) -> None:
         """Returns at once unless ``name`` is paused; then when it resumes, or raises after
         ``timeout_s`` (`DeadlineExceeded` when the caller's deadline set it, else
         `ModelNotReady`: retry)."""
-        resolved = name or self.default_model
-        event = None if resolved is None else self.paused.get(resolved)
-        if event is None:
+        resolved = self.paused_as(name)
+        if resolved is None:
             return
         try:
-            await asyncio.wait_for(event.wait(), timeout_s)
+            await asyncio.wait_for(self.paused[resolved].wait(), timeout_s)
         except TimeoutError:
             what = f"model {resolved!r} is being replaced by a new release"
             if deadline_bound:

@@ -288,26 +288,23 @@ class Pipeline:
         request_id = request_ids.bind(request.request_id)
         if request_id != request.request_id:
             request = dataclasses.replace(request, request_id=request_id)
-        if self.catalog.paused:
-            await self._wait_resumed(request.model, deadline_s)
+        if (paused := self.catalog.paused_as(request.model)) is not None:
+            await self._wait_resumed(paused, deadline_s)
         self.admission.enter()
         try:
             return await self._predict(request, started, deadline_s, response_limit_bytes, queued_s)
         finally:
             self.admission.leave()
 
-    async def _wait_resumed(self, model: str | None, deadline_s: float | None) -> None:
-        """A model being replaced (watch_repository): its calls wait for the new release within
-        their deadline, outside the in-flight cap, so that they do not crowd out the other
+    async def _wait_resumed(self, model: str, deadline_s: float | None) -> None:
+        """``model`` is being replaced (watch_repository): its calls wait for the new release
+        within their deadline, outside the in-flight cap, so that they do not crowd out the other
         models' calls meanwhile (they have a cap of their own, `Admission.waiting`)."""
-        resolved = model or self.catalog.default_model
-        if resolved not in self.catalog.paused:
-            return
         wait_s, bound = self.settings.triton_timeout_s, False
         if deadline_s is not None and deadline_s <= wait_s:
             wait_s, bound = deadline_s, True
-        with self.admission.waiting(resolved):
-            await self.catalog.wait_resumed(resolved, wait_s, bound)
+        with self.admission.waiting(model):
+            await self.catalog.wait_resumed(model, wait_s, bound)
 
     async def _predict(
         self,
