@@ -9,6 +9,7 @@ are printed, not asserted (docs/overload.md has them)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import select
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,34 @@ def test_the_server_and_the_load_generator_get_disjoint_cores() -> None:
     for impossible in (0, 4, 5):  # the load generator needs a core of its own, the server one
         with pytest.raises(SystemExit, match="1 to 3 of the 4 cores"):
             burst_tool.split_cores([0, 1, 2, 3], impossible)
+
+
+def test_the_load_generator_collects_its_garbage_only_between_timings() -> None:
+    """A full collection in the load generator paused its loop for 58 ms mid-burst (the fourth
+    server of every sequence); `gc_paused` keeps collections out of what is timed."""
+
+    class Cycle:
+        pass
+
+    enabled = gc.isenabled()
+    try:
+        gc.enable()
+        with burst_tool.gc_paused():
+            assert not gc.isenabled()
+            cycle = Cycle()
+            cycle.me = cycle  # type: ignore[attr-defined]
+            alive = weakref.ref(cycle)
+            del cycle
+            kept = [[] for _ in range(5_000)]  # enough new containers to trigger a collection, were it on
+            assert alive() is not None
+            del kept
+        assert gc.isenabled() and alive() is None  # collected once the timing ends
+        gc.disable()
+        with burst_tool.gc_paused():
+            pass
+        assert not gc.isenabled()  # as it was
+    finally:
+        (gc.enable if enabled else gc.disable)()
 
 
 def test_triton_and_the_gateway_can_get_cores_of_their_own_among_the_servers() -> None:

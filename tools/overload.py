@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from burst import SAMPLE, call, gauge, percentile  # noqa: E402
+from burst import SAMPLE, call, gauge, gc_paused, percentile  # noqa: E402
 
 from attnserve.demo import serving  # noqa: E402
 from attnserve.settings import Settings  # noqa: E402
@@ -38,40 +38,41 @@ async def measure(
     results: list[tuple[str, float, float | None]] = []
     limits: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.AttentionServiceStub(channel)
-        unloaded = [await call(stub, cheap) for _ in range(100)]
-        stop = time.perf_counter() + seconds
+        with gc_paused():  # the load generator's own pauses are not the server's latency
+            stub = pb_grpc.AttentionServiceStub(channel)
+            unloaded = [await call(stub, cheap) for _ in range(100)]
+            stop = time.perf_counter() + seconds
 
-        async def client() -> None:
-            while time.perf_counter() < stop:
-                result = await call(stub, cheap)
-                results.append(result)
-                if result[0] == "RESOURCE_EXHAUSTED":
-                    await asyncio.sleep(0.05)  # the retry hint's floor
+            async def client() -> None:
+                while time.perf_counter() < stop:
+                    result = await call(stub, cheap)
+                    results.append(result)
+                    if result[0] == "RESOURCE_EXHAUSTED":
+                        await asyncio.sleep(0.05)  # the retry hint's floor
 
-        async def open_loop() -> None:  # a call every 1/rate s, answered or not
-            pending = set()
-            interval = 1.0 / rate
-            next_at = time.perf_counter()
-            while (now := time.perf_counter()) < stop:
-                if now < next_at:
-                    await asyncio.sleep(next_at - now)
-                next_at += interval
-                task = asyncio.ensure_future(call(stub, cheap))
-                task.add_done_callback(lambda t: results.append(t.result()))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            await asyncio.gather(*pending)
+            async def open_loop() -> None:  # a call every 1/rate s, answered or not
+                pending = set()
+                interval = 1.0 / rate
+                next_at = time.perf_counter()
+                while (now := time.perf_counter()) < stop:
+                    if now < next_at:
+                        await asyncio.sleep(next_at - now)
+                    next_at += interval
+                    task = asyncio.ensure_future(call(stub, cheap))
+                    task.add_done_callback(lambda t: results.append(t.result()))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.gather(*pending)
 
-        async def watch() -> None:
-            while time.perf_counter() < stop:
-                await asyncio.sleep(0.5)
-                limits.append(gauge(metrics_url, "attnserve_concurrency_limit"))
+            async def watch() -> None:
+                while time.perf_counter() < stop:
+                    await asyncio.sleep(0.5)
+                    limits.append(gauge(metrics_url, "attnserve_concurrency_limit"))
 
-        if rate:
-            await asyncio.gather(watch(), open_loop())
-        else:
-            await asyncio.gather(watch(), *(client() for _ in range(clients)))
+            if rate:
+                await asyncio.gather(watch(), open_loop())
+            else:
+                await asyncio.gather(watch(), *(client() for _ in range(clients)))
     ok = [s for c, s, _, _ in results if c == "OK"]
     late = limits[len(limits) // 2 :]
     return {
