@@ -165,6 +165,12 @@ class GatewaySettings(BaseModel):
         "not handed to a worker thread (a hand-off costs more; under a burst it waits behind every "
         "refusal); 0: never",
     )
+    freeze_startup_objects: bool = Field(
+        True,
+        description="once started, keep every object then alive out of Python's full garbage "
+        "collections (gc.freeze), which otherwise stop the event loop for tens of milliseconds "
+        "(attnserve_gc_pause_seconds)",
+    )
     render_threads: int = Field(1, gt=0, description="threads for heavy requests (see max_heavy_in_flight)")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain: gRPC and HTTP over TLS")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")

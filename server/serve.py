@@ -21,6 +21,7 @@ from attnserve.settings import Settings
 
 from .app import Gateway
 from .gateway.allocator import return_large_blocks
+from .gateway.collector import PauseRecorder, freeze_startup
 from .triton import TritonProcess
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,18 @@ async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> No
                 "there are loaded, reloaded or unloaded while serving",
                 flush=True,
             )
+        metrics = gateway.core.metrics
+        if settings.gateway.freeze_startup_objects:
+            metrics.gc_frozen_objects.set(freeze_startup())
         supervisor = None if triton is None else TritonSupervisor(triton, settings, gateway)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            if supervisor is not None and not stop.is_set():
-                failure = await supervisor.check(stop)
-                if failure is not None:
-                    break
+        with PauseRecorder(metrics.gc_pause_seconds):
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                if supervisor is not None and not stop.is_set():
+                    failure = await supervisor.check(stop)
+                    if failure is not None:
+                        break
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

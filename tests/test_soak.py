@@ -28,3 +28,6 @@ def test_short_soak_loses_nothing_and_stays_flat() -> None:
     assert summary["rss_growth_mib"] < 50, summary
     assert summary["fds_range"][1] - summary["fds_range"][0] <= 8, summary
     assert summary["threads_range"][1] - summary["threads_range"][0] <= 8, summary
+    # startup's objects are out of the full collections' reach, and the pauses are measured
+    assert summary["gc_frozen_objects"] > 10_000, summary
+    assert summary["gc_pauses"]["0"]["count"] > 0, summary

@@ -20,10 +20,13 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from attnserve.bench.processes import status
 from attnserve.clients import Client
@@ -51,6 +54,24 @@ def triton_pid(grpc_port: int) -> int | None:
     return int(pids[0]) if pids else None
 
 
+def garbage_collection(metrics_url: str) -> dict[str, Any]:
+    """The gateway's garbage collector over the run: objects frozen after startup, and each
+    generation's pauses (count, total and mean ms; generation 2: full collections)."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    frozen, pauses = 0.0, {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "attnserve_gc_frozen_objects":
+                frozen = sample.value
+            elif sample.name in ("attnserve_gc_pause_seconds_count", "attnserve_gc_pause_seconds_sum"):
+                part = "count" if sample.name.endswith("count") else "total_ms"
+                value = sample.value if part == "count" else round(sample.value * 1e3, 1)
+                pauses.setdefault(sample.labels["generation"], {})[part] = value
+    for pause in pauses.values():
+        pause["mean_ms"] = round(pause["total_ms"] / pause["count"], 2) if pause["count"] else None
+    return {"gc_frozen_objects": frozen, "gc_pauses": dict(sorted(pauses.items()))}
+
+
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
@@ -65,7 +86,7 @@ def main() -> dict[str, Any]:
     lock = threading.Lock()
     samples: list[tuple[float, float, int, int]] = []
     kills = 0
-    with serving(Settings(), quiet=True) as served:
+    with serving(Settings(), quiet=True, gateway_metrics=True) as served:
         say(f"serving; {args.duration:.0f} s at {args.rate:.0f} req/s, {args.bad:.0%} junk")
         client = Client(served.address, timeout_s=30)
         rng = random.Random(0)
@@ -105,6 +126,8 @@ def main() -> dict[str, Any]:
                 pool.submit(one, data)
                 sent += 1
         client.close()
+        assert served.metrics_url is not None
+        collector = garbage_collection(served.metrics_url)
     exit_code = served.exit_code
 
     warm = [s for s in samples if s[0] >= 0.2 * args.duration]
@@ -120,9 +143,12 @@ def main() -> dict[str, Any]:
         "rss_growth_mib": round(samples[-1][1] - warm[0][1], 1) if warm else None,
         "fds_range": [min(s[2] for s in warm), max(s[2] for s in warm)] if warm else None,
         "threads_range": [min(s[3] for s in warm), max(s[3] for s in warm)] if warm else None,
+        **collector,
         "exit_code": exit_code,
     }
     say(f"outcomes: {dict(outcomes)}")
+    frozen = collector["gc_frozen_objects"]
+    say(f"garbage collection: {frozen:.0f} objects frozen; pauses by generation {collector['gc_pauses']}")
     say(
         f"gateway RSS {summary['rss_mib_after_warmup']} → {summary['rss_mib_end']} MiB after warm-up; "
         f"fds {summary['fds_range']}; threads {summary['threads_range']}; exit {exit_code}"

@@ -46,6 +46,20 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.gc_pause_seconds = Histogram(
+            "attnserve_gc_pause_seconds",
+            "Pauses of the gateway process for Python's cyclic garbage collector, by generation "
+            "(2: a full collection); the event loop serves nothing meanwhile",
+            ["generation"],
+            buckets=(0.0001, 0.00025, 0.0005, *_LATENCY_BUCKETS),
+            registry=self.registry,
+        )
+        self.gc_frozen_objects = Gauge(
+            "attnserve_gc_frozen_objects",
+            "Objects kept out of the garbage collector's full collections since startup "
+            "(freeze_startup_objects)",
+            registry=self.registry,
+        )
         self.predictions = Counter(
             "attnserve_predictions",
             "Images predicted (unary and streamed), by model",
