@@ -218,11 +218,11 @@ def client_process(
             stub = pb_grpc.AttentionServiceStub(channel)
             # connected before the first burst, with no call: the parent counts refusals from now on
             await asyncio.wait_for(channel.channel_ready(), TIMEOUT_S)
-            with gc_paused():
-                sent = await send_bursts(stub, requests(photo), kinds, bursts, pause_s, barrier, timeout_s)
+            sent = await send_bursts(stub, requests(photo), kinds, bursts, pause_s, barrier, timeout_s)
         return (*sent, dict(DETAILS))
 
-    return asyncio.run(main())
+    with gc_paused():  # the load generator's own pauses are not the server's latency
+        return asyncio.run(main())
 
 
 def from_processes(
@@ -266,39 +266,36 @@ async def measure(
 ) -> dict[str, Any]:
     request = requests(photo())
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        with gc_paused():  # the load generator's own pauses are not the server's latency
-            stub = pb_grpc.AttentionServiceStub(channel)
-            for _ in range(20):
-                await call(stub, request["cheap"], timeout_s)
-            unloaded = [await call(stub, request["cheap"], timeout_s) for _ in range(200)]
-            capacity = int(gauge(metrics_url, "attnserve_concurrency_limit"))
-            calls = calls or burst_factor * capacity
-            every = round(1 / heavy_share) if heavy_share else 0
-            kinds = ["heavy" if every and i % every == 0 else "cheap" for i in range(calls)]
+        stub = pb_grpc.AttentionServiceStub(channel)
+        for _ in range(20):
+            await call(stub, request["cheap"], timeout_s)
+        unloaded = [await call(stub, request["cheap"], timeout_s) for _ in range(200)]
+        capacity = int(gauge(metrics_url, "attnserve_concurrency_limit"))
+        calls = calls or burst_factor * capacity
+        every = round(1 / heavy_share) if heavy_share else 0
+        kinds = ["heavy" if every and i % every == 0 else "cheap" for i in range(calls)]
 
-            # the floor: the same burst, every call refused on arrival (an unknown model: nothing is
-            # decoded), so all it measures is the transport, the client and the gateway's front
-            unknown = {kind: pb.PredictRequest() for kind in request}
-            for kind, copy in unknown.items():
-                copy.CopyFrom(request[kind])
-                copy.model = "no-such-model"
-            floor = await asyncio.gather(*(call(stub, unknown[k], deadline(k, timeout_s)) for k in kinds))
+        # the floor: the same burst, every call refused on arrival (an unknown model: nothing is
+        # decoded), so all it measures is the transport, the client and the gateway's front
+        unknown = {kind: pb.PredictRequest() for kind in request}
+        for kind, copy in unknown.items():
+            copy.CopyFrom(request[kind])
+            copy.model = "no-such-model"
+        floor = await asyncio.gather(*(call(stub, unknown[k], deadline(k, timeout_s)) for k in kinds))
 
-            before = rejected(metrics_url)
-            pause = PAUSE_S if heavy_share else PAUSE_S / 5
-            if clients == 1:
-                results, kinds, walls = await send_bursts(
-                    stub, request, kinds, bursts, pause, None, timeout_s
-                )
-            else:
-                photo_bytes = request["heavy"].image
-                results, kinds, walls = from_processes(
-                    address, photo_bytes, kinds, bursts, pause, clients, timeout_s
-                )
-            wall = sum(walls)
-            by_reason = rejected(metrics_url) - before
-            counted = sum(by_reason.values())
-            limit_after = gauge(metrics_url, "attnserve_concurrency_limit")
+        before = rejected(metrics_url)
+        pause = PAUSE_S if heavy_share else PAUSE_S / 5
+        if clients == 1:
+            results, kinds, walls = await send_bursts(stub, request, kinds, bursts, pause, None, timeout_s)
+        else:
+            photo_bytes = request["heavy"].image
+            results, kinds, walls = from_processes(
+                address, photo_bytes, kinds, bursts, pause, clients, timeout_s
+            )
+        wall = sum(walls)
+        by_reason = rejected(metrics_url) - before
+        counted = sum(by_reason.values())
+        limit_after = gauge(metrics_url, "attnserve_concurrency_limit")
     by_kind: dict[str, Any] = {}
     for kind in ("cheap", "heavy"):
         mine = [r for r, k in zip(results, kinds, strict=True) if k == kind]
@@ -438,18 +435,19 @@ def run(
             pin_process(served.pid, gateway)
             for pid in descendants(served.pid):
                 pin_process(pid, triton)
-        summary = asyncio.run(
-            measure(
-                served.address,
-                served.metrics_url,
-                burst_factor,
-                heavy_share,
-                calls,
-                bursts,
-                clients,
-                timeout_s,
+        with gc_paused():  # the load generator's own pauses are not the server's latency
+            summary = asyncio.run(
+                measure(
+                    served.address,
+                    served.metrics_url,
+                    burst_factor,
+                    heavy_share,
+                    calls,
+                    bursts,
+                    clients,
+                    timeout_s,
+                )
             )
-        )
         summary["cores"] = {
             "load_generator": sorted(os.sched_getaffinity(0)),
             "server": sorted(os.sched_getaffinity(served.pid)),

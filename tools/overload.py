@@ -38,41 +38,40 @@ async def measure(
     results: list[tuple[str, float, float | None]] = []
     limits: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
-        with gc_paused():  # the load generator's own pauses are not the server's latency
-            stub = pb_grpc.AttentionServiceStub(channel)
-            unloaded = [await call(stub, cheap) for _ in range(100)]
-            stop = time.perf_counter() + seconds
+        stub = pb_grpc.AttentionServiceStub(channel)
+        unloaded = [await call(stub, cheap) for _ in range(100)]
+        stop = time.perf_counter() + seconds
 
-            async def client() -> None:
-                while time.perf_counter() < stop:
-                    result = await call(stub, cheap)
-                    results.append(result)
-                    if result[0] == "RESOURCE_EXHAUSTED":
-                        await asyncio.sleep(0.05)  # the retry hint's floor
+        async def client() -> None:
+            while time.perf_counter() < stop:
+                result = await call(stub, cheap)
+                results.append(result)
+                if result[0] == "RESOURCE_EXHAUSTED":
+                    await asyncio.sleep(0.05)  # the retry hint's floor
 
-            async def open_loop() -> None:  # a call every 1/rate s, answered or not
-                pending = set()
-                interval = 1.0 / rate
-                next_at = time.perf_counter()
-                while (now := time.perf_counter()) < stop:
-                    if now < next_at:
-                        await asyncio.sleep(next_at - now)
-                    next_at += interval
-                    task = asyncio.ensure_future(call(stub, cheap))
-                    task.add_done_callback(lambda t: results.append(t.result()))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                await asyncio.gather(*pending)
+        async def open_loop() -> None:  # a call every 1/rate s, answered or not
+            pending = set()
+            interval = 1.0 / rate
+            next_at = time.perf_counter()
+            while (now := time.perf_counter()) < stop:
+                if now < next_at:
+                    await asyncio.sleep(next_at - now)
+                next_at += interval
+                task = asyncio.ensure_future(call(stub, cheap))
+                task.add_done_callback(lambda t: results.append(t.result()))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
 
-            async def watch() -> None:
-                while time.perf_counter() < stop:
-                    await asyncio.sleep(0.5)
-                    limits.append(gauge(metrics_url, "attnserve_concurrency_limit"))
+        async def watch() -> None:
+            while time.perf_counter() < stop:
+                await asyncio.sleep(0.5)
+                limits.append(gauge(metrics_url, "attnserve_concurrency_limit"))
 
-            if rate:
-                await asyncio.gather(watch(), open_loop())
-            else:
-                await asyncio.gather(watch(), *(client() for _ in range(clients)))
+        if rate:
+            await asyncio.gather(watch(), open_loop())
+        else:
+            await asyncio.gather(watch(), *(client() for _ in range(clients)))
     ok = [s for c, s, _, _ in results if c == "OK"]
     late = limits[len(limits) // 2 :]
     return {
@@ -96,7 +95,8 @@ def run(adaptive: bool, clients: int, seconds: float, rate: float, tolerance: fl
     }
     with serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
         assert served.metrics_url is not None
-        summary = asyncio.run(measure(served.address, served.metrics_url, clients, seconds, rate))
+        with gc_paused():  # the load generator's own pauses are not the server's latency
+            summary = asyncio.run(measure(served.address, served.metrics_url, clients, seconds, rate))
     summary.update(adaptive=adaptive, tolerance=tolerance if adaptive else None, exit_code=served.exit_code)
     return summary
 
