@@ -137,7 +137,7 @@ tests:
         exp_alerts:
           - exp_labels: {{severity: warning}}
             exp_annotations:
-              summary: "The gateways reject 1 requests/s at their in-flight cap"
+              summary: "The gateways refuse 1 requests/s at admission (RESOURCE_EXHAUSTED / 429)"
       - eval_time: 15m
         alertname: AttnserveServerErrors
         exp_alerts:
@@ -267,6 +267,13 @@ def test_the_dashboard_has_the_wanted_panels() -> None:
         "attnserve_models_ready",
         "nv_inference_queue_duration_us",
         "nv_inference_compute_infer_duration_us",
+        # admission and the gateway process: why calls are refused, the limit, memory, GC pauses
+        "sum by (reason) (rate(attnserve_rejected_total",
+        "attnserve_concurrency_limit",
+        "attnserve_memory_reserved_bytes",
+        "sum by (le, generation) (rate(attnserve_gc_pause_seconds_bucket",
+        "attnserve_model_loads_total",
+        "attnserve_triton_restarts_total",
     ):
         assert wanted in exprs
     for quantile in ("0.5", "0.95", "0.99"):
