@@ -34,7 +34,7 @@ from ._common import (
     error_from_status,
     stream_requests,
 )
-from .retry import call_with_retry, call_with_retry_async
+from .retry import OVERLOAD_RETRIES, OverloadRetry, call_with_retry, call_with_retry_async
 from .slots import DEFAULT_MAX_CONCURRENT_CALLS, AsyncCallSlots, CallSlots
 
 _STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
@@ -54,7 +54,9 @@ class Client:
 
     At most ``max_concurrent_calls`` predictions are in flight at once on its connection; more
     wait for a slot within their deadline (`slots`), so that a burst is not refused by the
-    gateway's transport. Share one client between threads.
+    gateway's transport. A prediction the gateway refused as overloaded is sent again after the
+    pause the gateway asked for, up to ``overload_retries`` times within its deadline, and less
+    under a sustained overload (`retry.OverloadRetry`). Share one client between threads.
     """
 
     def __init__(
@@ -63,9 +65,11 @@ class Client:
         timeout_s: float | None = 30.0,
         credentials: Credentials = NO_CREDENTIALS,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        overload_retries: int = OVERLOAD_RETRIES,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.overload = OverloadRetry(overload_retries)
         self._slots = CallSlots(max_concurrent_calls)
         self._metadata = credentials.metadata()
         self._channel: grpc.Channel = credentials.channel(grpc, address)
@@ -74,13 +78,15 @@ class Client:
 
     def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         """One image (bytes, a path or a float32 tensor) → classes and attention (see `PredictOptions`).
-        A call the gateway's transport refused before seeing it is sent again (`retry`)."""
+        A call the gateway's transport refused before seeing it, or its admission refused with a
+        retry hint, is sent again (`retry`)."""
         request = build_request(image, **options)
         try:
             with self._slots.held(self.timeout_s) as timeout_s:
                 answer = call_with_retry(
                     lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout)),
                     timeout_s,
+                    self.overload,
                 )
             return prediction_from_proto(answer)
         except grpc.RpcError as exc:
@@ -154,8 +160,8 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client with the same methods as `Client`, as coroutines / async iterators, and
-    the same cap on predictions in flight."""
+    """asyncio client with the same methods as `Client`, as coroutines / async iterators, the
+    same cap on predictions in flight and the same retries."""
 
     def __init__(
         self,
@@ -163,9 +169,11 @@ class AsyncClient:
         timeout_s: float | None = 30.0,
         credentials: Credentials = NO_CREDENTIALS,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        overload_retries: int = OVERLOAD_RETRIES,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.overload = OverloadRetry(overload_retries)
         self._slots = AsyncCallSlots(max_concurrent_calls)
         self._metadata = credentials.metadata()
         self._channel: grpc.aio.Channel = credentials.channel(grpc.aio, address)
@@ -179,6 +187,7 @@ class AsyncClient:
                 answer = await call_with_retry_async(
                     lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout)),
                     timeout_s,
+                    self.overload,
                 )
             return prediction_from_proto(answer)
         except grpc.RpcError as exc:

@@ -1,20 +1,36 @@
-"""Sending a call again when the server's HTTP/2 transport refused its stream.
+"""Sending a call again: when the server's HTTP/2 transport refused its stream, and when the
+gateway's admission refused it with a retry hint.
 
-Under a burst of hundreds of calls on one connection, grpc-core's overload protection on the
-gateway can refuse a stream before the gateway sees the call (RST_STREAM REFUSED_STREAM, which
-gRPC reports as UNAVAILABLE "Received RST_STREAM with error code 7"). HTTP/2 defines that
-refusal as "not processed", so the call is safe to send again, even a non-idempotent one; gRPC's
-transparent retry does not cover it. Only that refusal is retried, with growing pauses drawn at
-random (calls refused together must not come back together), within the call's own deadline.
-Every other error, UNAVAILABLE from the gateway included, goes to the caller at once.
+**Refused streams.** Under a burst of hundreds of calls on one connection, grpc-core's overload
+protection on the gateway can refuse a stream before the gateway sees the call (RST_STREAM
+REFUSED_STREAM, which gRPC reports as UNAVAILABLE "Received RST_STREAM with error code 7").
+HTTP/2 defines that refusal as "not processed", so the call is safe to send again, even a
+non-idempotent one; gRPC's transparent retry does not cover it. It is retried with growing
+pauses drawn at random (calls refused together must not come back together), within the call's
+own deadline.
+
+**Admission refusals** (`OverloadRetry`). The gateway refuses what it cannot serve in time before
+doing any work on it (RESOURCE_EXHAUSTED), and says when to come back: the
+``grpc-retry-pushback-ms`` trailer, gRPC's own name for a server's retry hint. Such a call is
+sent again after the hint, stretched by a random factor of 1–2 (so that a burst's refusals come
+back spread over one more hint), at most ``retries`` times and within the call's deadline. A
+client's retries are throttled as gRPC's retry throttling does (gRFC A6): each refusal spends a
+token, each answer earns back ``token_ratio`` of one, and no call is sent again while half the
+tokens or fewer are left. A burst after quiet is retried; under a sustained overload the retries
+stop, at about one retry per ten answers, so that they do not add to it.
+
+Every other error, UNAVAILABLE from the gateway and a RESOURCE_EXHAUSTED without a hint (a
+message over the size limit) included, goes to the caller at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -26,6 +42,16 @@ MAX_PAUSE_S = 2.0
 """Pauses up to 50, 100, 200, 400, 800, 1600, 2000, 2000, 2000 ms, each drawn from 0 to its bound
 (4.6 s expected in all): a 2-core gateway takes 2–5 s to absorb 640 calls sent at once on one
 connection, and calls retried too soon are refused again."""
+
+PUSHBACK = "grpc-retry-pushback-ms"
+OVERLOAD_RETRIES = 3
+"""Times a call refused by admission with a retry hint is sent again, by default."""
+MAX_TOKENS = 200.0
+TOKEN_RATIO = 0.1
+REFILL_S = 10.0
+"""A quiet client may spend 100 refusals on retries at once (a burst of 40 calls sent again until
+answered takes about 90); under a sustained overload, about one retry per ten answers and ten a
+second (`RetryThrottle`)."""
 
 T = TypeVar("T")
 
@@ -45,27 +71,153 @@ def _remaining(deadline: float) -> float | None:
     return None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
 
 
-def call_with_retry(send: Callable[[float | None], T], timeout_s: float | None) -> T:
-    """``send(timeout)`` until it is not a refused stream (blocking)."""
-    deadline, pauses = _pauses(timeout_s)
-    for pause in pauses:
-        try:
-            return send(_remaining(deadline))
-        except grpc.RpcError as exc:
-            if not refused_stream(exc) or time.monotonic() + pause >= deadline:
-                raise
-        time.sleep(pause)
-    return send(_remaining(deadline))
+def pushback_s(error: grpc.RpcError) -> float | None:
+    """The gateway's retry hint on an admission refusal (s), or None: not one to send again."""
+    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == PUSHBACK:
+            try:
+                hint_ms = int(value)
+            except (TypeError, ValueError):
+                return None
+            return hint_ms / 1e3 if hint_ms >= 0 else None  # negative: "do not retry" (gRFC A6)
+    return None
 
 
-async def call_with_retry_async(send: Callable[[float | None], Awaitable[T]], timeout_s: float | None) -> T:
-    """``await send(timeout)`` until it is not a refused stream."""
-    deadline, pauses = _pauses(timeout_s)
-    for pause in pauses:
+class RetryThrottle:
+    """gRPC's retry throttling (gRFC A6), one per client and shared by its threads, with a refill
+    in time: ``max_tokens`` to start with; a refusal spends one, an answer earns back
+    ``token_ratio``, and every second earns back ``max_tokens / refill_s``; retries are allowed
+    while more than half are left. A6 counts only events, and this gateway refuses most of a
+    burst even when it is idle on average, so the time refill gives a client's allowance back
+    once its bursts have passed."""
+
+    def __init__(
+        self, max_tokens: float = MAX_TOKENS, token_ratio: float = TOKEN_RATIO, refill_s: float = REFILL_S
+    ) -> None:
+        if max_tokens <= 0 or token_ratio <= 0 or refill_s <= 0:
+            raise ValueError(
+                f"need max_tokens, token_ratio and refill_s > 0, got {max_tokens}, {token_ratio}, {refill_s}"
+            )
+        self.max_tokens, self.token_ratio, self.refill_s = max_tokens, token_ratio, refill_s
+        self.tokens = max_tokens
+        self.retried = 0
+        """Calls sent again after an admission refusal, so far."""
+        self._lock = threading.Lock()
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        earned = (now - self._at) * self.max_tokens / self.refill_s
+        self.tokens, self._at = min(self.max_tokens, self.tokens + earned), now
+
+    def refused(self) -> bool:
+        """A refusal: spends a token; whether a retry is allowed now."""
+        with self._lock:
+            self._refill()
+            self.tokens = max(0.0, self.tokens - 1.0)
+            return self.tokens > self.max_tokens / 2
+
+    def answered(self) -> None:
+        with self._lock:
+            self._refill()
+            self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+
+    def retrying(self) -> None:
+        with self._lock:
+            self.retried += 1
+
+
+@dataclass(frozen=True)
+class OverloadRetry:
+    """How a client sends again the calls the gateway's admission refused with a retry hint:
+    at most ``retries`` times a call (0: never), throttled by ``throttle``."""
+
+    retries: int = OVERLOAD_RETRIES
+    throttle: RetryThrottle = field(default_factory=RetryThrottle)
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"overload_retries must be at least 0, got {self.retries}")
+
+
+NO_OVERLOAD_RETRY = OverloadRetry(retries=0)
+
+
+class _Attempts:
+    """One call's attempts: its deadline, the pauses left for refused streams, its retries left
+    after admission refusals."""
+
+    def __init__(self, timeout_s: float | None, overload: OverloadRetry) -> None:
+        self.deadline, self.stream_pauses = _pauses(timeout_s)
+        self.overload, self.overload_left = overload, overload.retries
+
+    def remaining(self) -> float | None:
+        return _remaining(self.deadline)
+
+    def pause_after(self, error: grpc.RpcError) -> float | None:
+        """How long to wait before sending again after ``error``; None: raise it."""
+        stream = refused_stream(error)
+        if stream:
+            pause = self.stream_pauses.pop(0) if self.stream_pauses else None
+        else:
+            pause = self._overload_pause(error)
+        if pause is None or time.monotonic() + pause >= self.deadline:
+            return None
+        if not stream:
+            self.overload.throttle.retrying()
+        return pause
+
+    def _overload_pause(self, error: grpc.RpcError) -> float | None:
+        hint = pushback_s(error)
+        if hint is None or not self.overload.retries:
+            return None
+        allowed = self.overload.throttle.refused()  # every hinted refusal spends a token
+        if not (allowed and self.overload_left):
+            return None
+        self.overload_left -= 1
+        return hint * random.uniform(1.0, 2.0)
+
+    def answered(self) -> None:
+        if self.overload.retries:
+            self.overload.throttle.answered()
+
+
+def call_with_retry(
+    send: Callable[[float | None], T], timeout_s: float | None, overload: OverloadRetry = NO_OVERLOAD_RETRY
+) -> T:
+    """``send(timeout)`` until it is answered or fails for good (blocking)."""
+    attempts = _Attempts(timeout_s, overload)
+    while True:
         try:
-            return await send(_remaining(deadline))
+            answer = send(attempts.remaining())
         except grpc.RpcError as exc:
-            if not refused_stream(exc) or time.monotonic() + pause >= deadline:
+            pause = attempts.pause_after(exc)
+            if pause is None:
                 raise
-        await asyncio.sleep(pause)
-    return await send(_remaining(deadline))
+            time.sleep(pause)
+        else:
+            attempts.answered()
+            return answer
+
+
+async def call_with_retry_async(
+    send: Callable[[float | None], Awaitable[T]],
+    timeout_s: float | None,
+    overload: OverloadRetry = NO_OVERLOAD_RETRY,
+) -> T:
+    """``await send(timeout)`` until it is answered or fails for good."""
+    attempts = _Attempts(timeout_s, overload)
+    while True:
+        try:
+            answer = await send(attempts.remaining())
+        except grpc.RpcError as exc:
+            pause = attempts.pause_after(exc)
+            if pause is None:
+                raise
+            await asyncio.sleep(pause)
+        else:
+            attempts.answered()
+            return answer

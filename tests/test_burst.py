@@ -23,6 +23,7 @@ import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import grpc
 import h2.config
@@ -203,7 +204,9 @@ def test_640_calls_at_once_on_one_connection_are_answered_refused_or_refused_str
 
 async def client_burst(address: str, calls: int, max_concurrent_calls: int) -> Counter[str]:
     photo = burst_tool.photo()
-    async with AsyncClient(address, timeout_s=120, max_concurrent_calls=max_concurrent_calls) as client:
+    async with AsyncClient(  # refused streams only: admission refusals go to the caller here
+        address, timeout_s=120, max_concurrent_calls=max_concurrent_calls, overload_retries=0
+    ) as client:
         await client.predict(SAMPLE)
 
         async def one(i: int) -> str:
@@ -244,6 +247,51 @@ def test_attnserves_client_sends_refused_streams_again_so_a_640_call_burst_sees_
             assert set(outcomes) <= {"answered", "Overloaded"} and outcomes["answered"] > 0, outcomes
     assert resent[10_000] > 0  # the retry path was taken
     assert resent[DEFAULT_MAX_CONCURRENT_CALLS] * 10 <= resent[10_000], resent
+
+
+def rejections(metrics_url: str) -> float:
+    text = urlopen(metrics_url, timeout=10).read().decode()
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("attnserve_rejected_total{")
+    )
+
+
+async def retried_burst(address: str, calls: int, overload_retries: int) -> tuple[Counter[str], int]:
+    """``calls`` cheap predictions at once through one AsyncClient; their outcomes, and how many
+    the client sent again after an admission refusal."""
+    async with AsyncClient(address, timeout_s=10, overload_retries=overload_retries) as client:
+        for _ in range(20):  # the adaptive limit learns the no-load latency
+            await client.predict(SAMPLE, maps=["primary"])
+
+        async def one() -> str:
+            try:
+                await client.predict(SAMPLE, maps=["primary"])
+                return "answered"
+            except AttnserveError as exc:
+                return type(exc).__name__
+
+        outcomes = Counter(await asyncio.gather(*(one() for _ in range(calls))))
+        return outcomes, client.overload.throttle.retried
+
+
+def test_attnserves_client_sends_admission_refusals_again_so_a_burst_is_answered() -> None:
+    """Ten times the adaptive capacity at once through one AsyncClient. Without retries the
+    gateway answers the burst's front and refuses the rest at once (RESOURCE_EXHAUSTED with a
+    hint); by default the client sends each refused call again after the hint (1–2 × it, at most
+    3 times), and the burst is answered. The gateway counted every refusal: the ones the caller
+    saw and the ones sent again."""
+    env = {"ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": "true"}
+    with serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
+        assert served.metrics_url is not None
+        plain, none_sent = asyncio.run(retried_burst(served.address, 40, overload_retries=0))
+        before = rejections(served.metrics_url)
+        retried, sent_again = asyncio.run(retried_burst(served.address, 40, overload_retries=3))
+        counted = rejections(served.metrics_url) - before
+    print("without retries", dict(plain), "with", dict(retried), "sent again", sent_again)
+    assert none_sent == 0 and plain["Overloaded"] > 0 and set(plain) <= {"answered", "Overloaded"}, plain
+    assert set(retried) <= {"answered", "Overloaded"} and retried["answered"] >= 36, retried
+    assert retried["answered"] > plain["answered"] and sent_again > 0
+    assert counted == sent_again + retried["Overloaded"]
 
 
 def rss_mib(pid: int) -> float:

@@ -62,7 +62,7 @@ def test_a_call_that_waited_longer_than_allowed_is_refused_as_queued_and_counted
 ) -> None:
     thread = GatewayThread(gateway_settings(triton, max_queued_ms=100.0)).start()
     try:
-        with Client(thread.address) as client:
+        with Client(thread.address, overload_retries=0) as client:  # the refusals themselves
             client.wait_until_serving(60)
             answered = client.predict(DIGIT, maps=["primary"])  # no wait
             assert answered.predictions[0].label == "6"
@@ -105,3 +105,29 @@ def test_timeouts_are_rounded_down_to_what_grpc_sends_exactly() -> None:
     cases |= {1234.5: 1230.0, 54321.0: 54300.0, 200000.0: 198000.0}
     for timeout, expected in cases.items():
         assert encodable_timeout(timeout) == pytest.approx(expected)
+
+
+@pytest.mark.triton
+def test_attnserves_client_sends_a_refused_call_again_after_the_hint_and_it_is_answered(
+    triton: TritonSettings,
+) -> None:
+    """The refusal above, as an attnserve client meets it by default: the call is sent again
+    after the gateway's hint (``grpc-retry-pushback-ms``), once the loop has caught up, and
+    answered; the gateway counted the one refusal, the client the one retry."""
+    thread = GatewayThread(gateway_settings(triton, max_queued_ms=100.0)).start()
+    try:
+        with Client(thread.address) as client:
+            client.wait_until_serving(60)
+            client.predict(DIGIT, maps=["primary"])
+            busy_loop(thread, 0.4)
+            began = time.perf_counter()
+            answered = client.predict(DIGIT, maps=["primary"])
+            took = time.perf_counter() - began
+            assert answered.predictions[0].label == "6"
+            # refused after waiting ~0.35 s, sent again 1–2 hints later (at least 50 ms each)
+            assert 0.35 + 0.05 <= took < 5.0, took
+            assert (answered.timings.queued_ms or 0) < 100, answered.timings
+            assert client.overload.throttle.retried == 1
+        assert thread.gateway.core.metrics.rejected.labels("queued")._value.get() == 1
+    finally:
+        thread.stop()

@@ -83,7 +83,14 @@ def main() -> dict[str, Any]:
     payloads = bombs()
     say("bombs: " + ", ".join(f"{name} {len(data) / 1024:.0f} KiB" for name, (data, _) in payloads.items()))
     results: dict[str, Any] = {"alone": {}, "together": {}}
-    with serving(Settings(), quiet=True) as served, Client(served.address, timeout_s=120) as client:
+    with (
+        serving(Settings(), quiet=True) as served,
+        Client(
+            served.address,
+            timeout_s=120,
+            overload_retries=0,  # each bomb's own outcome: no retries
+        ) as client,
+    ):
         for _ in range(20):  # warm-up: every path once
             client.predict(SAMPLE, forms=EVERY_FORM)
         idle_mib, _ = memory_of(served.pid)
