@@ -2,12 +2,15 @@
 
 The same methods as the gRPC clients (`attnserve.clients.grpc`), the same answers (domain
 `Prediction`, and the proto `ListModelsResponse` / `ModelInfo`), the same errors. Requests are
-the proto messages' JSON mapping (the image base64), so tensors go over HTTP too.
+the proto messages' JSON mapping (the image base64), so tensors go over HTTP too. A prediction
+refused by the gateway's admission (429) is sent again after its hint (``Retry-After-Ms``, else
+``Retry-After``) as the gRPC clients do (`retry.OverloadRetry`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -33,6 +36,7 @@ from attnserve.prediction import Prediction
 from attnserve.v1 import attnserve_pb2 as pb
 
 from ._common import NO_CREDENTIALS, Credentials, ImageLike, PredictOptions, build_request, stream_requests
+from .retry import OVERLOAD_RETRIES, Attempts, OverloadRetry
 
 _ERRORS: dict[int, type[AttnserveError]] = {
     400: InvalidInput,
@@ -88,6 +92,25 @@ def _predict_call(message: pb.PredictRequest, timeout_s: float | None) -> tuple[
     return path, {"json": codec.message_to_json(message), "headers": headers}
 
 
+def retry_hint_s(response: httpx.Response) -> float | None:
+    """The gateway's retry hint on a 429 (s): ``Retry-After-Ms``, else ``Retry-After`` in
+    seconds; None: not a refusal to send again."""
+    if response.status_code != 429:
+        return None
+    for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            hint = float(response.headers[header]) * scale
+        except (KeyError, ValueError):  # absent, or Retry-After as an HTTP date
+            continue
+        return hint if math.isfinite(hint) and hint >= 0 else None
+    return None
+
+
+def _timeout(left_s: float | None) -> dict[str, Any]:
+    """A retry's httpx timeout: what is left of the call's deadline (the client's own otherwise)."""
+    return {} if left_s is None else {"timeout": max(left_s, 0.001)}
+
+
 def _json(response: httpx.Response) -> Any:
     if response.status_code != 200:
         raise error_from_response(response)
@@ -98,21 +121,39 @@ class HttpClient:
     """Blocking client. ``with HttpClient("http://127.0.0.1:8501") as client: client.predict(...)``."""
 
     def __init__(
-        self, base_url: str, timeout_s: float | None = 30.0, credentials: Credentials = NO_CREDENTIALS
+        self,
+        base_url: str,
+        timeout_s: float | None = 30.0,
+        credentials: Credentials = NO_CREDENTIALS,
+        overload_retries: int = OVERLOAD_RETRIES,
     ) -> None:
         self.address = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.overload = OverloadRetry(overload_retries)
         self._http = httpx.Client(base_url=self.address, timeout=timeout_s, **_transport_options(credentials))
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return _json(self._http.request(method, path, **kwargs))
+            return self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise _unreachable(self.address, exc) from None
 
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _json(self._send(method, path, **kwargs))
+
     def _predict(self, message: pb.PredictRequest) -> Prediction:
-        path, options = _predict_call(message, self.timeout_s)
-        return codec.prediction_from_json(self._call("POST", path, **options))
+        attempts = Attempts(self.timeout_s, self.overload)
+        while True:
+            left = attempts.remaining()
+            path, options = _predict_call(message, left)
+            response = self._send("POST", path, **options, **_timeout(left))
+            pause = attempts.pause_after_refusal(retry_hint_s(response))
+            if pause is None:
+                break
+            time.sleep(pause)
+        if response.status_code == 200:
+            attempts.answered()
+        return codec.prediction_from_json(_json(response))
 
     def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         """One image (bytes, a path or a float32 tensor) → classes and attention (see `PredictOptions`)."""
@@ -169,23 +210,41 @@ class AsyncHttpClient:
     """The asyncio twin of `HttpClient`."""
 
     def __init__(
-        self, base_url: str, timeout_s: float | None = 30.0, credentials: Credentials = NO_CREDENTIALS
+        self,
+        base_url: str,
+        timeout_s: float | None = 30.0,
+        credentials: Credentials = NO_CREDENTIALS,
+        overload_retries: int = OVERLOAD_RETRIES,
     ) -> None:
         self.address = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.overload = OverloadRetry(overload_retries)
         self._http = httpx.AsyncClient(
             base_url=self.address, timeout=timeout_s, **_transport_options(credentials)
         )
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return _json(await self._http.request(method, path, **kwargs))
+            return await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise _unreachable(self.address, exc) from None
 
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _json(await self._send(method, path, **kwargs))
+
     async def _predict(self, message: pb.PredictRequest) -> Prediction:
-        path, options = _predict_call(message, self.timeout_s)
-        return codec.prediction_from_json(await self._call("POST", path, **options))
+        attempts = Attempts(self.timeout_s, self.overload)
+        while True:
+            left = attempts.remaining()
+            path, options = _predict_call(message, left)
+            response = await self._send("POST", path, **options, **_timeout(left))
+            pause = attempts.pause_after_refusal(retry_hint_s(response))
+            if pause is None:
+                break
+            await asyncio.sleep(pause)
+        if response.status_code == 200:
+            attempts.answered()
+        return codec.prediction_from_json(_json(response))
 
     async def predict(self, image: ImageLike, **options: Unpack[PredictOptions]) -> Prediction:
         return await self._predict(build_request(image, **options))

@@ -146,7 +146,7 @@ class OverloadRetry:
 NO_OVERLOAD_RETRY = OverloadRetry(retries=0)
 
 
-class _Attempts:
+class Attempts:
     """One call's attempts: its deadline, the pauses left for refused streams, its retries left
     after admission refusals."""
 
@@ -159,26 +159,25 @@ class _Attempts:
 
     def pause_after(self, error: grpc.RpcError) -> float | None:
         """How long to wait before sending again after ``error``; None: raise it."""
-        stream = refused_stream(error)
-        if stream:
-            pause = self.stream_pauses.pop(0) if self.stream_pauses else None
-        else:
-            pause = self._overload_pause(error)
-        if pause is None or time.monotonic() + pause >= self.deadline:
-            return None
-        if not stream:
-            self.overload.throttle.retrying()
-        return pause
+        if not refused_stream(error):
+            return self.pause_after_refusal(pushback_s(error))
+        pause = self.stream_pauses.pop(0) if self.stream_pauses else None
+        return None if pause is None or time.monotonic() + pause >= self.deadline else pause
 
-    def _overload_pause(self, error: grpc.RpcError) -> float | None:
-        hint = pushback_s(error)
-        if hint is None or not self.overload.retries:
+    def pause_after_refusal(self, hint_s: float | None) -> float | None:
+        """How long to wait before sending again after an admission refusal whose retry hint is
+        ``hint_s`` (None: it gave none, not to be sent again); None: give up."""
+        if hint_s is None or not self.overload.retries:
             return None
         allowed = self.overload.throttle.refused()  # every hinted refusal spends a token
         if not (allowed and self.overload_left):
             return None
+        pause = hint_s * random.uniform(1.0, 2.0)
+        if time.monotonic() + pause >= self.deadline:
+            return None
         self.overload_left -= 1
-        return hint * random.uniform(1.0, 2.0)
+        self.overload.throttle.retrying()
+        return pause
 
     def answered(self) -> None:
         if self.overload.retries:
@@ -189,7 +188,7 @@ def call_with_retry(
     send: Callable[[float | None], T], timeout_s: float | None, overload: OverloadRetry = NO_OVERLOAD_RETRY
 ) -> T:
     """``send(timeout)`` until it is answered or fails for good (blocking)."""
-    attempts = _Attempts(timeout_s, overload)
+    attempts = Attempts(timeout_s, overload)
     while True:
         try:
             answer = send(attempts.remaining())
@@ -209,7 +208,7 @@ async def call_with_retry_async(
     overload: OverloadRetry = NO_OVERLOAD_RETRY,
 ) -> T:
     """``await send(timeout)`` until it is answered or fails for good."""
-    attempts = _Attempts(timeout_s, overload)
+    attempts = Attempts(timeout_s, overload)
     while True:
         try:
             answer = await send(attempts.remaining())

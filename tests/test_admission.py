@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -15,6 +16,8 @@ import pytest
 from PIL import Image
 from prometheus_client import generate_latest
 
+from attnserve.clients import Client, HttpClient
+from attnserve.clients.http import retry_hint_s
 from attnserve.errors import Overloaded, TooLarge
 from attnserve.export.models import create_model, get_spec, serving_spec
 from attnserve.prediction import MapForm, PredictionRequest
@@ -262,8 +265,69 @@ def test_a_refusal_carries_a_retry_hint_on_grpc_and_http_and_is_counted_once(gat
     trailers = dict(refusal.value.trailing_metadata())
     assert 50 <= int(trailers["grpc-retry-pushback-ms"]) <= 10_000
     assert response.status_code == 429 and response.headers["retry-after"] == "1"
+    assert 50 <= int(response.headers["retry-after-ms"]) <= 10_000  # the hint itself
     metrics = generate_latest(thread.gateway.core.metrics.registry).decode()
     assert 'attnserve_rejected_total{reason="in_flight"} 2.0' in metrics
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_attnserves_clients_send_a_refused_call_again_after_the_hint(gated: object, transport: str) -> None:
+    """The cap is full; an attnserve client's call is refused (with a hint), sent again after it
+    while the cap is still full, refused again, and answered once a slot frees. The gateway
+    counted each refusal, the client each retry; with retries off the caller gets the refusal."""
+    thread, backend = gated  # type: ignore[misc]
+    gate = asyncio.Event()
+    backend.gate = gate
+    rejected = thread.gateway.core.metrics.rejected.labels("in_flight")
+    client_type = Client if transport == "grpc" else HttpClient
+    address = thread.address if transport == "grpc" else thread.http_url
+    with grpc.insecure_channel(thread.address) as channel, client_type(address, timeout_s=10) as client:
+        stub = pb_grpc.AttentionServiceStub(channel)
+        waiting = [stub.Predict.future(pb.PredictRequest(image=png(64, 64)), timeout=30) for _ in range(2)]
+        time.sleep(0.3)
+        before = rejected._value.get()
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(client.predict, png(64, 64))
+            deadline = time.monotonic() + 5
+            while rejected._value.get() < before + 2 and time.monotonic() < deadline:
+                time.sleep(0.005)  # refused, sent again, refused again
+            thread.loop.call_soon_threadsafe(gate.set)
+            assert answer.result(timeout=10).predictions
+        assert all(call.result().predictions for call in waiting)
+        refusals = rejected._value.get() - before
+        assert 2 <= refusals <= 3 and client.overload.throttle.retried == refusals
+    backend.gate = None
+    with client_type(address, timeout_s=10, overload_retries=0) as plain:
+        gate = asyncio.Event()
+        backend.gate = gate
+        with grpc.insecure_channel(thread.address) as channel:
+            stub = pb_grpc.AttentionServiceStub(channel)
+            waiting = [
+                stub.Predict.future(pb.PredictRequest(image=png(64, 64)), timeout=30) for _ in range(2)
+            ]
+            time.sleep(0.3)
+            with pytest.raises(Overloaded, match="in flight"):
+                plain.predict(png(64, 64))
+            thread.loop.call_soon_threadsafe(gate.set)
+            assert all(call.result().predictions for call in waiting)
+        backend.gate = None
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "hint"),
+    [
+        (429, {"Retry-After-Ms": "75", "Retry-After": "1"}, 0.075),  # the precise hint first
+        (429, {"Retry-After": "2"}, 2.0),  # another server: whole seconds
+        (429, {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, None),  # a date: not read
+        (429, {}, None),
+        (429, {"Retry-After-Ms": "-5"}, None),
+        (503, {"Retry-After": "1"}, None),  # only admission refusals are sent again
+    ],
+)
+def test_the_http_clients_read_the_retry_hint(
+    status: int, headers: dict[str, str], hint: float | None
+) -> None:
+    assert retry_hint_s(httpx.Response(status, headers=headers)) == hint
 
 
 def test_a_request_asks_its_render_size(gated: object) -> None:

@@ -45,7 +45,8 @@ STATUS_MEANING: dict[int, str] = {
     404: "no model of that name is served",
     413: "the body, the image or the answer asked for exceeds a limit",
     415: "the body or the image is of a type the gateway does not read",
-    429: "too many requests in flight; retry shortly",
+    429: "refused by admission before any work (too many requests in flight, a late call, no memory "
+    "left); retry after Retry-After-Ms",
     503: "the model or Triton cannot serve now",
     504: "the deadline (X-Request-Timeout) passed before the answer was ready",
 }
@@ -64,6 +65,10 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def error_headers(error: BaseException) -> dict[str, str]:
-    """``Retry-After`` (whole seconds, at least 1) on a refusal that carries a retry hint."""
+    """On a refusal that carries a retry hint: ``Retry-After`` (whole seconds, at least 1, as HTTP
+    defines it) and ``Retry-After-Ms``, the hint itself (as gRPC's ``grpc-retry-pushback-ms``;
+    the header OpenAI's and Azure's clients read too): a hint of 50 ms is not one of 1 s."""
     retry = error.retry_after_s if isinstance(error, Overloaded) else None
-    return {} if retry is None else {"Retry-After": str(max(1, math.ceil(retry)))}
+    if retry is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(retry))), "Retry-After-Ms": str(max(0, round(retry * 1e3)))}

@@ -101,14 +101,29 @@ def _query_parameter(name: str, option: OptionField, schemas: _Schemas) -> dict[
     return parameter
 
 
+_RETRY_HEADERS = {
+    "Retry-After": {
+        "description": "when to retry, in whole seconds (at least 1)",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "Retry-After-Ms": {
+        "description": "the gateway's retry hint in milliseconds (as gRPC's grpc-retry-pushback-ms)",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {
+    responses: dict[str, Any] = {
         str(status): {
             "description": STATUS_MEANING[status],
             "content": {"application/json": {"schema": _ref("HttpError")}},
         }
         for status in statuses
     }
+    if "429" in responses:
+        responses["429"]["headers"] = _RETRY_HEADERS
+    return responses
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
