@@ -49,9 +49,10 @@ OVERLOAD_RETRIES = 3
 MAX_TOKENS = 200.0
 TOKEN_RATIO = 0.1
 REFILL_S = 10.0
+QUIET_S = 1.0
 """A quiet client may spend 100 refusals on retries at once (a burst of 40 calls sent again until
-answered takes about 90); under a sustained overload, about one retry per ten answers and ten a
-second (`RetryThrottle`)."""
+answered takes about 90), and has them back after 1 s without a refusal and 10 s more; while it
+is refused now and then, about one retry per ten answers (`RetryThrottle`)."""
 
 T = TypeVar("T")
 
@@ -88,11 +89,13 @@ def pushback_s(error: grpc.RpcError) -> float | None:
 
 class RetryThrottle:
     """gRPC's retry throttling (gRFC A6), one per client and shared by its threads, with a refill
-    in time: ``max_tokens`` to start with; a refusal spends one, an answer earns back
-    ``token_ratio``, and every second earns back ``max_tokens / refill_s``; retries are allowed
-    while more than half are left. A6 counts only events, and this gateway refuses most of a
-    burst even when it is idle on average, so the time refill gives a client's allowance back
-    once its bursts have passed."""
+    in quiet time: ``max_tokens`` to start with; a refusal spends one, an answer earns back
+    ``token_ratio``, and every second without a refusal, once ``QUIET_S`` have passed since the
+    last, earns back ``max_tokens / refill_s``; retries are allowed while more than half are left.
+    A6 counts only events, and this gateway refuses most of a burst even when it is idle on
+    average, so the quiet refill gives a client its allowance back once its burst has passed.
+    It is quiet time, not any time: a client refused now and then all along (a sustained
+    overload, however few calls it sends) earns back only what its answers earn."""
 
     def __init__(
         self, max_tokens: float = MAX_TOKENS, token_ratio: float = TOKEN_RATIO, refill_s: float = REFILL_S
@@ -106,11 +109,12 @@ class RetryThrottle:
         self.retried = 0
         """Calls sent again after an admission refusal, so far."""
         self._lock = threading.Lock()
-        self._at = time.monotonic()
+        self._at = self._refused_at = time.monotonic()
 
     def _refill(self) -> None:
         now = time.monotonic()
-        earned = (now - self._at) * self.max_tokens / self.refill_s
+        quiet_since = max(self._at, self._refused_at + QUIET_S)
+        earned = max(0.0, now - quiet_since) * self.max_tokens / self.refill_s
         self.tokens, self._at = min(self.max_tokens, self.tokens + earned), now
 
     def refused(self) -> bool:
@@ -118,6 +122,7 @@ class RetryThrottle:
         with self._lock:
             self._refill()
             self.tokens = max(0.0, self.tokens - 1.0)
+            self._refused_at = time.monotonic()
             return self.tokens > self.max_tokens / 2
 
     def answered(self) -> None:

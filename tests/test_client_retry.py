@@ -144,11 +144,16 @@ def test_retries_are_throttled_under_a_sustained_overload_and_come_back_with_ans
     for _ in range(5):  # answers earn tokens back: 4 + 5 × 0.5 = 6.5, so the next refusal leaves 5.5
         retry.call_with_retry(flaky([], []), 30.0, policy)
     assert retry.call_with_retry(flaky([overloaded("1")], []), 30.0, policy) == "answer"
-    # and time: a client whose bursts have passed gets its allowance back (max_tokens / refill_s a second)
+    # and quiet time: a client whose burst has passed gets its allowance back, max_tokens / refill_s
+    # a second once QUIET_S have passed without a refusal
     throttle.refill_s, throttle.tokens = 10.0, 0.0
-    throttle._at -= 4.0  # 4 s ago: 4 tokens back
+    now = time.monotonic()
+    throttle._at = throttle._refused_at = now - 5.0  # refused 5 s ago: 4 quiet seconds, 4 tokens
     assert not throttle.refused() and throttle.tokens == pytest.approx(3.0, abs=0.01)
-    throttle._at -= 60.0  # never above max_tokens
+    throttle._at = throttle._refused_at = time.monotonic() - 0.9  # refused all along: nothing back
+    throttle.answered()
+    assert throttle.tokens == pytest.approx(3.5, abs=0.01)
+    throttle._at = throttle._refused_at = time.monotonic() - 100.0  # never above max_tokens
     throttle.answered()
     assert throttle.tokens == pytest.approx(10.0)
     with pytest.raises(ValueError, match="> 0"):
