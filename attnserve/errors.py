@@ -39,16 +39,28 @@ class ModelNotReady(AttnserveError):
     """The model exists but cannot serve now (loading, or its Triton instance is down)."""
 
 
+RETRY_PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
+"""gRPC's server push-back trailer (gRFC A6): when a retry may be admitted, in milliseconds."""
+RETRY_AFTER_MS_HEADER = "Retry-After-Ms"
+"""The same hint over HTTP, beside ``Retry-After`` (which counts whole seconds)."""
+
+
 class Overloaded(AttnserveError):
     """Too many requests in flight, or not enough memory free for this one; retry later.
 
     ``retry_after_s`` is the gateway's hint of when a retry may be admitted (gRPC's
-    ``grpc-retry-pushback-ms`` trailer, HTTP's ``Retry-After``).
+    ``grpc-retry-pushback-ms`` trailer, HTTP's ``Retry-After-Ms`` and ``Retry-After``); attnserve's
+    clients send the call again after it (`attnserve.clients.retry`).
     """
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        """The hint in whole milliseconds (at least 1), as it travels."""
+        return None if self.retry_after_s is None else max(1, round(self.retry_after_s * 1e3))
 
 
 class UpstreamError(AttnserveError):

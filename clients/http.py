@@ -21,6 +21,7 @@ import httpx
 
 from attnserve import codec
 from attnserve.errors import (
+    RETRY_AFTER_MS_HEADER,
     AttnserveError,
     DeadlineExceeded,
     InvalidInput,
@@ -97,7 +98,7 @@ def retry_hint_s(response: httpx.Response) -> float | None:
     seconds; None: not a refusal to send again."""
     if response.status_code != 429:
         return None
-    for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+    for header, scale in ((RETRY_AFTER_MS_HEADER, 1e-3), ("Retry-After", 1.0)):
         try:
             hint = float(response.headers[header]) * scale
         except (KeyError, ValueError):  # absent, or Retry-After as an HTTP date

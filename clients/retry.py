@@ -35,6 +35,8 @@ from typing import TypeVar
 
 import grpc
 
+from attnserve.errors import RETRY_PUSHBACK_TRAILER
+
 REFUSED_STREAM = "RST_STREAM with error code 7"
 ATTEMPTS = 10
 FIRST_PAUSE_S = 0.05
@@ -43,7 +45,6 @@ MAX_PAUSE_S = 2.0
 (4.6 s expected in all): a 2-core gateway takes 2–5 s to absorb 640 calls sent at once on one
 connection, and calls retried too soon are refused again."""
 
-PUSHBACK = "grpc-retry-pushback-ms"
 OVERLOAD_RETRIES = 3
 """Times a call refused by admission with a retry hint is sent again, by default."""
 MAX_TOKENS = 200.0
@@ -78,7 +79,7 @@ def pushback_s(error: grpc.RpcError) -> float | None:
         return None
     trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in trailers or ():
-        if key == PUSHBACK:
+        if key == RETRY_PUSHBACK_TRAILER:
             try:
                 hint_ms = int(value)
             except (TypeError, ValueError):

@@ -23,7 +23,6 @@ import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 import grpc
 import h2.config
@@ -249,13 +248,6 @@ def test_attnserves_client_sends_refused_streams_again_so_a_640_call_burst_sees_
     assert resent[DEFAULT_MAX_CONCURRENT_CALLS] * 10 <= resent[10_000], resent
 
 
-def rejections(metrics_url: str) -> float:
-    text = urlopen(metrics_url, timeout=10).read().decode()
-    return sum(
-        float(line.split()[-1]) for line in text.splitlines() if line.startswith("attnserve_rejected_total{")
-    )
-
-
 async def retried_burst(address: str, calls: int, overload_retries: int) -> tuple[Counter[str], int]:
     """``calls`` cheap predictions at once through one AsyncClient; their outcomes, and how many
     the client sent again after an admission refusal."""
@@ -284,9 +276,9 @@ def test_attnserves_client_sends_admission_refusals_again_so_a_burst_is_answered
     with serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
         assert served.metrics_url is not None
         plain, none_sent = asyncio.run(retried_burst(served.address, 40, overload_retries=0))
-        before = rejections(served.metrics_url)
+        before = sum(burst_tool.rejected(served.metrics_url).values())
         retried, sent_again = asyncio.run(retried_burst(served.address, 40, overload_retries=3))
-        counted = rejections(served.metrics_url) - before
+        counted = sum(burst_tool.rejected(served.metrics_url).values()) - before
     print("without retries", dict(plain), "with", dict(retried), "sent again", sent_again)
     assert none_sent == 0 and plain["Overloaded"] > 0 and set(plain) <= {"answered", "Overloaded"}, plain
     assert set(retried) <= {"answered", "Overloaded"} and retried["answered"] >= 36, retried

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from attnserve.errors import (
+    RETRY_PUSHBACK_TRAILER,
     AttnserveError,
     DeadlineExceeded,
     InvalidInput,
@@ -59,14 +60,10 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-RETRY_PUSHBACK = "grpc-retry-pushback-ms"
-"""gRPC's server push-back trailer (gRFC A6): when a retry may be admitted."""
-
-
 def retry_trailers(error: BaseException) -> tuple[tuple[str, str], ...]:
     """The trailing metadata of a refusal that carries a retry hint."""
-    retry = error.retry_after_s if isinstance(error, Overloaded) else None
-    return () if retry is None else ((RETRY_PUSHBACK, str(max(1, round(retry * 1e3)))),)
+    retry_ms = error.retry_after_ms if isinstance(error, Overloaded) else None
+    return () if retry_ms is None else ((RETRY_PUSHBACK_TRAILER, str(retry_ms)),)
 
 
 ModelOf = Callable[[Any], str]

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from attnserve.errors import (
+    RETRY_AFTER_MS_HEADER,
     AttnserveError,
     DeadlineExceeded,
     InvalidInput,
@@ -68,7 +69,7 @@ def error_headers(error: BaseException) -> dict[str, str]:
     """On a refusal that carries a retry hint: ``Retry-After`` (whole seconds, at least 1, as HTTP
     defines it) and ``Retry-After-Ms``, the hint itself (as gRPC's ``grpc-retry-pushback-ms``;
     the header OpenAI's and Azure's clients read too): a hint of 50 ms is not one of 1 s."""
-    retry = error.retry_after_s if isinstance(error, Overloaded) else None
-    if retry is None:
+    if not isinstance(error, Overloaded) or error.retry_after_s is None:
         return {}
-    return {"Retry-After": str(max(1, math.ceil(retry))), "Retry-After-Ms": str(max(0, round(retry * 1e3)))}
+    seconds = max(1, math.ceil(error.retry_after_s))
+    return {"Retry-After": str(seconds), RETRY_AFTER_MS_HEADER: str(error.retry_after_ms)}

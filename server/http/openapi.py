@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from attnserve import __version__
+from attnserve.errors import RETRY_AFTER_MS_HEADER
 from attnserve.v1 import attnserve_pb2 as pb
 
 from .errors import STATUS_MEANING
@@ -106,7 +107,7 @@ _RETRY_HEADERS = {
         "description": "when to retry, in whole seconds (at least 1)",
         "schema": {"type": "integer", "minimum": 1},
     },
-    "Retry-After-Ms": {
+    RETRY_AFTER_MS_HEADER: {
         "description": "the gateway's retry hint in milliseconds (as gRPC's grpc-retry-pushback-ms)",
         "schema": {"type": "integer", "minimum": 0},
     },
