@@ -28,9 +28,10 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """As a shell starts a job: the leader of its own process group, in this session."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "attnserve", *args], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "attnserve", *args], stdout=out, stderr=subprocess.STDOUT, process_group=0
         )
 
 
@@ -65,12 +66,29 @@ def start_serving(
     return process, grpc_port, address, log
 
 
+def autogroup(pid: int) -> str | None:
+    """The scheduler's group of ``pid``'s session (``CONFIG_SCHED_AUTOGROUP``), where it has one."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except OSError:
+        return None
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
     process, grpc_port, address, log = start_serving(tmp_path)
     with Client(address) as client:
         assert client.predict(Path("docs/samples/digit.png").resolve()).predictions
-    process.send_signal(stop_signal)
+    triton = triton_pid(grpc_port)
+    # Triton leads a process group of its own, so a terminal's Ctrl-C reaches only the gateway,
+    # but it stays in serve's session: the kernel shares a core between sessions, not threads
+    assert os.getpgid(triton) == triton != os.getpgid(process.pid)
+    assert os.getsid(triton) == os.getsid(process.pid)
+    assert autogroup(triton) == autogroup(process.pid)
+    if stop_signal == signal.SIGINT:
+        os.killpg(process.pid, stop_signal)  # as a terminal's Ctrl-C: the whole foreground group
+    else:
+        process.send_signal(stop_signal)  # as a supervisor
     assert process.wait(timeout=60) == 0, log.read_text()
     assert processes_mentioning(f"grpc-port={grpc_port}") == []  # tritonserver and its stubs are gone
     assert "Traceback" not in log.read_text()

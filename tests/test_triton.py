@@ -1,5 +1,6 @@
 """The real tritonserver from the PyPI wheel, serving the committed repository."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -91,6 +92,8 @@ def test_stop_leaves_no_tritonserver_or_stub_behind() -> None:
     with TritonProcess(settings) as process:
         assert process.process is not None
         pid = process.process.pid
+        # its own process group (stopped whole), in the starter's session (`server.triton.process`)
+        assert os.getpgid(pid) == pid != os.getpgid(0) and os.getsid(pid) == os.getsid(0)
     survivors = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
     assert survivors == []
 
