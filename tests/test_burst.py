@@ -68,6 +68,9 @@ def check(summary: dict[str, Any], cheap_answered: bool = True) -> None:
     assert summary["by_kind"]["cheap"]["codes"].get("OK", 0) > 0 or not cheap_answered, summary
     assert summary["by_kind"]["heavy"]["codes"].get("OK", 0) > 0, summary
     assert set(summary["floor_codes"]) <= {"NOT_FOUND", "UNAVAILABLE"}, summary  # refused streams too
+    # Triton's own figures: each inference computed in the bursts is read beside the unloaded ones
+    compute = summary["triton_compute_mean_ms"]
+    assert compute["unloaded"] > 0 and compute["bursts"] > 0, summary
     assert summary["exit_code"] == 0, summary
 
 
@@ -95,6 +98,11 @@ def test_a_burst_of_ten_times_the_adaptive_capacity_is_refused_cleanly_and_count
         parts = kind["admitted_stages_p99_ms"]
         assert tuple(parts) == burst_tool.PARTS, summary
         assert (parts["inference"] is not None) == ("OK" in kind["codes"]), summary
+
+
+def test_triton_s_compute_is_a_mean_between_two_readings_and_none_without_inferences() -> None:
+    assert burst_tool.compute_mean_ms((10, 40_000_000), (14, 60_000_000)) == 5.0
+    assert burst_tool.compute_mean_ms((10, 40_000_000), (10, 40_000_000)) is None
 
 
 def test_the_server_and_the_load_generator_get_disjoint_cores() -> None:

@@ -125,6 +125,27 @@ def gauge(metrics_url: str, name: str) -> float:
     return next(value for series, value in scrape(metrics_url) if series == name)
 
 
+def triton_compute(triton_port: int) -> tuple[int, int]:
+    """Triton's own count of successful inferences and the nanoseconds its backends spent computing
+    them (``compute_infer``), over every model so far."""
+    import tritonclient.grpc as triton_client
+
+    client = triton_client.InferenceServerClient(f"127.0.0.1:{triton_port}")
+    try:
+        answer = client.get_inference_statistics(as_json=True)
+    finally:
+        client.close()
+    figures = [model["inference_stats"] for model in answer.get("model_stats", [])]
+    count = sum(int(f["success"].get("count", 0)) for f in figures)
+    return count, sum(int(f["compute_infer"].get("ns", 0)) for f in figures)
+
+
+def compute_mean_ms(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The mean of Triton's compute per inference between two `triton_compute` readings (ms)."""
+    count = after[0] - before[0]
+    return round((after[1] - before[1]) / count / 1e6, 2) if count else None
+
+
 STAGES = ("preprocess", "inference", "postprocess")
 WAITED = re.compile(r"this call waited (\d+) ms before the gateway could take it up")
 """A `queued` refusal's message (`Admission.check_wait`): the wait the gateway read."""
@@ -263,13 +284,19 @@ async def measure(
     bursts: int = 1,
     clients: int = 1,
     timeout_s: float = TIMEOUT_S,
+    triton_port: int | None = None,
 ) -> dict[str, Any]:
     request = requests(photo())
+    computed = {}  # Triton's own compute figures: where an admitted call's inference stage went
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
         for _ in range(20):
             await call(stub, request["cheap"], timeout_s)
+        if triton_port is not None:
+            computed["start"] = triton_compute(triton_port)
         unloaded = [await call(stub, request["cheap"], timeout_s) for _ in range(200)]
+        if triton_port is not None:
+            computed["unloaded"] = triton_compute(triton_port)
         capacity = int(gauge(metrics_url, "attnserve_concurrency_limit"))
         calls = calls or burst_factor * capacity
         every = round(1 / heavy_share) if heavy_share else 0
@@ -293,6 +320,8 @@ async def measure(
                 address, photo_bytes, kinds, bursts, pause, clients, timeout_s
             )
         wall = sum(walls)
+        if triton_port is not None:
+            computed["bursts"] = triton_compute(triton_port)
         by_reason = rejected(metrics_url) - before
         counted = sum(by_reason.values())
         limit_after = gauge(metrics_url, "attnserve_concurrency_limit")
@@ -323,6 +352,12 @@ async def measure(
         "unloaded_p99_ms": percentile([s for _, s, _, _ in unloaded], 99),
         "unloaded_gateway_p99_ms": percentile([t for _, _, t, _ in unloaded], 99),
         "unloaded_stages_p99_ms": stages_p99(st for _, _, _, st in unloaded),
+        # the mean of Triton's compute per inference (its backend's ``compute_infer``): unloaded,
+        # and in the bursts (the floor reaches no model); None without a Triton port or inferences
+        "triton_compute_mean_ms": {
+            "unloaded": compute_mean_ms(computed["start"], computed["unloaded"]) if computed else None,
+            "bursts": compute_mean_ms(computed["unloaded"], computed["bursts"]) if computed else None,
+        },
         "floor_p99_ms": percentile([s for _, s, _, _ in floor], 99),
         "floor_codes": dict(Counter(c for c, _, _, _ in floor)),
         "by_kind": by_kind,
@@ -446,6 +481,7 @@ def run(
                     bursts,
                     clients,
                     timeout_s,
+                    served.triton_grpc_port,
                 )
             )
         summary["cores"] = {
@@ -482,6 +518,7 @@ def report(summary: dict[str, Any]) -> None:
         f"arrival: p99 {summary['floor_p99_ms']} ms"
     )
     print(f"  unloaded cheap, each part at its p99 (ms): {summary['unloaded_stages_p99_ms']}")
+    print(f"  Triton's own compute per inference, mean (ms): {summary['triton_compute_mean_ms']}")
     for kind, figures in summary["by_kind"].items():
         print(f"  {kind:5}: {figures}")
     print(
