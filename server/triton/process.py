@@ -3,12 +3,12 @@ stopped with its whole process group (the Python backend's stubs included).
 
 That group is Triton's own, so a terminal's Ctrl-C reaches only the gateway, which drains and then
 stops Triton; but it lives in the starter's session. With ``CONFIG_SCHED_AUTOGROUP`` (on in
-Debian's and Ubuntu's kernels; it does not apply inside a container's own CPU cgroup) the
-scheduler groups each session and shares a core between the groups, not between their threads. A Triton in a session of its own, on one core with the gateway,
-spent 30–39 ms in ``session.run`` for 3.8 ms of CPU on the one call admitted from a burst while the
-gateway refused the other 39: a tenth of the core. Nice values do not cross the groups (Triton's
-threads at nice −10 changed nothing). In the gateway's session the same call took 7 ms
-(docs/overload.md, "Triton in the gateway's session").
+Debian's and Ubuntu's kernels; it does not apply inside a container's own CPU cgroup) the scheduler
+groups each session and shares a core between the groups, not between their threads. A Triton in a
+session of its own, on one core with the gateway, spent 30–39 ms in ``session.run`` for 3.8 ms of
+CPU on the one call admitted from a burst while the gateway refused the other 39: a tenth of the
+core. Nice values do not cross the groups (Triton's threads at nice −10 changed nothing). In the
+gateway's session the same call took 7 ms (docs/overload.md, "Triton in the gateway's session").
 
 Ports bind to loopback by default and the model-control API stays off (``--model-control-mode
 none``): the repository is what was there at start-up, unless it is watched
