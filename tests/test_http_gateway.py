@@ -5,14 +5,17 @@ the web page works in a real headless Chromium.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import schemathesis
@@ -29,8 +32,10 @@ from attnserve.clients import Client, HttpClient
 from attnserve.codec import prediction_to_json
 from attnserve.server.http.openapi import openapi_document
 from attnserve.settings import SAMPLES_DIR
+from attnserve.v1 import attnserve_pb2 as pb
+from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
-from .conftest import GatewayThread
+from .conftest import FakeBackend, GatewayThread, gateway_settings, grey_png, triton_settings
 
 pytestmark = pytest.mark.triton
 
@@ -251,3 +256,73 @@ def test_page_shows_errors_and_fits_a_phone(gateway: GatewayThread, browser: obj
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways at phone width ({width}px)"
     assert httpx.get(gateway.http_url + "/ready").status_code == 200
+
+
+@pytest.fixture()
+def held_gateway() -> Iterator[tuple[GatewayThread, FakeBackend]]:
+    """A gateway of two slots whose backend answers only when its gate opens: the cap is held
+    as long as a test wants, and the gateway refuses the rest with its retry hint."""
+    backend = FakeBackend()
+    settings = gateway_settings(triton_settings(), default_model="cbam", http_port=0, max_in_flight=2)
+    thread = GatewayThread(settings, backend).start()
+    yield thread, backend
+    thread.stop()
+
+
+def _hold_the_cap(
+    thread: GatewayThread, backend: FakeBackend, channel: grpc.Channel
+) -> tuple[asyncio.Event, list[Any]]:
+    """Closes the backend's gate and fills both slots; (the gate, the held calls)."""
+    gate = asyncio.Event()
+    backend.gate = gate
+    stub = pb_grpc.AttentionServiceStub(channel)
+    held = [stub.Predict.future(pb.PredictRequest(image=grey_png(64, 64)), timeout=30) for _ in range(2)]
+    deadline = time.monotonic() + 10
+    while thread.gateway.core.metrics.in_flight._value.get() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return gate, held
+
+
+@pytest.mark.browser
+def test_page_sends_a_refused_prediction_again_after_the_gateways_hint(
+    held_gateway: tuple[GatewayThread, FakeBackend], browser: object
+) -> None:
+    """The gateway is full: the page's prediction is refused (429 with the hint), sent again
+    after it and answered once a slot frees; with the gateway full throughout, the page gives up
+    after three retries and says why. The gateway counts every refusal the page met."""
+    thread, backend = held_gateway
+    rejected = thread.gateway.core.metrics.rejected.labels("in_flight")
+    page, _ = _open_page(browser, thread)
+    page.wait_for_selector("#model option", state="attached")
+    page.evaluate(  # every status the page shows, however briefly
+        """() => { window.statuses = []; const status = document.getElementById('status');
+        new MutationObserver(() => statuses.push(status.textContent))
+          .observe(status, {childList: true, characterData: true, subtree: true}); }"""
+    )
+    with grpc.insecure_channel(thread.address) as channel:
+        gate, held = _hold_the_cap(thread, backend, channel)
+        before = rejected._value.get()
+        page.set_input_files("#file", str(SAMPLE))
+        deadline = time.monotonic() + 10
+        while rejected._value.get() == before and time.monotonic() < deadline:
+            time.sleep(0.002)  # refused once: free the slots, so that a retry is answered
+        thread.loop.call_soon_threadsafe(gate.set)
+        _status(page, "cbam: ")
+        assert all(call.result(10).predictions for call in held)
+        answered_after = rejected._value.get() - before
+        backend.gate = None
+
+        gate, held = _hold_the_cap(thread, backend, channel)
+        before = rejected._value.get()
+        page.evaluate("() => { window.statuses = []; }")
+        page.click("#samples button >> nth=0")
+        _status(page, "429: ")
+        refused_throughout = rejected._value.get() - before
+        thread.loop.call_soon_threadsafe(gate.set)
+        assert all(call.result(10).predictions for call in held)
+        backend.gate = None
+    statuses = page.evaluate("() => window.statuses")
+    assert 1 <= answered_after <= 3
+    assert refused_throughout == 4, statuses  # the first call and three retries, each counted
+    assert [s for s in statuses if s.startswith("The server is busy")][-1].endswith("(3 of 3)…"), statuses
+    assert "in flight" in page.inner_text("#status") and "retry in" in page.inner_text("#status")

@@ -13,10 +13,31 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+// A 429 carries the gateway's retry hint: the request is sent again after it, stretched by a
+// random 1–2× so that a burst's callers do not come back together, at most OVERLOAD_RETRIES
+// times (as attnserve's own clients do: clients/retry.py).
+const OVERLOAD_RETRIES = 3;
+
+function retryHintMs(response) {
+  for (const [name, scale] of [["Retry-After-Ms", 1], ["Retry-After", 1000]]) {
+    const value = response.headers.get(name);
+    if (value !== null && /^\d+$/.test(value.trim())) return Number(value) * scale;
+  }
+  return null; // no hint (or an HTTP date): not sent again
+}
+
 async function getJson(url, options = {}) {
   const key = sessionStorage.getItem("attnserve-api-key");
   const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
-  const response = await fetch(url, { ...options, headers });
+  let response = await fetch(url, { ...options, headers });
+  for (let retry = 1; retry <= OVERLOAD_RETRIES && response.status === 429; retry++) {
+    const hint = retryHintMs(response);
+    if (hint === null) break;
+    const pause = Math.round(hint * (1 + Math.random()));
+    setStatus(`The server is busy: trying again in ${pause} ms (${retry} of ${OVERLOAD_RETRIES})…`);
+    await new Promise((resolve) => setTimeout(resolve, pause));
+    response = await fetch(url, { ...options, headers });
+  }
   const body = await response.json().catch(() => ({ message: response.statusText }));
   if (response.status === 401) {
     $("key-box").hidden = false;
