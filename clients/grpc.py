@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -34,7 +34,15 @@ from ._common import (
     error_from_status,
     stream_requests,
 )
-from .retry import OVERLOAD_RETRIES, OverloadRetry, call_with_retry, call_with_retry_async
+from .retry import (
+    OVERLOAD_RETRIES,
+    OverloadRetry,
+    SentItems,
+    call_with_retry,
+    call_with_retry_async,
+    resend_refused,
+    resend_refused_async,
+)
 from .slots import DEFAULT_MAX_CONCURRENT_CALLS, AsyncCallSlots, CallSlots
 
 _STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
@@ -84,7 +92,7 @@ class Client:
         try:
             with self._slots.held(self.timeout_s) as timeout_s:
                 answer = call_with_retry(
-                    lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout)),
+                    self._sending(request),
                     timeout_s,
                     self.overload,
                 )
@@ -92,18 +100,43 @@ class Client:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
+    def _sending(self, request: pb.PredictRequest) -> Callable[[float | None], pb.PredictResponse]:
+        """Sends ``request`` with a timeout, stated in its metadata (`sent_with`)."""
+        return lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout))
+
     def predict_stream(
         self, images: Iterable[ImageLike], **options: Unpack[PredictOptions]
     ) -> Iterator[Prediction | AttnserveError]:
-        """One result per image, in order, on one connection; a failed image yields its error."""
+        """One result per image, in order, on one connection; a failed image yields its error.
+        An image the gateway's admission refused with a retry hint is sent again on its own, as
+        `predict` sends a refused call again, before the stream's next result."""
+        sent = SentItems()
         try:
             for item in self._stub.PredictStream(
-                stream_requests(images, **options), timeout=None, metadata=self._metadata
+                sent.recording(stream_requests(images, **options)), timeout=None, metadata=self._metadata
             ):
-                if item.HasField("error"):
-                    yield error_from_status(item.error.code, item.error.message)
-                else:
+                request = sent.pop(item.request_id)
+                if not item.HasField("error"):
+                    self.overload.answered()
                     yield prediction_from_proto(item.response)
+                    continue
+                refused = error_from_status(item.error.code, item.error.message)
+                hint_s = sent.retry_hint_s(item.error)
+                if request is None or hint_s is None:
+                    yield refused
+                    continue
+                try:
+                    with self._slots.held(self.timeout_s) as timeout_s:
+                        answer = resend_refused(
+                            self._sending(request),
+                            hint_s,
+                            timeout_s,
+                            self.overload,
+                        )
+                except grpc.RpcError as exc:
+                    yield error_from_rpc(exc, self.address)
+                else:
+                    yield refused if answer is None else prediction_from_proto(answer)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
@@ -185,7 +218,7 @@ class AsyncClient:
         try:
             async with self._slots.held(self.timeout_s) as timeout_s:
                 answer = await call_with_retry_async(
-                    lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout)),
+                    self._sending(request),
                     timeout_s,
                     self.overload,
                 )
@@ -193,17 +226,40 @@ class AsyncClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 
+    def _sending(self, request: pb.PredictRequest) -> Callable[[float | None], Awaitable[pb.PredictResponse]]:
+        """Sends ``request`` with a timeout, stated in its metadata (`sent_with`)."""
+        return lambda timeout: self._stub.Predict(request, **sent_with(self._metadata, timeout))
+
     async def predict_stream(
         self, images: Iterable[ImageLike], **options: Unpack[PredictOptions]
     ) -> AsyncIterator[Prediction | AttnserveError]:
+        sent = SentItems()
         try:
             async for item in self._stub.PredictStream(
-                stream_requests(images, **options), metadata=self._metadata
+                sent.recording(stream_requests(images, **options)), metadata=self._metadata
             ):
-                if item.HasField("error"):
-                    yield error_from_status(item.error.code, item.error.message)
-                else:
+                request = sent.pop(item.request_id)
+                if not item.HasField("error"):
+                    self.overload.answered()
                     yield prediction_from_proto(item.response)
+                    continue
+                refused = error_from_status(item.error.code, item.error.message)
+                hint_s = sent.retry_hint_s(item.error)
+                if request is None or hint_s is None:
+                    yield refused
+                    continue
+                try:
+                    async with self._slots.held(self.timeout_s) as timeout_s:
+                        answer = await resend_refused_async(
+                            self._sending(request),
+                            hint_s,
+                            timeout_s,
+                            self.overload,
+                        )
+                except grpc.RpcError as exc:
+                    yield error_from_rpc(exc, self.address)
+                else:
+                    yield refused if answer is None else prediction_from_proto(answer)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
 

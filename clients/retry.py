@@ -29,9 +29,9 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -56,6 +56,7 @@ answered takes about 90), and has them back after 1 s without a refusal and 10 s
 is refused now and then, about one retry per ten answers (`RetryThrottle`)."""
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def refused_stream(error: grpc.RpcError) -> bool:
@@ -148,8 +149,37 @@ class OverloadRetry:
         if self.retries < 0:
             raise ValueError(f"overload_retries must be at least 0, got {self.retries}")
 
+    def answered(self) -> None:
+        """An answer outside `Attempts` (a stream's item) earns the throttle back its share."""
+        if self.retries:
+            self.throttle.answered()
+
 
 NO_OVERLOAD_RETRY = OverloadRetry(retries=0)
+
+
+class SentItems:
+    """A stream's requests by ``request_id`` until their results arrive, so that an item refused
+    with a retry hint can be sent again on its own (`resend_refused`)."""
+
+    def __init__(self) -> None:
+        self._requests: dict[str, Any] = {}
+
+    def recording(self, requests: Iterable[R]) -> Iterator[R]:
+        for request in requests:
+            self._requests[request.request_id] = request  # type: ignore[attr-defined]
+            yield request
+
+    def pop(self, request_id: str) -> Any:
+        return self._requests.pop(request_id, None)
+
+    @staticmethod
+    def retry_hint_s(error: Any) -> float | None:
+        """An item's error (``attnserve.v1.Error``): its retry hint (s) when admission refused it
+        with one, else None (not to be sent again)."""
+        if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] or not error.retry_after_ms:
+            return None
+        return float(error.retry_after_ms) / 1e3
 
 
 class Attempts:
@@ -194,7 +224,24 @@ def call_with_retry(
     send: Callable[[float | None], T], timeout_s: float | None, overload: OverloadRetry = NO_OVERLOAD_RETRY
 ) -> T:
     """``send(timeout)`` until it is answered or fails for good (blocking)."""
+    return _until_answered(send, Attempts(timeout_s, overload))
+
+
+def resend_refused(
+    send: Callable[[float | None], T], hint_s: float | None, timeout_s: float | None, overload: OverloadRetry
+) -> T | None:
+    """A call refused already, with the retry hint ``hint_s`` (a stream's item, whose refusal
+    arrives as the item's error): ``send(timeout)`` after the hint as `call_with_retry` would,
+    the first refusal counted among its retries; None when it is not to be sent again."""
     attempts = Attempts(timeout_s, overload)
+    pause = attempts.pause_after_refusal(hint_s)
+    if pause is None:
+        return None
+    time.sleep(pause)
+    return _until_answered(send, attempts)
+
+
+def _until_answered(send: Callable[[float | None], T], attempts: Attempts) -> T:
     while True:
         try:
             answer = send(attempts.remaining())
@@ -214,7 +261,25 @@ async def call_with_retry_async(
     overload: OverloadRetry = NO_OVERLOAD_RETRY,
 ) -> T:
     """``await send(timeout)`` until it is answered or fails for good."""
+    return await _until_answered_async(send, Attempts(timeout_s, overload))
+
+
+async def resend_refused_async(
+    send: Callable[[float | None], Awaitable[T]],
+    hint_s: float | None,
+    timeout_s: float | None,
+    overload: OverloadRetry,
+) -> T | None:
+    """`resend_refused` on asyncio."""
     attempts = Attempts(timeout_s, overload)
+    pause = attempts.pause_after_refusal(hint_s)
+    if pause is None:
+        return None
+    await asyncio.sleep(pause)
+    return await _until_answered_async(send, attempts)
+
+
+async def _until_answered_async(send: Callable[[float | None], Awaitable[T]], attempts: Attempts) -> T:
     while True:
         try:
             answer = await send(attempts.remaining())

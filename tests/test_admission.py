@@ -8,6 +8,7 @@ import asyncio
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import httpx
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 from prometheus_client import generate_latest
 
-from attnserve.clients import Client, HttpClient
+from attnserve.clients import AsyncClient, Client, HttpClient
 from attnserve.clients.http import retry_hint_s
 from attnserve.errors import Overloaded, TooLarge
 from attnserve.export.models import create_model, get_spec, serving_spec
@@ -313,6 +314,86 @@ def test_attnserves_clients_send_a_refused_call_again_after_the_hint(gated: obje
             thread.loop.call_soon_threadsafe(gate.set)
             assert all(call.result().predictions for call in waiting)
         backend.gate = None
+
+
+def _held(
+    thread: GatewayThread, backend: FakeBackend, channel: grpc.Channel
+) -> tuple[asyncio.Event, list[Any]]:
+    """The backend's gate closed and both slots of the gateway filled: (the gate, the held calls)."""
+    gate = asyncio.Event()
+    backend.gate = gate
+    stub = pb_grpc.AttentionServiceStub(channel)
+    held = [stub.Predict.future(pb.PredictRequest(image=png(64, 64)), timeout=30) for _ in range(2)]
+    deadline = time.monotonic() + 10
+    while thread.gateway.core.metrics.in_flight._value.get() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return gate, held
+
+
+def test_a_refused_stream_item_carries_the_retry_hint_and_other_failures_none(gated: object) -> None:
+    thread, backend = gated  # type: ignore[misc]
+    with grpc.insecure_channel(thread.address) as channel:
+        stub = pb_grpc.AttentionServiceStub(channel)
+        gate, held = _held(thread, backend, channel)
+        refused = list(
+            stub.PredictStream(iter([pb.PredictRequest(image=png(64, 64), request_id="a")]), timeout=10)
+        )
+        thread.loop.call_soon_threadsafe(gate.set)
+        assert all(call.result().predictions for call in held)
+        backend.gate = None
+        junk = list(stub.PredictStream(iter([pb.PredictRequest(image=b"junk")]), timeout=10))
+    (refused_item,), (junk_item,) = refused, junk
+    error = refused_item.error
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "in flight" in error.message
+    assert 50 <= error.retry_after_ms <= 10_000 and refused_item.request_id == "a"
+    assert junk_item.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert junk_item.error.retry_after_ms == 0  # not one to send again
+
+
+@pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
+def test_attnserves_clients_send_a_refused_stream_item_again_after_the_hint(
+    gated: object, flavour: str
+) -> None:
+    """Both slots are held: the stream's items are refused with the hint, sent again on their own
+    after it and answered once the slots free, in order; with retries off, the items' results
+    are the refusals."""
+    thread, backend = gated  # type: ignore[misc]
+    rejected = thread.gateway.core.metrics.rejected.labels("in_flight")
+    images = [png(64, 64), png(80, 48)]
+
+    def stream(retries: int) -> list[Any]:
+        if flavour == "blocking":
+            with Client(thread.address, timeout_s=10, overload_retries=retries) as client:
+                return list(client.predict_stream(images))
+
+        async def collect() -> list[Any]:
+            async with AsyncClient(thread.address, timeout_s=10, overload_retries=retries) as client:
+                return [result async for result in client.predict_stream(images)]
+
+        return asyncio.run(collect())
+
+    with grpc.insecure_channel(thread.address) as channel:
+        gate, held = _held(thread, backend, channel)
+        before = rejected._value.get()
+        with ThreadPoolExecutor(1) as pool:
+            results = pool.submit(stream, 3)
+            deadline = time.monotonic() + 5
+            while rejected._value.get() < before + 1 and time.monotonic() < deadline:
+                time.sleep(0.002)  # the first item refused: free the slots
+            thread.loop.call_soon_threadsafe(gate.set)
+            answered = results.result(timeout=20)
+        assert all(call.result().predictions for call in held)
+        backend.gate = None
+        assert [(r.image.width, r.image.height) for r in answered] == [(64, 64), (80, 48)], answered
+        assert rejected._value.get() - before >= 1
+
+        gate, held = _held(thread, backend, channel)
+        before = rejected._value.get()
+        plain = stream(0)
+        thread.loop.call_soon_threadsafe(gate.set)
+        assert all(call.result().predictions for call in held)
+        backend.gate = None
+    assert [type(r) for r in plain] == [Overloaded, Overloaded] and rejected._value.get() - before == 2
 
 
 @pytest.mark.parametrize(

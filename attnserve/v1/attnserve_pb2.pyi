@@ -351,12 +351,14 @@ class PredictResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMap, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., task_overlay: _Optional[bytes] = ..., task_overlay_encoding: _Optional[str] = ..., caption: _Optional[_Union[Caption, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "retry_after_ms")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class PredictStreamResponse(_message.Message):
     __slots__ = ("request_id", "response", "error")
