@@ -1,4 +1,4 @@
-"""What the sync and asyncio clients share: request building and error mapping."""
+"""What the sync and asyncio clients share: request building, error mapping, a stream's items."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ from attnserve.errors import (
     Unavailable,
     UpstreamError,
 )
-from attnserve.prediction import ImageEncoding, MapDType, MapForm, PredictionRequest
+from attnserve.prediction import ImageEncoding, MapDType, MapForm, Prediction, PredictionRequest
 from attnserve.v1 import attnserve_pb2 as pb
+
+from .retry import OverloadRetry
 
 ImageLike = bytes | str | Path | np.ndarray
 E = TypeVar("E", bound=StrEnum)
@@ -233,3 +235,35 @@ def stream_requests(
     for index, image in enumerate(images):
         request = prediction_request(image, **options)
         yield codec.request_to_proto(dataclasses.replace(request, request_id=str(index)))
+
+
+class SentItems:
+    """A stream's requests by ``request_id`` until their results arrive, so that an item refused
+    with a retry hint can be sent again on its own (`retry.resend_refused`)."""
+
+    def __init__(self) -> None:
+        self._requests: dict[str, pb.PredictRequest] = {}
+
+    def recording(self, requests: Iterable[pb.PredictRequest]) -> Iterator[pb.PredictRequest]:
+        for request in requests:
+            self._requests[request.request_id] = request
+            yield request
+
+    def settle(
+        self, item: pb.PredictStreamResponse, overload: OverloadRetry
+    ) -> tuple[Prediction | AttnserveError, pb.PredictRequest | None, float | None]:
+        """An item's result; and its request and the retry hint (s) when admission refused it
+        with one, to send it again first (else None, None)."""
+        request = self._requests.pop(item.request_id, None)
+        if not item.HasField("error"):
+            overload.answered()
+            return codec.prediction_from_proto(item.response), None, None
+        error = item.error
+        refused = error_from_status(error.code, error.message)
+        if (
+            request is None
+            or error.code != grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            or not error.retry_after_ms
+        ):
+            return refused, None, None
+        return refused, request, error.retry_after_ms / 1e3

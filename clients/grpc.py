@@ -29,15 +29,14 @@ from ._common import (
     Credentials,
     ImageLike,
     PredictOptions,
+    SentItems,
     build_request,
     error_from_rpc,
-    error_from_status,
     stream_requests,
 )
 from .retry import (
     OVERLOAD_RETRIES,
     OverloadRetry,
-    SentItems,
     call_with_retry,
     call_with_retry_async,
     resend_refused,
@@ -115,30 +114,21 @@ class Client:
             for item in self._stub.PredictStream(
                 sent.recording(stream_requests(images, **options)), timeout=None, metadata=self._metadata
             ):
-                request = sent.pop(item.request_id)
-                if not item.HasField("error"):
-                    self.overload.answered()
-                    yield prediction_from_proto(item.response)
-                    continue
-                refused = error_from_status(item.error.code, item.error.message)
-                hint_s = sent.retry_hint_s(item.error)
-                if request is None or hint_s is None:
-                    yield refused
-                    continue
-                try:
-                    with self._slots.held(self.timeout_s) as timeout_s:
-                        answer = resend_refused(
-                            self._sending(request),
-                            hint_s,
-                            timeout_s,
-                            self.overload,
-                        )
-                except grpc.RpcError as exc:
-                    yield error_from_rpc(exc, self.address)
-                else:
-                    yield refused if answer is None else prediction_from_proto(answer)
+                result, request, hint_s = sent.settle(item, self.overload)
+                yield result if request is None else self._resend(request, hint_s, result)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
+
+    def _resend(
+        self, request: pb.PredictRequest, hint_s: float | None, refused: Prediction | AttnserveError
+    ) -> Prediction | AttnserveError:
+        """A stream's item refused with a retry hint, sent again on its own (`resend_refused`)."""
+        try:
+            with self._slots.held(self.timeout_s) as timeout_s:
+                answer = resend_refused(self._sending(request), hint_s, timeout_s, self.overload)
+        except grpc.RpcError as exc:
+            return error_from_rpc(exc, self.address)
+        return refused if answer is None else prediction_from_proto(answer)
 
     def list_models(self) -> pb.ListModelsResponse:
         try:
@@ -238,30 +228,20 @@ class AsyncClient:
             async for item in self._stub.PredictStream(
                 sent.recording(stream_requests(images, **options)), metadata=self._metadata
             ):
-                request = sent.pop(item.request_id)
-                if not item.HasField("error"):
-                    self.overload.answered()
-                    yield prediction_from_proto(item.response)
-                    continue
-                refused = error_from_status(item.error.code, item.error.message)
-                hint_s = sent.retry_hint_s(item.error)
-                if request is None or hint_s is None:
-                    yield refused
-                    continue
-                try:
-                    async with self._slots.held(self.timeout_s) as timeout_s:
-                        answer = await resend_refused_async(
-                            self._sending(request),
-                            hint_s,
-                            timeout_s,
-                            self.overload,
-                        )
-                except grpc.RpcError as exc:
-                    yield error_from_rpc(exc, self.address)
-                else:
-                    yield refused if answer is None else prediction_from_proto(answer)
+                result, request, hint_s = sent.settle(item, self.overload)
+                yield result if request is None else await self._resend(request, hint_s, result)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.address) from None
+
+    async def _resend(
+        self, request: pb.PredictRequest, hint_s: float | None, refused: Prediction | AttnserveError
+    ) -> Prediction | AttnserveError:
+        try:
+            async with self._slots.held(self.timeout_s) as timeout_s:
+                answer = await resend_refused_async(self._sending(request), hint_s, timeout_s, self.overload)
+        except grpc.RpcError as exc:
+            return error_from_rpc(exc, self.address)
+        return refused if answer is None else prediction_from_proto(answer)
 
     async def list_models(self) -> pb.ListModelsResponse:
         try:

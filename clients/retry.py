@@ -29,9 +29,9 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -56,7 +56,6 @@ answered takes about 90), and has them back after 1 s without a refusal and 10 s
 is refused now and then, about one retry per ten answers (`RetryThrottle`)."""
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 def refused_stream(error: grpc.RpcError) -> bool:
@@ -156,30 +155,6 @@ class OverloadRetry:
 
 
 NO_OVERLOAD_RETRY = OverloadRetry(retries=0)
-
-
-class SentItems:
-    """A stream's requests by ``request_id`` until their results arrive, so that an item refused
-    with a retry hint can be sent again on its own (`resend_refused`)."""
-
-    def __init__(self) -> None:
-        self._requests: dict[str, Any] = {}
-
-    def recording(self, requests: Iterable[R]) -> Iterator[R]:
-        for request in requests:
-            self._requests[request.request_id] = request  # type: ignore[attr-defined]
-            yield request
-
-    def pop(self, request_id: str) -> Any:
-        return self._requests.pop(request_id, None)
-
-    @staticmethod
-    def retry_hint_s(error: Any) -> float | None:
-        """An item's error (``attnserve.v1.Error``): its retry hint (s) when admission refused it
-        with one, else None (not to be sent again)."""
-        if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] or not error.retry_after_ms:
-            return None
-        return float(error.retry_after_ms) / 1e3
 
 
 class Attempts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,35 @@ def triton() -> Iterator[TritonSettings]:
     settings = triton_settings()
     with TritonProcess(settings):
         yield settings
+
+
+def held_gateway() -> Iterator[tuple[GatewayThread, FakeBackend]]:
+    """A gateway of two slots on a `FakeBackend` that answers only when its gate opens, so that a
+    test holds the cap as long as it wants (`hold_the_cap`) and the gateway refuses the rest with
+    its retry hint (a fixture's body)."""
+    backend = FakeBackend()
+    settings = gateway_settings(triton_settings(), default_model="cbam", http_port=0, max_in_flight=2)
+    thread = GatewayThread(settings, backend).start()
+    yield thread, backend
+    thread.stop()
+
+
+def hold_the_cap(
+    thread: GatewayThread, backend: FakeBackend, channel: Any
+) -> tuple[asyncio.Event, list[Any]]:
+    """Closes ``backend``'s gate and fills both slots of `held_gateway`'s ``thread`` through
+    ``channel`` (a gRPC channel): (the gate, the held calls' futures)."""
+    from attnserve.v1 import attnserve_pb2 as pb
+    from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+
+    gate = asyncio.Event()
+    backend.gate = gate
+    stub = pb_grpc.AttentionServiceStub(channel)
+    held = [stub.Predict.future(pb.PredictRequest(image=grey_png(64, 64)), timeout=30) for _ in range(2)]
+    deadline = time.monotonic() + 10
+    while thread.gateway.core.metrics.in_flight._value.get() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return gate, held
 
 
 def serving_gateway(triton: TritonSettings) -> Iterator[GatewayThread]:

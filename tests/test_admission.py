@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,7 +34,13 @@ from attnserve.transform import ImageHeader, ResizeGeometry
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
-from .conftest import CBAM_OUTPUT_DIMS, FakeBackend, GatewayThread, gateway_settings, triton_settings
+from .conftest import (
+    CBAM_OUTPUT_DIMS,
+    FakeBackend,
+    GatewayThread,
+    held_gateway,
+    hold_the_cap,
+)
 from .conftest import grey_png as png
 
 SPEC = serving_spec(get_spec("cbam"), create_model("cbam")).model_copy(
@@ -232,12 +239,8 @@ def test_boxes_are_drawn_where_they_are_on_a_smaller_rendering() -> None:
 
 
 @pytest.fixture(scope="module")
-def gated() -> object:
-    backend = FakeBackend()
-    settings = gateway_settings(triton_settings(), default_model="cbam", http_port=0, max_in_flight=2)
-    thread = GatewayThread(settings, backend).start()
-    yield thread, backend
-    thread.stop()
+def gated() -> Iterator[tuple[GatewayThread, FakeBackend]]:
+    yield from held_gateway()
 
 
 def test_a_refusal_carries_a_retry_hint_on_grpc_and_http_and_is_counted_once(gated: object) -> None:
@@ -316,25 +319,11 @@ def test_attnserves_clients_send_a_refused_call_again_after_the_hint(gated: obje
         backend.gate = None
 
 
-def _held(
-    thread: GatewayThread, backend: FakeBackend, channel: grpc.Channel
-) -> tuple[asyncio.Event, list[Any]]:
-    """The backend's gate closed and both slots of the gateway filled: (the gate, the held calls)."""
-    gate = asyncio.Event()
-    backend.gate = gate
-    stub = pb_grpc.AttentionServiceStub(channel)
-    held = [stub.Predict.future(pb.PredictRequest(image=png(64, 64)), timeout=30) for _ in range(2)]
-    deadline = time.monotonic() + 10
-    while thread.gateway.core.metrics.in_flight._value.get() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return gate, held
-
-
 def test_a_refused_stream_item_carries_the_retry_hint_and_other_failures_none(gated: object) -> None:
     thread, backend = gated  # type: ignore[misc]
     with grpc.insecure_channel(thread.address) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
-        gate, held = _held(thread, backend, channel)
+        gate, held = hold_the_cap(thread, backend, channel)
         refused = list(
             stub.PredictStream(iter([pb.PredictRequest(image=png(64, 64), request_id="a")]), timeout=10)
         )
@@ -373,7 +362,7 @@ def test_attnserves_clients_send_a_refused_stream_item_again_after_the_hint(
         return asyncio.run(collect())
 
     with grpc.insecure_channel(thread.address) as channel:
-        gate, held = _held(thread, backend, channel)
+        gate, held = hold_the_cap(thread, backend, channel)
         before = rejected._value.get()
         with ThreadPoolExecutor(1) as pool:
             results = pool.submit(stream, 3)
@@ -387,7 +376,7 @@ def test_attnserves_clients_send_a_refused_stream_item_again_after_the_hint(
         assert [(r.image.width, r.image.height) for r in answered] == [(64, 64), (80, 48)], answered
         assert rejected._value.get() - before >= 1
 
-        gate, held = _held(thread, backend, channel)
+        gate, held = hold_the_cap(thread, backend, channel)
         before = rejected._value.get()
         plain = stream(0)
         thread.loop.call_soon_threadsafe(gate.set)

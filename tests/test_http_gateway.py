@@ -5,7 +5,6 @@ the web page works in a real headless Chromium.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import os
@@ -32,10 +31,8 @@ from attnserve.clients import Client, HttpClient
 from attnserve.codec import prediction_to_json
 from attnserve.server.http.openapi import openapi_document
 from attnserve.settings import SAMPLES_DIR
-from attnserve.v1 import attnserve_pb2 as pb
-from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
-from .conftest import FakeBackend, GatewayThread, gateway_settings, grey_png, triton_settings
+from .conftest import FakeBackend, GatewayThread, held_gateway, hold_the_cap
 
 pytestmark = pytest.mark.triton
 
@@ -258,29 +255,9 @@ def test_page_shows_errors_and_fits_a_phone(gateway: GatewayThread, browser: obj
     assert httpx.get(gateway.http_url + "/ready").status_code == 200
 
 
-@pytest.fixture()
-def held_gateway() -> Iterator[tuple[GatewayThread, FakeBackend]]:
-    """A gateway of two slots whose backend answers only when its gate opens: the cap is held
-    as long as a test wants, and the gateway refuses the rest with its retry hint."""
-    backend = FakeBackend()
-    settings = gateway_settings(triton_settings(), default_model="cbam", http_port=0, max_in_flight=2)
-    thread = GatewayThread(settings, backend).start()
-    yield thread, backend
-    thread.stop()
-
-
-def _hold_the_cap(
-    thread: GatewayThread, backend: FakeBackend, channel: grpc.Channel
-) -> tuple[asyncio.Event, list[Any]]:
-    """Closes the backend's gate and fills both slots; (the gate, the held calls)."""
-    gate = asyncio.Event()
-    backend.gate = gate
-    stub = pb_grpc.AttentionServiceStub(channel)
-    held = [stub.Predict.future(pb.PredictRequest(image=grey_png(64, 64)), timeout=30) for _ in range(2)]
-    deadline = time.monotonic() + 10
-    while thread.gateway.core.metrics.in_flight._value.get() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return gate, held
+@pytest.fixture(name="held_gateway")
+def held_gateway_fixture() -> Iterator[tuple[GatewayThread, FakeBackend]]:
+    yield from held_gateway()
 
 
 @pytest.mark.browser
@@ -300,7 +277,7 @@ def test_page_sends_a_refused_prediction_again_after_the_gateways_hint(
           .observe(status, {childList: true, characterData: true, subtree: true}); }"""
     )
     with grpc.insecure_channel(thread.address) as channel:
-        gate, held = _hold_the_cap(thread, backend, channel)
+        gate, held = hold_the_cap(thread, backend, channel)
         before = rejected._value.get()
         page.set_input_files("#file", str(SAMPLE))
         deadline = time.monotonic() + 10
@@ -312,7 +289,7 @@ def test_page_sends_a_refused_prediction_again_after_the_gateways_hint(
         answered_after = rejected._value.get() - before
         backend.gate = None
 
-        gate, held = _hold_the_cap(thread, backend, channel)
+        gate, held = hold_the_cap(thread, backend, channel)
         before = rejected._value.get()
         page.evaluate("() => { window.statuses = []; }")
         page.click("#samples button >> nth=0")
