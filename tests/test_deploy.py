@@ -119,6 +119,11 @@ def test_the_watch_override_changes_only_model_control_and_shares_the_repository
     assert set(watch) == {"triton", "gateway"} and set(watch["triton"]) == {"command"}
 
 
+def test_triton_weighs_more_than_the_gateway_where_they_share_cores(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["triton"]["cpu_shares"] > services["gateway"].get("cpu_shares", 1024)  # Docker's default
+
+
 def test_every_service_has_a_health_check_a_non_root_user_and_pinned_image(compose: dict[str, Any]) -> None:
     for name, service in services(compose).items():
         assert "test" in service["healthcheck"], name
