@@ -17,7 +17,9 @@ back spread over one more hint), at most ``retries`` times and within the call's
 client's retries are throttled as gRPC's retry throttling does (gRFC A6): each refusal spends a
 token, each answer earns back ``token_ratio`` of one, and no call is sent again while half the
 tokens or fewer are left. A burst after quiet is retried; under a sustained overload the retries
-stop, at about one retry per ten answers, so that they do not add to it.
+stop, at about one retry per ten answers, so that they do not add to it. A stream's item refused
+so carries the hint in its error (``retry_after_ms``), and is sent again on its own
+(`resend_refused`), as a call.
 
 Every other error, UNAVAILABLE from the gateway and a RESOURCE_EXHAUSTED without a hint (a
 message over the size limit) included, goes to the caller at once.
