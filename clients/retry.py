@@ -151,7 +151,7 @@ class OverloadRetry:
             raise ValueError(f"overload_retries must be at least 0, got {self.retries}")
 
     def answered(self) -> None:
-        """An answer outside `Attempts` (a stream's item) earns the throttle back its share."""
+        """An answer earns the throttle back its share (when retries are on)."""
         if self.retries:
             self.throttle.answered()
 
@@ -193,8 +193,7 @@ class Attempts:
         return pause
 
     def answered(self) -> None:
-        if self.overload.retries:
-            self.overload.throttle.answered()
+        self.overload.answered()
 
 
 def call_with_retry(

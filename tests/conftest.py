@@ -211,7 +211,7 @@ def triton() -> Iterator[TritonSettings]:
 
 def held_gateway() -> Iterator[tuple[GatewayThread, FakeBackend]]:
     """A gateway of two slots on a `FakeBackend` that answers only when its gate opens, so that a
-    test holds the cap as long as it wants (`hold_the_cap`) and the gateway refuses the rest with
+    test holds the cap as long as it wants (`HeldCap`) and the gateway refuses the rest with
     its retry hint (a fixture's body)."""
     backend = FakeBackend()
     settings = gateway_settings(triton_settings(), default_model="cbam", http_port=0, max_in_flight=2)
@@ -220,22 +220,39 @@ def held_gateway() -> Iterator[tuple[GatewayThread, FakeBackend]]:
     thread.stop()
 
 
-def hold_the_cap(
-    thread: GatewayThread, backend: FakeBackend, channel: Any
-) -> tuple[asyncio.Event, list[Any]]:
-    """Closes ``backend``'s gate and fills both slots of `held_gateway`'s ``thread`` through
-    ``channel`` (a gRPC channel): (the gate, the held calls' futures)."""
-    from attnserve.v1 import attnserve_pb2 as pb
-    from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+class HeldCap:
+    """Both slots of `held_gateway`'s gateway filled, through ``channel`` (a gRPC channel), by
+    calls that ``backend`` holds until `release` or the end of the ``with`` block; meanwhile the
+    gateway refuses the rest with its retry hint."""
 
-    gate = asyncio.Event()
-    backend.gate = gate
-    stub = pb_grpc.AttentionServiceStub(channel)
-    held = [stub.Predict.future(pb.PredictRequest(image=grey_png(64, 64)), timeout=30) for _ in range(2)]
-    deadline = time.monotonic() + 10
-    while thread.gateway.core.metrics.in_flight._value.get() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return gate, held
+    def __init__(self, thread: GatewayThread, backend: FakeBackend, channel: Any) -> None:
+        from attnserve.v1 import attnserve_pb2 as pb
+        from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
+
+        self.thread, self.backend = thread, backend
+        self.gate = asyncio.Event()
+        backend.gate = self.gate
+        stub = pb_grpc.AttentionServiceStub(channel)
+        request = pb.PredictRequest(image=grey_png(64, 64))
+        self.held = [stub.Predict.future(request, timeout=30) for _ in range(2)]
+        self.released = False
+        deadline = time.monotonic() + 10
+        while thread.gateway.core.metrics.in_flight._value.get() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def release(self) -> None:
+        """Opens the gate: the held calls are answered, the slots free."""
+        if not self.released:
+            self.released = True
+            self.thread.loop.call_soon_threadsafe(self.gate.set)
+            assert all(call.result(10).predictions for call in self.held)
+            self.backend.gate = None
+
+    def __enter__(self) -> HeldCap:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
 
 
 def serving_gateway(triton: TritonSettings) -> Iterator[GatewayThread]:

@@ -38,8 +38,8 @@ from .conftest import (
     CBAM_OUTPUT_DIMS,
     FakeBackend,
     GatewayThread,
+    HeldCap,
     held_gateway,
-    hold_the_cap,
 )
 from .conftest import grey_png as png
 
@@ -245,13 +245,9 @@ def gated() -> Iterator[tuple[GatewayThread, FakeBackend]]:
 
 def test_a_refusal_carries_a_retry_hint_on_grpc_and_http_and_is_counted_once(gated: object) -> None:
     thread, backend = gated  # type: ignore[misc]
-    gate = asyncio.Event()
-    backend.gate = gate
     request = pb.PredictRequest(image=png(64, 64))
-    with grpc.insecure_channel(thread.address) as channel:
+    with grpc.insecure_channel(thread.address) as channel, HeldCap(thread, backend, channel):
         stub = pb_grpc.AttentionServiceStub(channel)
-        waiting = [stub.Predict.future(request, timeout=30) for _ in range(2)]
-        time.sleep(0.3)
         refused_in = []
         for _ in range(3):  # the fastest of three: a shared machine may stall any one call
             started = time.perf_counter()
@@ -264,9 +260,6 @@ def test_a_refusal_carries_a_retry_hint_on_grpc_and_http_and_is_counted_once(gat
             headers={"content-type": "image/png"},
             timeout=5,
         )
-        thread.loop.call_soon_threadsafe(gate.set)
-        assert all(call.result().predictions for call in waiting)
-    backend.gate = None
     assert refusal.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and min(refused_in) < 0.05, refused_in
     trailers = dict(refusal.value.trailing_metadata())
     assert 50 <= int(trailers["grpc-retry-pushback-ms"]) <= 10_000
@@ -282,54 +275,37 @@ def test_attnserves_clients_send_a_refused_call_again_after_the_hint(gated: obje
     while the cap is still full, refused again, and answered once a slot frees. The gateway
     counted each refusal, the client each retry; with retries off the caller gets the refusal."""
     thread, backend = gated  # type: ignore[misc]
-    gate = asyncio.Event()
-    backend.gate = gate
     rejected = thread.gateway.core.metrics.rejected.labels("in_flight")
     client_type = Client if transport == "grpc" else HttpClient
     address = thread.address if transport == "grpc" else thread.http_url
     with grpc.insecure_channel(thread.address) as channel, client_type(address, timeout_s=10) as client:
-        stub = pb_grpc.AttentionServiceStub(channel)
-        waiting = [stub.Predict.future(pb.PredictRequest(image=png(64, 64)), timeout=30) for _ in range(2)]
-        time.sleep(0.3)
-        before = rejected._value.get()
-        with ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(client.predict, png(64, 64))
-            deadline = time.monotonic() + 5
-            while rejected._value.get() < before + 2 and time.monotonic() < deadline:
-                time.sleep(0.005)  # refused, sent again, refused again
-            thread.loop.call_soon_threadsafe(gate.set)
-            assert answer.result(timeout=10).predictions
-        assert all(call.result().predictions for call in waiting)
+        with HeldCap(thread, backend, channel) as cap:
+            before = rejected._value.get()
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(client.predict, png(64, 64))
+                deadline = time.monotonic() + 5
+                while rejected._value.get() < before + 2 and time.monotonic() < deadline:
+                    time.sleep(0.005)  # refused, sent again, refused again
+                cap.release()
+                assert answer.result(timeout=10).predictions
         refusals = rejected._value.get() - before
         assert 2 <= refusals <= 3 and client.overload.throttle.retried == refusals
-    backend.gate = None
-    with client_type(address, timeout_s=10, overload_retries=0) as plain:
-        gate = asyncio.Event()
-        backend.gate = gate
-        with grpc.insecure_channel(thread.address) as channel:
-            stub = pb_grpc.AttentionServiceStub(channel)
-            waiting = [
-                stub.Predict.future(pb.PredictRequest(image=png(64, 64)), timeout=30) for _ in range(2)
-            ]
-            time.sleep(0.3)
+        with (
+            client_type(address, timeout_s=10, overload_retries=0) as plain,
+            HeldCap(thread, backend, channel),
+        ):
             with pytest.raises(Overloaded, match="in flight"):
                 plain.predict(png(64, 64))
-            thread.loop.call_soon_threadsafe(gate.set)
-            assert all(call.result().predictions for call in waiting)
-        backend.gate = None
 
 
 def test_a_refused_stream_item_carries_the_retry_hint_and_other_failures_none(gated: object) -> None:
     thread, backend = gated  # type: ignore[misc]
     with grpc.insecure_channel(thread.address) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
-        gate, held = hold_the_cap(thread, backend, channel)
-        refused = list(
-            stub.PredictStream(iter([pb.PredictRequest(image=png(64, 64), request_id="a")]), timeout=10)
-        )
-        thread.loop.call_soon_threadsafe(gate.set)
-        assert all(call.result().predictions for call in held)
-        backend.gate = None
+        with HeldCap(thread, backend, channel):
+            refused = list(
+                stub.PredictStream(iter([pb.PredictRequest(image=png(64, 64), request_id="a")]), timeout=10)
+            )
         junk = list(stub.PredictStream(iter([pb.PredictRequest(image=b"junk")]), timeout=10))
     (refused_item,), (junk_item,) = refused, junk
     error = refused_item.error
@@ -362,26 +338,20 @@ def test_attnserves_clients_send_a_refused_stream_item_again_after_the_hint(
         return asyncio.run(collect())
 
     with grpc.insecure_channel(thread.address) as channel:
-        gate, held = hold_the_cap(thread, backend, channel)
-        before = rejected._value.get()
-        with ThreadPoolExecutor(1) as pool:
+        with HeldCap(thread, backend, channel) as cap, ThreadPoolExecutor(1) as pool:
+            before = rejected._value.get()
             results = pool.submit(stream, 3)
             deadline = time.monotonic() + 5
             while rejected._value.get() < before + 1 and time.monotonic() < deadline:
                 time.sleep(0.002)  # the first item refused: free the slots
-            thread.loop.call_soon_threadsafe(gate.set)
+            cap.release()
             answered = results.result(timeout=20)
-        assert all(call.result().predictions for call in held)
-        backend.gate = None
         assert [(r.image.width, r.image.height) for r in answered] == [(64, 64), (80, 48)], answered
         assert rejected._value.get() - before >= 1
 
-        gate, held = hold_the_cap(thread, backend, channel)
-        before = rejected._value.get()
-        plain = stream(0)
-        thread.loop.call_soon_threadsafe(gate.set)
-        assert all(call.result().predictions for call in held)
-        backend.gate = None
+        with HeldCap(thread, backend, channel):
+            before = rejected._value.get()
+            plain = stream(0)
     assert [type(r) for r in plain] == [Overloaded, Overloaded] and rejected._value.get() - before == 2
 
 

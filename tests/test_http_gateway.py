@@ -32,7 +32,7 @@ from attnserve.codec import prediction_to_json
 from attnserve.server.http.openapi import openapi_document
 from attnserve.settings import SAMPLES_DIR
 
-from .conftest import FakeBackend, GatewayThread, held_gateway, hold_the_cap
+from .conftest import FakeBackend, GatewayThread, HeldCap, held_gateway
 
 pytestmark = pytest.mark.triton
 
@@ -277,27 +277,22 @@ def test_page_sends_a_refused_prediction_again_after_the_gateways_hint(
           .observe(status, {childList: true, characterData: true, subtree: true}); }"""
     )
     with grpc.insecure_channel(thread.address) as channel:
-        gate, held = hold_the_cap(thread, backend, channel)
-        before = rejected._value.get()
-        page.set_input_files("#file", str(SAMPLE))
-        deadline = time.monotonic() + 10
-        while rejected._value.get() == before and time.monotonic() < deadline:
-            time.sleep(0.002)  # refused once: free the slots, so that a retry is answered
-        thread.loop.call_soon_threadsafe(gate.set)
-        _status(page, "cbam: ")
-        assert all(call.result(10).predictions for call in held)
-        answered_after = rejected._value.get() - before
-        backend.gate = None
+        with HeldCap(thread, backend, channel) as cap:
+            before = rejected._value.get()
+            page.set_input_files("#file", str(SAMPLE))
+            deadline = time.monotonic() + 10
+            while rejected._value.get() == before and time.monotonic() < deadline:
+                time.sleep(0.002)  # refused once: free the slots, so that a retry is answered
+            cap.release()
+            _status(page, "cbam: ")
+            answered_after = rejected._value.get() - before
 
-        gate, held = hold_the_cap(thread, backend, channel)
-        before = rejected._value.get()
-        page.evaluate("() => { window.statuses = []; }")
-        page.click("#samples button >> nth=0")
-        _status(page, "429: ")
-        refused_throughout = rejected._value.get() - before
-        thread.loop.call_soon_threadsafe(gate.set)
-        assert all(call.result(10).predictions for call in held)
-        backend.gate = None
+        with HeldCap(thread, backend, channel):
+            before = rejected._value.get()
+            page.evaluate("() => { window.statuses = []; }")
+            page.click("#samples button >> nth=0")
+            _status(page, "429: ")
+            refused_throughout = rejected._value.get() - before
     statuses = page.evaluate("() => window.statuses")
     assert 1 <= answered_after <= 3
     assert refused_throughout == 4, statuses  # the first call and three retries, each counted

@@ -60,9 +60,14 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def retry_after_ms(error: BaseException) -> int | None:
+    """A refusal's retry hint as it travels (ms): a call's trailer, a stream item's error."""
+    return error.retry_after_ms if isinstance(error, Overloaded) else None
+
+
 def retry_trailers(error: BaseException) -> tuple[tuple[str, str], ...]:
     """The trailing metadata of a refusal that carries a retry hint."""
-    retry_ms = error.retry_after_ms if isinstance(error, Overloaded) else None
+    retry_ms = retry_after_ms(error)
     return () if retry_ms is None else ((RETRY_PUSHBACK_TRAILER, str(retry_ms)),)
 
 

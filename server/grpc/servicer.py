@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from attnserve import codec
-from attnserve.errors import Overloaded, describe, log_failure
+from attnserve.errors import describe, log_failure
 from attnserve.queueing import queued_s
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 from ..gateway.core import GatewayCore
-from .interceptors import status_for
+from .interceptors import retry_after_ms, status_for
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,11 @@ class AttentionService(pb_grpc.AttentionServiceServicer):
                 )
             except Exception as exc:  # one item's failure, declared or not, is that item's error
                 log_failure(log, "PredictStream item", exc)
-                error = pb.Error(code=status_for(exc).value[0], message=describe(exc))
-                if isinstance(exc, Overloaded) and exc.retry_after_ms is not None:
-                    error.retry_after_ms = exc.retry_after_ms  # the item may be sent again
+                error = pb.Error(
+                    code=status_for(exc).value[0],
+                    message=describe(exc),
+                    retry_after_ms=retry_after_ms(exc) or 0,  # 0: not to be sent again
+                )
                 yield pb.PredictStreamResponse(request_id=request.request_id, error=error)
                 continue
             yield pb.PredictStreamResponse(
