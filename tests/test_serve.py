@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,37 @@ def processes_mentioning(text: str) -> list[str]:
     return [pid for pid in result.stdout.split() if int(pid) != os.getpid()]
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_a_failed_test_left() -> Iterator[None]:
+    """A test that fails half-way leaves no server (nor its Triton) running into the next one:
+    SIGTERM lets ``serve`` stop Triton and its stubs before it exits."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """As a shell starts a job: the leader of its own process group, in this session."""
     with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "attnserve", *args], stdout=out, stderr=subprocess.STDOUT, process_group=0
+        process = subprocess.Popen(
+            [sys.executable, "-m", "attnserve", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            env=env,
         )
+    _started.append(process)
+    return process
 
 
 def wait_for(condition: object, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
@@ -67,11 +93,14 @@ def start_serving(
 
 
 def autogroup(pid: int) -> str | None:
-    """The scheduler's group of ``pid``'s session (``CONFIG_SCHED_AUTOGROUP``), where it has one."""
+    """The scheduler's group of ``pid``'s session (``CONFIG_SCHED_AUTOGROUP``): None where the
+    kernel has no autogroups, "root" where the file is empty (they are switched off,
+    ``kernel.sched_autogroup_enabled=0``, or the session never had one: all share the root group)."""
     try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+        fields = Path(f"/proc/{pid}/autogroup").read_text().split()
     except OSError:
         return None
+    return fields[0] if fields else "root"
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
@@ -252,11 +281,7 @@ def test_serve_gives_up_when_triton_keeps_dying(tmp_path: Path) -> None:
     args = ["serve", f"--repository={repository}", f"--http-port={free_port()}",
             f"--grpc-port={grpc_port}", f"--metrics-port={free_port()}", "--gateway-metrics-port=0",
             f"--port={gateway_port}"]  # fmt: skip
-    with open(log, "wb") as out:
-        env = {**os.environ, "ATTNSERVE_TRITON__RESTART_BACKOFF_S": "[0.2, 0.2]"}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "attnserve", *args], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
+    process = start(args, log, env={**os.environ, "ATTNSERVE_TRITON__RESTART_BACKOFF_S": "[0.2, 0.2]"})
     with Client(f"127.0.0.1:{gateway_port}") as client:
         wait_for(lambda: client.health() == "SERVING", process, log)
     shutil.rmtree(repository)  # every restart now fails
