@@ -172,6 +172,14 @@ class GatewaySettings(BaseModel):
         "(attnserve_gc_pause_seconds)",
     )
     render_threads: int = Field(1, gt=0, description="threads for heavy requests (see max_heavy_in_flight)")
+    render_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="the render threads' niceness (Linux, per thread): while a render runs, the "
+        "event loop, cheap requests' threads and a Triton in the same session are served first; "
+        "0: the same priority",
+    )
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain: gRPC and HTTP over TLS")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
     tls_client_ca_file: Path | None = Field(

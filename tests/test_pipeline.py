@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from attnserve.errors import InvalidInput
@@ -228,3 +230,64 @@ def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_
     loop_thread = asyncio.run(run())
     assert (threads == [loop_thread]) is on_the_loop
     assert threads[0].startswith("attnserve-") is not on_the_loop
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread is Linux's")
+@pytest.mark.parametrize(
+    ("render_nice", "form", "thread_prefix"),
+    [
+        (10, MapForm.OVERLAY_PNG, "attnserve-render"),  # anything drawn is heavy
+        (0, MapForm.OVERLAY_PNG, "attnserve-render"),
+        (10, MapForm.RAW, "attnserve-cpu"),  # numbers only: a worker thread at the loop's priority
+    ],
+)
+def test_renders_run_on_threads_nicer_than_the_event_loop(
+    render_nice: int, form: MapForm, thread_prefix: str
+) -> None:
+    """A render competes for the CPU with the event loop (refusals, cheap calls) and a Triton in
+    the same session: its thread yields to them (render_nice); cheap work keeps the loop's."""
+    import asyncio
+    import io
+    import os
+    import threading
+
+    from PIL import Image
+
+    from attnserve.server.gateway import pipeline as pipeline_module
+    from attnserve.server.gateway.catalog import ModelCatalog
+    from attnserve.server.gateway.metrics import GatewayMetrics
+    from attnserve.settings import GatewaySettings
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: list[tuple[str, int]] = []
+    original = pipeline_module.preprocess_image
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        seen.append((threading.current_thread().name, niceness()))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    buffer = io.BytesIO()
+    Image.new("L", (96, 64), 40).save(buffer, format="PNG")
+    call = PredictionRequest(image=buffer.getvalue(), maps=("spatial_stage3",), forms=frozenset({form}))
+
+    async def run() -> int:
+        backend = FakeBackend()
+        catalog = ModelCatalog()
+        await catalog.refresh(backend)
+        settings = GatewaySettings(render_nice=render_nice, inline_preprocess_bytes=0)
+        pipeline = Pipeline(settings, catalog, backend, GatewayMetrics())
+        try:
+            assert (await pipeline.predict(call)).attention
+        finally:
+            pipeline.close()
+        return niceness()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline_module, "preprocess_image", recorded)
+        loop_niceness = asyncio.run(run())
+    ((thread, nice),) = seen
+    assert thread.startswith(thread_prefix)
+    drawn = thread_prefix == "attnserve-render"
+    assert nice == (min(19, loop_niceness + render_nice) if drawn else loop_niceness)

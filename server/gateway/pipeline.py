@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -239,6 +242,14 @@ def check_response_size(
         )
 
 
+def lower_priority(nice: int) -> None:
+    """This thread ``nice`` steps nicer than it was (Linux sets niceness per thread; elsewhere it
+    is the process's, so nothing is done)."""
+    if nice and sys.platform == "linux":
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+
+
 MIN_DEADLINE_S = 0.002
 """A call with less time left is refused at once: no decoding, nothing sent to Triton."""
 
@@ -258,7 +269,10 @@ class Pipeline:
         self.limits = settings.image_limits
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="attnserve-cpu")
         self.render_executor = ThreadPoolExecutor(
-            settings.render_threads, thread_name_prefix="attnserve-render"
+            settings.render_threads,
+            thread_name_prefix="attnserve-render",
+            initializer=lower_priority,
+            initargs=(settings.render_nice,),
         )
         self.admission = Admission(settings, metrics)
 
