@@ -198,8 +198,11 @@ def running_torchserve(venv: Path, work: Path) -> Iterator[TorchServe]:
         *("--models", f"{MODEL_NAME}={MODEL_NAME}.mar"),
     ]
     log = (work / "torchserve.out").open("wb")
+    # a process group of its own (stopped as one), in this session as `attnserve serve` is in the
+    # benchmark's: the kernel shares a core between sessions (autogroups, docs/overload.md), so a
+    # peer in a session of its own would get a share of the CPU that attnserve does not
     process = subprocess.Popen(
-        command, cwd=work, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=work, env=environment, stdout=log, stderr=subprocess.STDOUT, process_group=0
     )
     try:
         server = TorchServe(
@@ -234,7 +237,7 @@ def _wait_until_ready(server: TorchServe, process: subprocess.Popen[bytes], work
 def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
     """SIGTERM to the process group we started (the CLI, the Java frontend, its Python workers),
     then SIGKILL to whatever is left of it after ``grace_s``."""
-    group = process.pid  # start_new_session: the group's id is the leader's pid
+    group = process.pid  # process_group=0: the group's id is the leader's pid
     try:
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
