@@ -291,3 +291,23 @@ def test_renders_run_on_threads_nicer_than_the_event_loop(
     assert thread.startswith(thread_prefix)
     drawn = thread_prefix == "attnserve-render"
     assert nice == (min(19, loop_niceness + render_nice) if drawn else loop_niceness)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread is Linux's")
+def test_a_render_thread_denied_a_lower_priority_still_renders(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sandbox that forbids setpriority must not break the render pool (an initializer that
+    raises makes a ThreadPoolExecutor refuse every task)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from attnserve.server.gateway import pipeline as pipeline_module
+
+    def denied(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", denied)
+    with ThreadPoolExecutor(1, initializer=pipeline_module.lower_priority, initargs=(10,)) as pool:
+        assert pool.submit(lambda: 6 * 7).result(timeout=10) == 42
+    assert "render thread left at the gateway's priority" in caplog.text

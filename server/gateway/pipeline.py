@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -50,6 +51,8 @@ from .postprocess import AttentionRequest, TaskOptions, answer_draws, postproces
 from .postprocess.tasks import DEFAULT_SCORE_THRESHOLD, MAX_INSTANCES
 from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 from .render import ImageEncoder
+
+log = logging.getLogger(__name__)
 
 PRIMARY = "primary"
 DEFAULT_TOP_K = 5
@@ -244,10 +247,14 @@ def check_response_size(
 
 def lower_priority(nice: int) -> None:
     """This thread ``nice`` steps nicer than it was (Linux sets niceness per thread; elsewhere it
-    is the process's, so nothing is done)."""
+    is the process's, so nothing is done). Where a sandbox forbids it, the thread keeps its
+    priority and says so: a thread pool whose initializer raises refuses all its work."""
     if nice and sys.platform == "linux":
         thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+        except OSError as error:
+            log.warning("render thread left at the gateway's priority (render_nice %d): %s", nice, error)
 
 
 MIN_DEADLINE_S = 0.002
