@@ -298,3 +298,55 @@ def test_page_sends_a_refused_prediction_again_after_the_gateways_hint(
     assert refused_throughout == 4, statuses  # the first call and three retries, each counted
     assert [s for s in statuses if s.startswith("The server is busy")][-1].endswith("(3 of 3)…"), statuses
     assert "in flight" in page.inner_text("#status") and "retry in" in page.inner_text("#status")
+
+
+@pytest.mark.browser
+def test_a_newer_prediction_on_the_page_supersedes_one_still_being_retried(
+    held_gateway: tuple[GatewayThread, FakeBackend], browser: object
+) -> None:
+    """A user who picks another image while the page is still sending the last one again (the
+    gateway full) gets the newer one's answer: the older one's retries stop at once, so one page
+    sends one prediction at a time, and an older answer never replaces a newer one on screen."""
+    thread, backend = held_gateway
+    page, errors = _open_page(browser, thread)
+    page.wait_for_selector("#samples button >> nth=1", state="attached")
+    page.evaluate(  # each prediction's image size, in the order the page sends them
+        """() => { window.sent = []; const send = window.fetch;
+        window.fetch = (url, options = {}) => {
+          if (String(url).includes(':predict')) sent.push(options.body.size);
+          return send(url, options);
+        }; }"""
+    )
+
+    def sent() -> list[int]:
+        return list(page.evaluate("() => window.sent"))
+
+    with grpc.insecure_channel(thread.address) as channel:
+        with HeldCap(thread, backend, channel) as cap:
+            # in the page, so that the second click lands within the first's pause (50–100 ms)
+            page.evaluate(
+                """() => new Promise((resolve) => {
+                  const status = document.getElementById('status');
+                  const buttons = document.querySelectorAll('#samples button');
+                  const observer = new MutationObserver(() => {
+                    if (!status.textContent.startsWith('The server is busy')) return;
+                    observer.disconnect();
+                    buttons[1].click();
+                    resolve();
+                  });
+                  observer.observe(status, {childList: true, characterData: true, subtree: true});
+                  buttons[0].click();
+                })"""
+            )
+            deadline = time.monotonic() + 10
+            while len(set(sent())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.002)
+            cap.release()  # the second's retry is answered
+            _status(page, "cbam: ")
+        time.sleep(0.5)  # what the first would still send: its pauses are at most 2 × the hint
+    sizes = sent()
+    first = sizes[0]
+    switched = next(index for index, size in enumerate(sizes) if size != first)
+    assert len(set(sizes)) == 2 and first not in sizes[switched:], sizes
+    assert page.evaluate("() => state.blob.size") == sizes[-1]
+    assert [e for e in errors if "status of 429" not in e] == []  # an abort is no script error

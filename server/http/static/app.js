@@ -26,6 +26,15 @@ function retryHintMs(response) {
   return null; // no hint (or an HTTP date): not sent again
 }
 
+// A pause that ends early, rejecting, when `signal` aborts (a newer prediction took over).
+function pauseFor(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => { clearTimeout(timer); reject(signal.reason); }, { once: true });
+  });
+}
+
 async function getJson(url, options = {}) {
   const key = sessionStorage.getItem("attnserve-api-key");
   const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
@@ -35,7 +44,7 @@ async function getJson(url, options = {}) {
     if (hint === null) break;
     const pause = Math.round(hint * (1 + Math.random()));
     setStatus(`The server is busy: trying again in ${pause} ms (${retry} of ${OVERLOAD_RETRIES})…`);
-    await new Promise((resolve) => setTimeout(resolve, pause));
+    await pauseFor(pause, options.signal);
     response = await fetch(url, { ...options, headers });
   }
   const body = await response.json().catch(() => ({ message: response.statusText }));
@@ -94,7 +103,15 @@ function loadImage(blob) {
   });
 }
 
+// The prediction under way: a newer one (another image, model or class) aborts it, its request
+// and its retries, so that one page sends one prediction at a time and an older answer never
+// replaces a newer one on screen.
+let predicting = null;
+
 async function predictBlob(blob, targetClass = null) {
+  predicting?.abort();
+  const current = new AbortController();
+  predicting = current;
   state.blob = blob;
   state.targetClass = targetClass;
   const model = $("model").value;
@@ -108,16 +125,18 @@ async function predictBlob(blob, targetClass = null) {
       method: "POST",
       headers: { "Content-Type": blob.type || "application/octet-stream" },
       body: blob,
+      signal: current.signal,
     });
-    state.image = await loadImage(blob);
-    state.answer = answer;
+    const image = await loadImage(blob);
     await Promise.all((answer.attention || []).map(decodeHeatmap));
-    state.taskImage = answer.task_overlay ? await loadImage(base64Blob(answer.task_overlay, answer.task_overlay_encoding)) : null;
+    const taskImage = answer.task_overlay ? await loadImage(base64Blob(answer.task_overlay, answer.task_overlay_encoding)) : null;
+    if (current.signal.aborted) return;
+    Object.assign(state, { image, answer, taskImage });
     showAnswer();
     const top = (answer.predictions || [])[0];
     setStatus(top ? `${answer.model}: ${top.label} (${(top.score * 100).toFixed(1)}%)` : `${answer.model}: ${taskSummary(answer)}`);
   } catch (error) {
-    setStatus(error.message, true);
+    if (!current.signal.aborted) setStatus(error.message, true);
   }
 }
 
