@@ -167,6 +167,50 @@ def test_upsampled_answers_that_cannot_fit_a_message_are_refused_up_front() -> N
     check_response_size(overlays, SPEC, photo, 64 * 2**20)  # 5 PNGs at 1 byte a pixel: 57 MiB
 
 
+def preprocessing_threads(
+    monkeypatch: pytest.MonkeyPatch, call: PredictionRequest, settings: object
+) -> tuple[list[tuple[str, int]], tuple[str, int]]:
+    """``call`` through a real `Pipeline` on a `FakeBackend`: the name and niceness of each thread
+    that preprocessed its image, and of the event loop's thread."""
+    import asyncio
+    import os
+    import threading
+
+    from attnserve.server.gateway import pipeline as pipeline_module
+    from attnserve.server.gateway.catalog import ModelCatalog
+    from attnserve.server.gateway.metrics import GatewayMetrics
+
+    def this_thread() -> tuple[str, int]:
+        linux = sys.platform == "linux"
+        return threading.current_thread().name, (
+            os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if linux else 0
+        )
+
+    seen: list[tuple[str, int]] = []
+    original = pipeline_module.preprocess_image
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        seen.append(this_thread())
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "preprocess_image", recorded)
+
+    async def run() -> tuple[str, int]:
+        backend = FakeBackend()
+        catalog = ModelCatalog()
+        await catalog.refresh(backend)
+        pipeline = Pipeline(settings, catalog, backend, GatewayMetrics())  # type: ignore[arg-type]
+        try:
+            answer = await pipeline.predict(call)
+            assert answer.predictions and answer.attention
+        finally:
+            pipeline.close()
+        return this_thread()
+
+    loop_thread = asyncio.run(run())
+    return seen, loop_thread
+
+
 @pytest.mark.parametrize(
     ("side", "forms", "inline_bytes", "on_the_loop"),
     [
@@ -184,26 +228,13 @@ def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_
     inline_bytes: int,
     on_the_loop: bool,
 ) -> None:
-    import asyncio
     import io
     import os
-    import threading
 
     from PIL import Image, PngImagePlugin
 
-    from attnserve.server.gateway import pipeline as pipeline_module
-    from attnserve.server.gateway.catalog import ModelCatalog
-    from attnserve.server.gateway.metrics import GatewayMetrics
     from attnserve.settings import GatewaySettings
 
-    threads: list[str] = []
-    original = pipeline_module.preprocess_image
-
-    def recorded(*args: object, **kwargs: object) -> object:
-        threads.append(threading.current_thread().name)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pipeline_module, "preprocess_image", recorded)
     buffer = io.BytesIO()
     image = Image.new("L", (abs(side), abs(side)), 40)
     if side > 0:
@@ -214,20 +245,10 @@ def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_
         image.save(buffer, format="PNG", pnginfo=info)
         assert len(buffer.getvalue()) > 256 * 1024
     call = PredictionRequest(image=buffer.getvalue(), maps=("spatial_stage3",), forms=forms)
-
-    async def run() -> str:
-        backend = FakeBackend()
-        catalog = ModelCatalog()
-        await catalog.refresh(backend)
-        settings = GatewaySettings(inline_preprocess_bytes=inline_bytes)
-        pipeline = Pipeline(settings, catalog, backend, GatewayMetrics())
-        try:
-            assert (await pipeline.predict(call)).predictions
-        finally:
-            pipeline.close()
-        return threading.current_thread().name
-
-    loop_thread = asyncio.run(run())
+    seen, (loop_thread, _) = preprocessing_threads(
+        monkeypatch, call, GatewaySettings(inline_preprocess_bytes=inline_bytes)
+    )
+    threads = [name for name, _ in seen]
     assert (threads == [loop_thread]) is on_the_loop
     assert threads[0].startswith("attnserve-") is not on_the_loop
 
@@ -242,52 +263,21 @@ def test_small_images_are_preprocessed_on_the_event_loop_and_the_rest_on_worker_
     ],
 )
 def test_renders_run_on_threads_nicer_than_the_event_loop(
-    render_nice: int, form: MapForm, thread_prefix: str
+    monkeypatch: pytest.MonkeyPatch, render_nice: int, form: MapForm, thread_prefix: str
 ) -> None:
     """A render competes for the CPU with the event loop (refusals, cheap calls) and a Triton in
     the same session: its thread yields to them (render_nice); cheap work keeps the loop's."""
-    import asyncio
     import io
-    import os
-    import threading
 
     from PIL import Image
 
-    from attnserve.server.gateway import pipeline as pipeline_module
-    from attnserve.server.gateway.catalog import ModelCatalog
-    from attnserve.server.gateway.metrics import GatewayMetrics
     from attnserve.settings import GatewaySettings
-
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    seen: list[tuple[str, int]] = []
-    original = pipeline_module.preprocess_image
-
-    def recorded(*args: object, **kwargs: object) -> object:
-        seen.append((threading.current_thread().name, niceness()))
-        return original(*args, **kwargs)  # type: ignore[arg-type]
 
     buffer = io.BytesIO()
     Image.new("L", (96, 64), 40).save(buffer, format="PNG")
     call = PredictionRequest(image=buffer.getvalue(), maps=("spatial_stage3",), forms=frozenset({form}))
-
-    async def run() -> int:
-        backend = FakeBackend()
-        catalog = ModelCatalog()
-        await catalog.refresh(backend)
-        settings = GatewaySettings(render_nice=render_nice, inline_preprocess_bytes=0)
-        pipeline = Pipeline(settings, catalog, backend, GatewayMetrics())
-        try:
-            assert (await pipeline.predict(call)).attention
-        finally:
-            pipeline.close()
-        return niceness()
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline_module, "preprocess_image", recorded)
-        loop_niceness = asyncio.run(run())
-    ((thread, nice),) = seen
+    settings = GatewaySettings(render_nice=render_nice, inline_preprocess_bytes=0)
+    ((thread, nice),), (_, loop_niceness) = preprocessing_threads(monkeypatch, call, settings)
     assert thread.startswith(thread_prefix)
     drawn = thread_prefix == "attnserve-render"
     assert nice == (min(19, loop_niceness + render_nice) if drawn else loop_niceness)
