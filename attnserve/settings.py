@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -170,6 +170,12 @@ class GatewaySettings(BaseModel):
         description="once started, keep every object then alive out of Python's full garbage "
         "collections (gc.freeze), which otherwise stop the event loop for tens of milliseconds "
         "(attnserve_gc_pause_seconds)",
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="the gateway's event loop: uvloop (libuv) takes up and refuses each call with "
+        "about a tenth less CPU than asyncio's own loop (docs/overload.md); asyncio where uvloop "
+        "has no wheel",
     )
     render_threads: int = Field(1, gt=0, description="threads for heavy requests (see max_heavy_in_flight)")
     render_nice: int = Field(

@@ -15,6 +15,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from attnserve.errors import SetupError
 from attnserve.settings import Settings
@@ -52,6 +54,7 @@ async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> No
     gateway = Gateway(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     failure: SetupError | None = None
@@ -143,7 +146,7 @@ class TritonSupervisor:
 
 def run_gateway(settings: Settings) -> None:
     """The gateway alone, against the Triton at ``settings.triton.grpc_target``."""
-    asyncio.run(_serve_gateway(settings, None))
+    _run_loop(settings, _serve_gateway(settings, None))
 
 
 def run_serve(settings: Settings) -> None:
@@ -153,9 +156,25 @@ def run_serve(settings: Settings) -> None:
     try:
         with TritonProcess(settings.triton) as triton:
             signal.signal(signal.SIGTERM, previous)
-            asyncio.run(_serve_gateway(settings, triton))
+            _run_loop(settings, _serve_gateway(settings, triton))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """Runs the gateway's ``main`` on the event loop its settings name (``event_loop``)."""
+    factory = None
+    if settings.gateway.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:  # a platform without its wheels (Windows): asyncio's own loop
+            raise SetupError(
+                f"event_loop=uvloop, but uvloop does not import here ({exc}): install it "
+                "(pip install uvloop) or set ATTNSERVE_GATEWAY__EVENT_LOOP=asyncio"
+            ) from exc
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
