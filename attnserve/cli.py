@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnserve.errors import AttnserveError, InvalidInput, SetupError
-from attnserve.request_ids import configure_logging
+from attnserve.logs import configure_logging
 from attnserve.settings import DEFAULT_GATEWAY_ADDRESS, SAMPLE_IMAGE, Settings
 
 if TYPE_CHECKING:

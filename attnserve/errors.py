@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from .logs import REFUSALS
+
 
 class AttnserveError(Exception):
     """Base of every error a user can act on; the message says what to do."""
@@ -92,8 +94,11 @@ def describe(error: BaseException) -> str:
 
 
 def log_failure(log: logging.Logger, where: str, error: BaseException) -> None:
-    """A domain error is one info line; anything else is a bug, logged with its traceback."""
-    if isinstance(error, AttnserveError):
+    """A domain error is one info line (an admission refusal, one a second and a count:
+    `attnserve.logs.RefusalLog`); anything else is a bug, logged with its traceback."""
+    if isinstance(error, Overloaded):
+        REFUSALS.refused(log, where, error)
+    elif isinstance(error, AttnserveError):
         log.info("%s: %s: %s", where, type(error).__name__, error)
     else:
         log.error("%s failed unexpectedly", where, exc_info=error)

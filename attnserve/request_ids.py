@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from contextvars import ContextVar
-from typing import TextIO
 
 _CURRENT: ContextVar[str] = ContextVar("attnserve_request_id", default="-")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
@@ -35,11 +34,3 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = _CURRENT.get()
         return True
-
-
-def configure_logging(level: str, stream: TextIO) -> None:
-    """The root logger: one handler on ``stream`` with the request ID in every line."""
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.addFilter(RequestIdFilter())
-    logging.basicConfig(level=level.upper(), handlers=[handler])

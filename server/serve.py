@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from attnserve.errors import SetupError
+from attnserve.logs import REFUSALS
 from attnserve.settings import Settings
 
 from .app import Gateway
@@ -79,6 +80,7 @@ async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> No
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
+                REFUSALS.flush(log)  # a burst's refusals, counted, once it is over
                 if supervisor is not None and not stop.is_set():
                     failure = await supervisor.check(stop)
                     if failure is not None:
@@ -87,6 +89,7 @@ async def _serve_gateway(settings: Settings, triton: TritonProcess | None) -> No
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await gateway.stop()
+        REFUSALS.flush(log, final=True)
     if failure is not None:
         raise failure
 

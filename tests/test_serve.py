@@ -10,12 +10,14 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from attnserve import errors
 from attnserve._net import free_port
 from attnserve.clients import Client
 from attnserve.errors import AttnserveError, Unavailable
@@ -120,7 +122,9 @@ def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_sig
         process.send_signal(stop_signal)  # as a supervisor
     assert process.wait(timeout=60) == 0, log.read_text()
     assert processes_mentioning(f"grpc-port={grpc_port}") == []  # tritonserver and its stubs are gone
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "event loop: uvloop.Loop" in text  # the default, whose signal handling this test covers
 
 
 def triton_pid(grpc_port: int) -> int:
@@ -307,6 +311,49 @@ def test_triton_command_serves_until_interrupted(tmp_path: Path) -> None:
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0, log.read_text()
     assert processes_mentioning(f"grpc-port={grpc_port}") == []
+
+
+def test_a_gateway_whose_output_nobody_reads_keeps_answering(tmp_path: Path) -> None:
+    """A log reader that falls behind blocks the writer (Docker's default log delivery does; so
+    does a full pipe), and every invalid call is a log line. The lines are written by a thread of
+    their own: 3,000 invalid calls (~500 KB of log, a pipe holds 64 KB) are all answered, a
+    prediction after them too, and once the output is read again every line is in it."""
+    grpc_port, gateway_port = free_port(), free_port()
+    args = ["serve", f"--http-port={free_port()}", f"--grpc-port={grpc_port}",
+            f"--metrics-port={free_port()}", "--gateway-metrics-port=0", f"--port={gateway_port}",
+            f"--gateway-http-port={free_port()}"]  # fmt: skip
+    command = [sys.executable, "-m", "attnserve", *args]
+    # stdout and stderr into a pipe that is not read for now
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
+    _started.append(process)
+    assert process.stdout is not None
+    with process.stdout:
+        outcomes: Counter[str] = Counter()
+        with Client(f"127.0.0.1:{gateway_port}", timeout_s=10) as client:
+            deadline = time.monotonic() + 120
+            while client.health() != "SERVING":
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+            for _ in range(3_000):
+                try:
+                    client.predict(b"not an image")
+                    outcomes["answered"] += 1
+                except AttnserveError as exc:
+                    outcomes[type(exc).__name__] += 1
+                if len(outcomes) > 1:  # a call not answered INVALID_ARGUMENT: the gateway stalled
+                    break
+            assert client.predict(Path("docs/samples/digit.png").read_bytes()).predictions
+        (kind,) = outcomes
+        assert issubclass(getattr(errors, kind), errors.InvalidInput) and outcomes[kind] == 3_000, outcomes
+        output: list[bytes] = []
+        reader = threading.Thread(target=lambda: output.append(process.stdout.read()))  # type: ignore[union-attr]
+        reader.start()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        reader.join(timeout=60)
+        text = output[0].decode()
+        assert text.count("Predict: UnsupportedMedia: the bytes are not an image") == 3_000, text[-2000:]
+        assert "log lines dropped" not in text and "Traceback" not in text
 
 
 def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
