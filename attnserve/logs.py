@@ -1,10 +1,10 @@
 """Logs that never hold up serving: written by a thread of their own, and refusals summarised.
 
 - `configure_logging`: every record is formatted where it is logged (with its request ID) and
-  put on a bounded queue; a thread writes it. A reader of stderr that falls behind (Docker's
-  default log delivery blocks the writer; a full pipe does) then slows no call: before, the event
-  loop itself waited in ``write``. Records beyond the queue are dropped, counted, and said in one
-  line when there is room again.
+  queued; a thread of its own writes the lines, many a write (`LineWriter`). A reader of stderr
+  that falls behind (Docker's default log delivery blocks the writer; a full pipe does) then
+  slows no call: before, the event loop itself waited in ``write``. Lines beyond the queue are
+  dropped, counted, and said in one line when there is room again.
 - `RefusalLog`: admission refusals (RESOURCE_EXHAUSTED, HTTP 429) come by the thousand under
   overload, when a line each costs the event loop most (about a tenth of a refusal's CPU,
   docs/overload.md). The first refusal after a quiet ``interval_s`` is logged whole, with its
@@ -14,41 +14,54 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from logging.handlers import QueueHandler, QueueListener
 from typing import TextIO
 
 from .request_ids import LOG_FORMAT, RequestIdFilter
 
-QUEUED_RECORDS = 10_000
-"""Log records waiting for the writer thread at most (each a formatted line, ~200 bytes)."""
+QUEUED_LINES = 10_000
+"""Log lines waiting for the writer thread at most (~200 bytes each)."""
+PAUSE_S = 0.01
+"""The writer's pause after each write. A line logged while the writer waits wakes it, and a
+thread woken per line costs the event loop more than the line itself (a thread switch and the
+GIL's hand-over): waking at most this often keeps a line's cost below a write of its own."""
 
 
-_listener: QueueListener | None = None
+class LineWriter(logging.Handler):
+    """Formats each record on the thread that logs it (where its request ID is) and queues the
+    line without ever waiting; a thread of its own writes what is queued, many lines a write. A
+    line beyond ``limit`` queued is dropped and counted, and the next one that fits is preceded
+    by a line that says how many. `close` writes what is queued and stops the thread (logging
+    closes its handlers at exit)."""
 
-
-class DroppingQueueHandler(QueueHandler):
-    """Puts records on a bounded queue without ever waiting; a record that does not fit is
-    dropped and counted, and the next one that fits is preceded by a line that says how many."""
-
-    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
-        super().__init__(records)
+    def __init__(self, stream: TextIO, limit: int = QUEUED_LINES) -> None:
+        super().__init__()
+        self.stream, self.limit = stream, limit
         self.dropped = 0
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._write, name="attnserve-log-writer", daemon=True
+        )
+        self._thread.start()
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            if self.dropped:
-                self.queue.put_nowait(self._dropped_notice())
-                self.dropped = 0
-            self.queue.put_nowait(record)
-        except queue.Full:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._lines.qsize() >= self.limit:
             self.dropped += 1
+            return
+        if self.dropped:
+            self._lines.put(self.format(self._dropped_notice()))
+            self.dropped = 0
+        self._lines.put(line)
 
     def _dropped_notice(self) -> logging.LogRecord:
         notice = logging.LogRecord(
@@ -63,36 +76,49 @@ class DroppingQueueHandler(QueueHandler):
         notice.request_id = "-"
         return notice
 
+    def _write(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[str] = []
+            line = self._lines.get()
+            while True:
+                if line is None:
+                    stopping = True
+                    break
+                batch.append(line)
+                try:
+                    line = self._lines.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self.stream.write("\n".join(batch) + "\n")
+                    self.stream.flush()
+                except Exception:  # a closed stream: nothing to write to any more
+                    pass
+            if not stopping:  # lines gather meanwhile: at most 1 / PAUSE_S wake-ups a second
+                time.sleep(PAUSE_S)
 
-def configure_logging(level: str, stream: TextIO, force: bool = False) -> QueueListener | None:
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._lines.put(None)
+            thread.join()
+        super().close()
+
+
+def configure_logging(level: str, stream: TextIO, force: bool = False) -> LineWriter | None:
     """The root logger: lines with the request ID, written to ``stream`` by a thread of their
-    own (stopped, and what is queued written, at exit). Returns that thread's listener, or None
-    where the root logger has handlers already (an embedding program's, a test runner's) and
-    ``force`` is not set: those are left as they are, as `logging.basicConfig` does."""
+    own (`LineWriter`). Returns it, or None where the root logger has handlers already (an
+    embedding program's, a test runner's) and ``force`` is not set: those are left as they are,
+    as `logging.basicConfig` does."""
     if logging.getLogger().handlers and not force:
         return None
-    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUED_RECORDS)
-    intake = DroppingQueueHandler(records)
-    intake.addFilter(RequestIdFilter())  # on the caller's thread: the ID is a context variable
-    intake.setFormatter(logging.Formatter("%(message)s"))  # the message (and any traceback) only
-    writer = logging.StreamHandler(stream)
+    writer = LineWriter(stream)
     writer.setFormatter(logging.Formatter(LOG_FORMAT))
-    listener = QueueListener(records, writer)
-    global _listener
-    stop_writing()  # configured again (a test calling the CLI twice): one writer thread
-    logging.basicConfig(level=level.upper(), handlers=[intake], force=True)
-    listener.start()
-    _listener = listener
-    return listener
-
-
-@atexit.register
-def stop_writing() -> None:
-    """Writes what is queued and stops the writer thread (at exit, or before configuring again)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    writer.addFilter(RequestIdFilter())  # on the caller's thread: the ID is a context variable
+    logging.basicConfig(level=level.upper(), handlers=[writer], force=True)  # closes the former ones
+    return writer
 
 
 class RefusalLog:

@@ -103,7 +103,9 @@ def root_restored() -> Iterator[None]:
     try:
         yield
     finally:
-        logs.stop_writing()
+        for handler in root.handlers:
+            if isinstance(handler, logs.LineWriter):
+                handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
 
@@ -111,9 +113,10 @@ def root_restored() -> Iterator[None]:
 @pytest.mark.usefixtures("root_restored")
 def test_a_stalled_log_stream_holds_up_no_caller_and_what_is_dropped_is_said() -> None:
     stream = StalledStream()
-    logs.configure_logging("INFO", stream, force=True)  # type: ignore[arg-type]
+    writer = logs.configure_logging("INFO", stream, force=True)  # type: ignore[arg-type]
+    assert writer is not None
     log = logging.getLogger("attnserve.test_logs.stalled")
-    lines = logs.QUEUED_RECORDS + 5_000
+    lines = logs.QUEUED_LINES + 5_000
 
     def burst() -> None:
         for i in range(lines):
@@ -126,12 +129,11 @@ def test_a_stalled_log_stream_holds_up_no_caller_and_what_is_dropped_is_said() -
     stream.resumed.set()  # (so that a failing test does not leave the caller waiting)
     caller.join(timeout=60)
     assert not stalled, "a caller waited for the log stream"
-    assert logs._listener is not None
-    while not logs._listener.queue.empty():  # the writer catches up
+    while writer._lines.qsize():  # the writer catches up
         time.sleep(0.01)
     # in a request's context: the ID is read where the line is logged, not by the writer thread
     contextvars.copy_context().run(lambda: (request_ids.bind("abc123"), log.warning("after the stall")))
-    logs.stop_writing()  # writes what is queued
+    writer.close()  # writes what is queued
     written = "".join(stream.written).splitlines()
     burst_lines = [line for line in written if ": line " in line]
     (notice,) = [line for line in written if "log lines dropped" in line]
@@ -147,22 +149,24 @@ def test_configuring_again_keeps_one_writer_thread() -> None:
     first = logs.configure_logging("INFO", StalledStream(), force=True)  # type: ignore[arg-type]
     second = logs.configure_logging("INFO", StalledStream(), force=True)  # type: ignore[arg-type]
     assert first is not None and second is not None
+    # the first writer was closed with its handler: its thread is gone
     assert first._thread is None and second._thread is not None and second._thread.is_alive()
     # a root logger with handlers of its own (a test runner's, an embedding program's) is kept
     assert logs.configure_logging("INFO", StalledStream()) is None  # type: ignore[arg-type]
-    assert logging.getLogger().handlers[0].queue is second.queue  # type: ignore[attr-defined]
+    assert logging.getLogger().handlers == [second]
 
 
 @pytest.mark.usefixtures("root_restored")
 def test_a_traceback_is_written_whole_by_the_writer_thread() -> None:
     stream = StalledStream()
     stream.resumed.set()
-    logs.configure_logging("INFO", stream, force=True)  # type: ignore[arg-type]
+    writer = logs.configure_logging("INFO", stream, force=True)  # type: ignore[arg-type]
+    assert writer is not None
     try:
         raise ValueError("boom")
     except ValueError as exc:
         log_failure(logging.getLogger("attnserve.test_logs"), "Predict", exc)
-    logs.stop_writing()
+    writer.close()
     text = "".join(stream.written)
     logged = "ERROR attnserve.test_logs [-]: Predict failed unexpectedly\nTraceback (most recent call last):"
     assert logged in text
