@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -36,8 +37,10 @@ class LineWriter(logging.Handler):
     """Formats each record on the thread that logs it (where its request ID is) and queues the
     line without ever waiting; a thread of its own writes what is queued, many lines a write. A
     line beyond ``limit`` queued is dropped and counted, and the next one that fits is preceded
-    by a line that says how many. `close` writes what is queued and stops the thread (logging
-    closes its handlers at exit)."""
+    by a line that says how many. `stop` writes what is queued and ends the thread; from then on
+    each line is written where it is logged. Closing the handler does not stop the thread: a
+    library that reconfigures logging closes every handler (uvicorn's `dictConfig` does), and
+    the root logger keeps this one."""
 
     def __init__(self, stream: TextIO, limit: int = QUEUED_LINES) -> None:
         super().__init__()
@@ -54,6 +57,9 @@ class LineWriter(logging.Handler):
             line = self.format(record)
         except Exception:
             self.handleError(record)
+            return
+        if self._thread is None:  # stopped (at exit): written here and now
+            self._write_lines([line])
             return
         if self._lines.qsize() >= self.limit:
             self.dropped += 1
@@ -90,35 +96,50 @@ class LineWriter(logging.Handler):
                     line = self._lines.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                try:
-                    self.stream.write("\n".join(batch) + "\n")
-                    self.stream.flush()
-                except Exception:  # a closed stream: nothing to write to any more
-                    pass
+            self._write_lines(batch)
             if not stopping:  # lines gather meanwhile: at most 1 / PAUSE_S wake-ups a second
                 time.sleep(PAUSE_S)
 
-    def close(self) -> None:
+    def _write_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except Exception:  # a closed stream: nothing to write to any more
+            pass
+
+    def stop(self) -> None:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._lines.put(None)
             thread.join()
-        super().close()
+
+
+_writer: LineWriter | None = None
 
 
 def configure_logging(level: str, stream: TextIO, force: bool = False) -> LineWriter | None:
     """The root logger: lines with the request ID, written to ``stream`` by a thread of their
-    own (`LineWriter`). Returns it, or None where the root logger has handlers already (an
-    embedding program's, a test runner's) and ``force`` is not set: those are left as they are,
-    as `logging.basicConfig` does."""
+    own (`LineWriter`, stopped at exit). Returns it, or None where the root logger has handlers
+    already (an embedding program's, a test runner's) and ``force`` is not set: those are left
+    as they are, as `logging.basicConfig` does."""
     if logging.getLogger().handlers and not force:
         return None
-    writer = LineWriter(stream)
-    writer.setFormatter(logging.Formatter(LOG_FORMAT))
-    writer.addFilter(RequestIdFilter())  # on the caller's thread: the ID is a context variable
-    logging.basicConfig(level=level.upper(), handlers=[writer], force=True)  # closes the former ones
-    return writer
+    global _writer
+    stop_writing()  # configured again (a test calling the CLI twice): one writer thread
+    _writer = LineWriter(stream)
+    _writer.setFormatter(logging.Formatter(LOG_FORMAT))
+    _writer.addFilter(RequestIdFilter())  # on the caller's thread: the ID is a context variable
+    logging.basicConfig(level=level.upper(), handlers=[_writer], force=True)
+    return _writer
+
+
+@atexit.register
+def stop_writing() -> None:
+    """Writes what is queued and stops the writer thread (at exit, before logging shuts down)."""
+    if _writer is not None:
+        _writer.stop()
 
 
 class RefusalLog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import logging.config
 import threading
 import time
 from collections.abc import Iterator
@@ -103,9 +104,7 @@ def root_restored() -> Iterator[None]:
     try:
         yield
     finally:
-        for handler in root.handlers:
-            if isinstance(handler, logs.LineWriter):
-                handler.close()
+        logs.stop_writing()
         root.handlers[:] = handlers
         root.setLevel(level)
 
@@ -133,7 +132,7 @@ def test_a_stalled_log_stream_holds_up_no_caller_and_what_is_dropped_is_said() -
         time.sleep(0.01)
     # in a request's context: the ID is read where the line is logged, not by the writer thread
     contextvars.copy_context().run(lambda: (request_ids.bind("abc123"), log.warning("after the stall")))
-    writer.close()  # writes what is queued
+    writer.stop()  # writes what is queued
     written = "".join(stream.written).splitlines()
     burst_lines = [line for line in written if ": line " in line]
     (notice,) = [line for line in written if "log lines dropped" in line]
@@ -149,8 +148,9 @@ def test_configuring_again_keeps_one_writer_thread() -> None:
     first = logs.configure_logging("INFO", StalledStream(), force=True)  # type: ignore[arg-type]
     second = logs.configure_logging("INFO", StalledStream(), force=True)  # type: ignore[arg-type]
     assert first is not None and second is not None
-    # the first writer was closed with its handler: its thread is gone
-    assert first._thread is None and second._thread is not None and second._thread.is_alive()
+    assert (
+        first._thread is None
+    )  # stopped: one writer thread and second._thread is not None and second._thread.is_alive()
     # a root logger with handlers of its own (a test runner's, an embedding program's) is kept
     assert logs.configure_logging("INFO", StalledStream()) is None  # type: ignore[arg-type]
     assert logging.getLogger().handlers == [second]
@@ -166,8 +166,27 @@ def test_a_traceback_is_written_whole_by_the_writer_thread() -> None:
         raise ValueError("boom")
     except ValueError as exc:
         log_failure(logging.getLogger("attnserve.test_logs"), "Predict", exc)
-    writer.close()
+    writer.stop()
     text = "".join(stream.written)
     logged = "ERROR attnserve.test_logs [-]: Predict failed unexpectedly\nTraceback (most recent call last):"
     assert logged in text
     assert text.rstrip().endswith("ValueError: boom"), text
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_lines_keep_coming_after_a_library_reconfigures_logging_and_after_the_writer_stops() -> None:
+    """uvicorn's `dictConfig` closes every handler (the gateway's HTTP front starts it after the
+    CLI configured logging): the writer thread must not end with its handler."""
+    stream = StalledStream()
+    stream.resumed.set()
+    writer = logs.configure_logging("INFO", stream, force=True)  # type: ignore[arg-type]
+    assert writer is not None
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    log = logging.getLogger("attnserve.test_logs")
+    log.info("after dictConfig")
+    writer.stop()
+    log.info("after the writer stopped")  # at exit, after the writer: written where it is logged
+    assert [line.rsplit(": ", 1)[1] for line in "".join(stream.written).splitlines()] == [
+        "after dictConfig",
+        "after the writer stopped",
+    ]

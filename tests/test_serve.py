@@ -15,12 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from attnserve import errors
 from attnserve._net import free_port
 from attnserve.clients import Client
 from attnserve.errors import AttnserveError, Unavailable
+from attnserve.v1 import attnserve_pb2 as pb
+from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -317,14 +320,18 @@ def test_a_gateway_whose_output_nobody_reads_keeps_answering(tmp_path: Path) -> 
     """A log reader that falls behind blocks the writer (Docker's default log delivery does; so
     does a full pipe), and every invalid call is a log line. The lines are written by a thread of
     their own: 3,000 invalid calls (~500 KB of log, a pipe holds 64 KB) are all answered, a
-    prediction after them too, and once the output is read again every line is in it."""
+    prediction after them too, and once the output is read again every line is in it. A burst's
+    admission refusals (one call in flight at most here) are one whole line and a count."""
     grpc_port, gateway_port = free_port(), free_port()
     args = ["serve", f"--http-port={free_port()}", f"--grpc-port={grpc_port}",
             f"--metrics-port={free_port()}", "--gateway-metrics-port=0", f"--port={gateway_port}",
             f"--gateway-http-port={free_port()}"]  # fmt: skip
     command = [sys.executable, "-m", "attnserve", *args]
     # stdout and stderr into a pipe that is not read for now
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
+    env = dict(os.environ, ATTNSERVE_GATEWAY__MAX_IN_FLIGHT="1")
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0, env=env
+    )
     _started.append(process)
     assert process.stdout is not None
     with process.stdout:
@@ -343,6 +350,13 @@ def test_a_gateway_whose_output_nobody_reads_keeps_answering(tmp_path: Path) -> 
                 if len(outcomes) > 1:  # a call not answered INVALID_ARGUMENT: the gateway stalled
                     break
             assert client.predict(Path("docs/samples/digit.png").read_bytes()).predictions
+        with grpc.insecure_channel(f"127.0.0.1:{gateway_port}") as channel:  # 40 at once
+            stub = pb_grpc.AttentionServiceStub(channel)
+            request = pb.PredictRequest(image=Path("docs/samples/digit.png").read_bytes())
+            calls = [stub.Predict.future(request, timeout=30) for _ in range(40)]
+            codes = Counter(call.code() for call in calls)
+        refused = codes[grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert refused > 1 and set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
         (kind,) = outcomes
         assert issubclass(getattr(errors, kind), errors.InvalidInput) and outcomes[kind] == 3_000, outcomes
         output: list[bytes] = []
@@ -354,6 +368,8 @@ def test_a_gateway_whose_output_nobody_reads_keeps_answering(tmp_path: Path) -> 
         text = output[0].decode()
         assert text.count("Predict: UnsupportedMedia: the bytes are not an image") == 3_000, text[-2000:]
         assert "log lines dropped" not in text and "Traceback" not in text
+        assert text.count("Predict: Overloaded: ") == 1, text[-2000:]  # the first, whole
+        assert f"{refused - 1} more calls refused in the" in text, text[-2000:]  # the others, counted
 
 
 def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
