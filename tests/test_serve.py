@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,7 +26,12 @@ from attnserve.errors import AttnserveError, Unavailable
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
+from .conftest import REPO_ROOT
+
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import burst as burst_tool  # noqa: E402  (descendants: the processes a server started)
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -47,9 +53,20 @@ def _stop_what_a_failed_test_left() -> Iterator[None]:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            except subprocess.TimeoutExpired:  # stuck: its group, and Triton's (a group of its own)
+                found = (group_of(pid) for pid in burst_tool.descendants(process.pid))
+                groups = {group for group in found if group is not None}
+                for group in groups | {process.pid}:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(group, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+def group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:  # gone meanwhile
+        return None
 
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
