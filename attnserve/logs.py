@@ -83,22 +83,18 @@ class LineWriter(logging.Handler):
         return notice
 
     def _write(self) -> None:
-        stopping = False
-        while not stopping:
+        while True:
             batch: list[str] = []
-            line = self._lines.get()
-            while True:
-                if line is None:
-                    stopping = True
-                    break
+            line = self._lines.get()  # waits for a line; then takes all that are queued
+            while line is not None:
                 batch.append(line)
-                try:
-                    line = self._lines.get_nowait()
-                except queue.Empty:
+                if self._lines.empty():  # the only reader: nothing is taken meanwhile
                     break
+                line = self._lines.get_nowait()
             self._write_lines(batch)
-            if not stopping:  # lines gather meanwhile: at most 1 / PAUSE_S wake-ups a second
-                time.sleep(PAUSE_S)
+            if line is None:  # stopped
+                return
+            time.sleep(PAUSE_S)  # lines gather meanwhile: at most 1 / PAUSE_S wake-ups a second
 
     def _write_lines(self, lines: list[str]) -> None:
         if not lines:

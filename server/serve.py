@@ -15,8 +15,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from attnserve.errors import SetupError
 from attnserve.logs import REFUSALS
@@ -149,7 +148,8 @@ class TritonSupervisor:
 
 def run_gateway(settings: Settings) -> None:
     """The gateway alone, against the Triton at ``settings.triton.grpc_target``."""
-    _run_loop(settings, _serve_gateway(settings, None))
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(_serve_gateway(settings, None))
 
 
 def run_serve(settings: Settings) -> None:
@@ -159,25 +159,24 @@ def run_serve(settings: Settings) -> None:
     try:
         with TritonProcess(settings.triton) as triton:
             signal.signal(signal.SIGTERM, previous)
-            _run_loop(settings, _serve_gateway(settings, triton))
+            with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+                runner.run(_serve_gateway(settings, triton))
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
-    """Runs the gateway's ``main`` on the event loop its settings name (``event_loop``)."""
-    factory = None
-    if settings.gateway.event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError as exc:  # a platform without its wheels (Windows): asyncio's own loop
-            raise SetupError(
-                f"event_loop=uvloop, but uvloop does not import here ({exc}): install it "
-                "(pip install uvloop) or set ATTNSERVE_GATEWAY__EVENT_LOOP=asyncio"
-            ) from exc
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the gateway's event loop (``event_loop``); None: asyncio's own."""
+    if settings.gateway.event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError as exc:  # a platform without its wheels (Windows): asyncio's own loop
+        raise SetupError(
+            f"event_loop=uvloop, but uvloop does not import here ({exc}): install it "
+            "(pip install uvloop) or set ATTNSERVE_GATEWAY__EVENT_LOOP=asyncio"
+        ) from exc
+    return uvloop.new_event_loop
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

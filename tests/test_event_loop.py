@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from attnserve.errors import SetupError
-from attnserve.server.serve import _run_loop
+from attnserve.server.serve import loop_factory
 from attnserve.settings import Settings
 
 
@@ -20,7 +20,8 @@ def loop_class(settings: Settings) -> str:
         loop = asyncio.get_running_loop()
         seen.append(f"{type(loop).__module__}.{type(loop).__name__}")
 
-    _run_loop(settings, main())
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(main())
     return seen[0]
 
 
@@ -32,7 +33,5 @@ def test_the_gateway_runs_on_uvloop_unless_asked_for_asyncio() -> None:
 
 def test_a_missing_uvloop_says_how_to_do_without(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop → ImportError
-    main = asyncio.sleep(0)
     with pytest.raises(SetupError, match="ATTNSERVE_GATEWAY__EVENT_LOOP=asyncio"):
-        _run_loop(Settings(), main)
-    main.close()
+        loop_factory(Settings())

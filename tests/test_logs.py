@@ -148,9 +148,8 @@ def test_configuring_again_keeps_one_writer_thread() -> None:
     first = logs.configure_logging("INFO", StalledStream(), force=True)  # type: ignore[arg-type]
     second = logs.configure_logging("INFO", StalledStream(), force=True)  # type: ignore[arg-type]
     assert first is not None and second is not None
-    assert (
-        first._thread is None
-    )  # stopped: one writer thread and second._thread is not None and second._thread.is_alive()
+    # the first is stopped: one writer thread
+    assert first._thread is None and second._thread is not None and second._thread.is_alive()
     # a root logger with handlers of its own (a test runner's, an embedding program's) is kept
     assert logs.configure_logging("INFO", StalledStream()) is None  # type: ignore[arg-type]
     assert logging.getLogger().handlers == [second]
