@@ -8,6 +8,7 @@ primary attention side by side, and stops the server.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +50,21 @@ def serving(
     env: Mapping[str, str] | None = None,
     gateway_metrics: bool = False,
     quiet: bool = False,
+    models: Sequence[str] | None = None,
 ) -> Iterator[Served]:
     """Runs ``attnserve serve`` on free ports until the block ends, then stops it (SIGINT).
 
     ``env`` adds to the server's environment (e.g. ``ATTNSERVE_GATEWAY__*`` settings);
-    ``gateway_metrics`` serves the gateway's /metrics; ``quiet`` prints nothing.
+    ``gateway_metrics`` serves the gateway's /metrics; ``quiet`` prints nothing; ``models``
+    serves only those of the repository (Triton then starts in seconds rather than loading them all).
     """
+    if models is not None:
+        with repository_of(settings.triton.model_repository, models) as repository:
+            triton = settings.triton.model_copy(update={"model_repository": repository})
+            subset = settings.model_copy(update={"triton": triton})
+            with serving(subset, env=env, gateway_metrics=gateway_metrics, quiet=quiet) as served:
+                yield served
+        return
     from attnserve.clients import Client
 
     names = ("http", "grpc", "metrics", "gateway", "page", "gateway_metrics")
@@ -108,6 +118,30 @@ def serving(
             except subprocess.TimeoutExpired:
                 server.kill()
                 served.exit_code = server.wait()
+
+
+@contextlib.contextmanager
+def repository_of(repository: Path, models: Sequence[str]) -> Iterator[Path]:
+    """A model repository of ``models`` alone: a temporary folder of links to their folders in
+    ``repository``, removed when the block ends."""
+    missing = [name for name in models if not (repository / name / "config.pbtxt").is_file()]
+    if missing or not models:
+        raise SetupError(f"no model {', '.join(missing) or '(none named)'} in {repository}")
+    with tempfile.TemporaryDirectory(prefix="attnserve-models-") as folder:
+        for name in models:
+            (Path(folder) / name).symlink_to((repository / name).resolve(), target_is_directory=True)
+        yield Path(folder)
+
+
+def add_models_option(parser: argparse.ArgumentParser) -> None:
+    """``--models NAME[,NAME…]`` for the tools that run `serving`: what ``models`` it serves."""
+    parser.add_argument(
+        "--models",
+        type=lambda names: [name for name in names.split(",") if name],
+        metavar="NAME[,NAME]",
+        help="serve only these models of the repository: Triton starts in seconds (default: every "
+        "model, as deployed)",
+    )
 
 
 def run_demo(settings: Settings, image: Path | None, overlay: Path) -> int:

@@ -46,10 +46,14 @@ SAMPLE = (REPO_ROOT / "docs" / "samples" / "digit.png").read_bytes()
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import burst as burst_tool  # noqa: E402
 
+ONE_MODEL = ["cbam"]
+"""What every server here serves: the bursts call cbam alone, and Triton loads one model in ~6 s
+rather than all of them in ~16 s."""
+
 
 def tool(script: str, *flags: str) -> list[dict[str, Any]]:
-    """Runs ``tools/SCRIPT --json FLAGS``; the JSON summaries it printed."""
-    command = [sys.executable, f"tools/{script}", "--json", *flags]
+    """Runs ``tools/SCRIPT --json --models cbam FLAGS``; the JSON summaries it printed."""
+    command = [sys.executable, f"tools/{script}", "--json", "--models", ",".join(ONE_MODEL), *flags]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -245,7 +249,7 @@ def test_attnserves_client_sends_refused_streams_again_so_a_640_call_burst_sees_
 
     monkeypatch.setattr(retry, "refused_stream", counted)
     resent = {}
-    with serving(Settings(), quiet=True) as served:
+    with serving(Settings(), quiet=True, models=ONE_MODEL) as served:
         for cap in (10_000, DEFAULT_MAX_CONCURRENT_CALLS):
             refused.clear()
             outcomes = asyncio.run(client_burst(served.address, 640, cap))
@@ -281,7 +285,7 @@ def test_attnserves_client_sends_admission_refusals_again_so_a_burst_is_answered
     3 times), and the burst is answered. The gateway counted every refusal: the ones the caller
     saw and the ones sent again."""
     env = {"ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": "true"}
-    with serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
+    with serving(Settings(), env=env, gateway_metrics=True, quiet=True, models=ONE_MODEL) as served:
         assert served.metrics_url is not None
         plain, none_sent = asyncio.run(retried_burst(served.address, 40, overload_retries=0))
         before = sum(burst_tool.rejected(served.metrics_url).values())
@@ -322,7 +326,7 @@ async def cancel_flood(address: str, pid: int) -> tuple[float, float, float]:
 
 
 def test_a_flood_of_cancelled_calls_leaves_the_gateway_serving_with_bounded_memory() -> None:
-    with serving(Settings(), quiet=True) as served:
+    with serving(Settings(), quiet=True, models=ONE_MODEL) as served:
         before, after, next_call_s = asyncio.run(cancel_flood(served.address, served.pid))
     print(f"RSS {before:.0f} → {after:.0f} MiB after 10,000 cancelled calls; next {next_call_s * 1e3:.0f} ms")
     assert after - before < 100, (before, after)
@@ -335,10 +339,25 @@ def test_the_sustained_overload_tool_compares_both_ways_and_loses_no_call() -> N
         figures = summary[mode]
         assert set(figures["codes"]) <= {"OK", "RESOURCE_EXHAUSTED"}, figures
         assert figures["codes"]["OK"] > 0 and figures["exit_code"] == 0, figures
+        # 8 clients on one connection stay within its stream limit: none refused there
+        assert figures["refused_streams"] == 0 and figures["refused_streams_share"] == 0.0, figures
     assert summary["adaptive"]["adaptive"] and not summary["fixed"]["adaptive"]
     assert summary["fixed"]["limit_second_half"] == [64.0, 64.0]
     low, high = summary["adaptive"]["limit_second_half"]
     assert 2 <= low <= high <= 64
+
+
+def test_the_overload_tool_counts_refused_streams_as_refused() -> None:
+    import overload
+
+    figures = dict.fromkeys(overload.FIGURES, 1.0)
+    rounds = [
+        {**figures, "codes": {"OK": 6, "RESOURCE_EXHAUSTED": 2, "UNAVAILABLE": 2}, "refused_streams": 2},
+        {**figures, "codes": {"OK": 8, "RESOURCE_EXHAUSTED": 2}, "refused_streams": 0},
+        {**figures, "codes": {"OK": 4, "RESOURCE_EXHAUSTED": 2, "UNAVAILABLE": 4}, "refused_streams": 4},
+    ]
+    summary = overload.median_of(rounds)
+    assert summary["refused_share"] == 0.4 and summary["refused_streams_share"] == 0.2, summary
 
 
 def rapid_reset(host: str, port: int, stop: threading.Event) -> int:
@@ -392,7 +411,7 @@ async def steady_client(address: str, seconds: float) -> list[tuple[str, float]]
 def test_an_http2_rapid_reset_does_not_starve_other_clients() -> None:
     """grpc-core's overload protection stays on for this: with it off, the same attack took the
     steady client from p50 55 ms to 472 ms, 42 % of its calls CANCELLED, and the gateway +72 MiB."""
-    with serving(Settings(), quiet=True) as served:
+    with serving(Settings(), quiet=True, models=ONE_MODEL) as served:
         host, port = served.address.rsplit(":", 1)
         before = rss_mib(served.pid)
         stop, sent = threading.Event(), []

@@ -22,7 +22,9 @@ import pytest
 from attnserve import errors
 from attnserve._net import free_port
 from attnserve.clients import Client
+from attnserve.demo import repository_of
 from attnserve.errors import AttnserveError, Unavailable
+from attnserve.settings import DEFAULT_MODEL_REPOSITORY
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
@@ -40,6 +42,18 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 _started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_model() -> Iterator[None]:
+    """What serve does on a signal, a Triton death or a log nobody reads does not depend on how
+    many models it serves: the servers here serve cbam alone (ready in ~6 s rather than ~16 s)."""
+    with (
+        repository_of(DEFAULT_MODEL_REPOSITORY, ["cbam"]) as repository,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setenv("ATTNSERVE_TRITON__MODEL_REPOSITORY", str(repository))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 
 def test_short_soak_loses_nothing_and_stays_flat() -> None:
-    options = ["--duration", "24", "--rate", "20", "--kill-triton-every", "12", "--json"]
+    options = ["--duration", "24", "--rate", "20", "--kill-triton-every", "12", "--json", "--models", "cbam"]
     command = [sys.executable, "tools/soak.py", *options]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -51,7 +51,8 @@ import grpc
 from PIL import Image
 
 from attnserve.bench import stats
-from attnserve.demo import serving
+from attnserve.clients.retry import REFUSED_STREAM
+from attnserve.demo import add_models_option, serving
 from attnserve.queueing import encodable_timeout, timeout_metadata
 from attnserve.settings import Settings
 from attnserve.v1 import attnserve_pb2 as pb
@@ -173,7 +174,9 @@ async def call(stub: Any, request: pb.PredictRequest, timeout_s: float = TIMEOUT
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         if code not in ("RESOURCE_EXHAUSTED", "OK", "NOT_FOUND"):
-            DETAILS[code] = exc.details() or ""
+            # one message a code, and never a refused stream's in place of another error's
+            if REFUSED_STREAM in DETAILS.get(code, REFUSED_STREAM):
+                DETAILS[code] = exc.details() or ""
         elif waited := WAITED.search(exc.details() or ""):
             stages["queued"] = int(waited.group(1)) / 1e3
     seconds = time.perf_counter() - started
@@ -446,12 +449,13 @@ def run(
     triton_cores: int | None = None,
     clients: int = 1,
     timeout_s: float = TIMEOUT_S,
+    models: list[str] | None = None,
 ) -> dict[str, Any]:
     """One `attnserve serve` and its bursts. ``server_cores``: the server on that many cores and
     the load generator on the others (None: all share every core); ``triton_cores``: of those,
     Triton's own, the gateway on the rest; ``clients``: the processes that send each burst.
     ``setting``: a gateway setting (name, value) that differs from the defaults in this run;
-    ``timeout_s``: each cheap call's deadline (`deadline`)."""
+    ``timeout_s``: each cheap call's deadline (`deadline`); ``models``: those served (None: all)."""
     env = {
         "ATTNSERVE_GATEWAY__MAX_IN_FLIGHT": str(max_in_flight),
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
@@ -461,7 +465,7 @@ def run(
     DETAILS.clear()
     with (
         pinned(server_cores) as (load_generator, server),
-        serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served,
+        serving(Settings(), env=env, gateway_metrics=True, quiet=True, models=models) as served,
     ):
         assert served.metrics_url is not None
         os.sched_setaffinity(0, load_generator)  # the server keeps its cores
@@ -577,6 +581,7 @@ def main() -> list[dict[str, Any]]:
         "inline_preprocess_bytes=0), the same number of calls in each",
     )
     parser.add_argument("--rounds", type=int, default=3, help="--against: rounds of each")
+    add_models_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the JSON summaries")
     args = parser.parse_args()
     if args.pin and args.server_cores is None:
@@ -596,6 +601,7 @@ def main() -> list[dict[str, Any]]:
             triton_cores=args.triton_cores,
             clients=args.clients,
             timeout_s=args.timeout_s,
+            models=args.models,
         )
     ]
     if args.compare:
@@ -613,6 +619,7 @@ def main() -> list[dict[str, Any]]:
                 triton_cores=args.triton_cores,
                 clients=args.clients,
                 timeout_s=args.timeout_s,
+                models=args.models,
             )
         )
     for summary in summaries:
@@ -643,6 +650,7 @@ def against(args: argparse.Namespace) -> list[dict[str, Any]]:
             args.triton_cores,
             args.clients,
             args.timeout_s,
+            args.models,
         )
         calls = calls or summary["calls"]
         summaries.append(summary)

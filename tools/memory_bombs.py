@@ -26,7 +26,7 @@ from PIL import Image
 
 from attnserve.bench.processes import status_kib
 from attnserve.clients import Client
-from attnserve.demo import serving
+from attnserve.demo import add_models_option, serving
 from attnserve.errors import AttnserveError
 from attnserve.settings import Settings
 
@@ -76,6 +76,7 @@ def memory_of(pid: int) -> tuple[float, float]:
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--together", type=int, default=16, help="bombs sent at once")
+    add_models_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args()
     say = (lambda *a: None) if args.json else print
@@ -84,7 +85,7 @@ def main() -> dict[str, Any]:
     say("bombs: " + ", ".join(f"{name} {len(data) / 1024:.0f} KiB" for name, (data, _) in payloads.items()))
     results: dict[str, Any] = {"alone": {}, "together": {}}
     with (
-        serving(Settings(), quiet=True) as served,
+        serving(Settings(), quiet=True, models=args.models) as served,
         Client(
             served.address,
             timeout_s=120,

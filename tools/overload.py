@@ -23,9 +23,10 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from burst import SAMPLE, call, gauge, gc_paused, percentile  # noqa: E402
+from burst import DETAILS, SAMPLE, call, gauge, gc_paused, percentile  # noqa: E402
 
-from attnserve.demo import serving  # noqa: E402
+from attnserve.clients.retry import REFUSED_STREAM  # noqa: E402
+from attnserve.demo import add_models_option, serving  # noqa: E402
 from attnserve.settings import Settings  # noqa: E402
 from attnserve.v1 import attnserve_pb2 as pb  # noqa: E402
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc  # noqa: E402
@@ -37,6 +38,7 @@ async def measure(
     cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
     results: list[tuple[str, float, float | None]] = []
     limits: list[float] = []
+    DETAILS.clear()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
         unloaded = [await call(stub, cheap) for _ in range(100)]
@@ -74,13 +76,18 @@ async def measure(
             await asyncio.gather(watch(), *(client() for _ in range(clients)))
     ok = [s for c, s, _, _ in results if c == "OK"]
     late = limits[len(limits) // 2 :]
+    codes = Counter(c for c, _, _, _ in results)
     return {
         "clients": None if rate else clients,
         "offered_per_s": rate or None,
         "seconds": seconds,
         "unloaded_p99_ms": percentile([s for _, s, _, _ in unloaded], 99),
         "answered_per_s": round(len(ok) / seconds, 1),
-        "codes": dict(Counter(c for c, _, _, _ in results)),
+        "codes": dict(codes),
+        # grpc-core's REFUSED_STREAM (UNAVAILABLE, nothing processed): more streams open on the
+        # one connection than the gateway's limit while the loop is behind (server/grpc/server.py)
+        "refused_streams": codes["UNAVAILABLE"] if REFUSED_STREAM in DETAILS.get("UNAVAILABLE", "") else 0,
+        "other_errors": dict(DETAILS),
         "admitted_p50_ms": percentile(ok, 50),
         "admitted_p99_ms": percentile(ok, 99),
         "admitted_gateway_p99_ms": percentile([t for _, _, t, _ in results], 99),
@@ -88,12 +95,19 @@ async def measure(
     }
 
 
-def run(adaptive: bool, clients: int, seconds: float, rate: float, tolerance: float) -> dict[str, Any]:
+def run(
+    adaptive: bool,
+    clients: int,
+    seconds: float,
+    rate: float,
+    tolerance: float,
+    models: list[str] | None = None,
+) -> dict[str, Any]:
     env = {
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
         "ATTNSERVE_GATEWAY__LATENCY_TOLERANCE": str(tolerance),
     }
-    with serving(Settings(), env=env, gateway_metrics=True, quiet=True) as served:
+    with serving(Settings(), env=env, gateway_metrics=True, quiet=True, models=models) as served:
         assert served.metrics_url is not None
         with gc_paused():  # the load generator's own pauses are not the server's latency
             summary = asyncio.run(measure(served.address, served.metrics_url, clients, seconds, rate))
@@ -110,11 +124,19 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for figure in FIGURES:
         summary[figure] = statistics.median(r[figure] for r in rounds)
     summary["rounds"] = len(rounds)
-    summary["refused_share"] = round(
-        statistics.median(r["codes"].get("RESOURCE_EXHAUSTED", 0) / sum(r["codes"].values()) for r in rounds),
-        3,
-    )
+    # refused: by the gateway's admission (RESOURCE_EXHAUSTED, with a retry hint) or, before it
+    # saw the call, by grpc-core's stream limit; either way nothing was processed
+    for key, refused in (("refused_share", refused_calls), ("refused_streams_share", refused_streams)):
+        summary[key] = round(statistics.median(refused(r) / sum(r["codes"].values()) for r in rounds), 3)
     return summary
+
+
+def refused_streams(summary: dict[str, Any]) -> int:
+    return summary["refused_streams"]
+
+
+def refused_calls(summary: dict[str, Any]) -> int:
+    return summary["codes"].get("RESOURCE_EXHAUSTED", 0) + summary["refused_streams"]
 
 
 def main() -> dict[str, Any]:
@@ -124,19 +146,27 @@ def main() -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each mode")
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: calls a second (0: closed loop)")
     parser.add_argument("--tolerance", type=float, default=2.0, help="the adaptive limit's latency_tolerance")
+    add_models_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args()
     rounds: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for _ in range(args.rounds):
         for adaptive in (True, False):
-            rounds[adaptive].append(run(adaptive, args.clients, args.seconds, args.rate, args.tolerance))
+            rounds[adaptive].append(
+                run(adaptive, args.clients, args.seconds, args.rate, args.tolerance, args.models)
+            )
     adaptive, fixed = median_of(rounds[True]), median_of(rounds[False])
     ratios = {figure: round(adaptive[figure] / fixed[figure], 2) for figure in FIGURES}
     result = {"adaptive": adaptive, "fixed": fixed, "adaptive_over_fixed": ratios}
     if not args.json:
         for mode in ("adaptive", "fixed"):
             print(f"[{mode}] " + ", ".join(f"{f} {result[mode][f]}" for f in FIGURES), end="")
-            print(f", refused {result[mode]['refused_share']:.0%}, limit {result[mode]['limit_second_half']}")
+            figures = result[mode]
+            print(
+                f", refused {figures['refused_share']:.0%} (streams {figures['refused_streams_share']:.0%})",
+                end="",
+            )
+            print(f", limit {figures['limit_second_half']}")
         print("adaptive / fixed: " + ", ".join(f"{f} {r}×" for f, r in ratios.items()))
     print(json.dumps(result))
     return result

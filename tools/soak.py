@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from attnserve.bench.processes import status
 from attnserve.clients import Client
-from attnserve.demo import serving
+from attnserve.demo import add_models_option, serving
 from attnserve.errors import AttnserveError
 from attnserve.settings import Settings
 
@@ -78,6 +78,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second")
     parser.add_argument("--bad", type=float, default=0.05, help="share of junk images")
     parser.add_argument("--kill-triton-every", type=float, default=120.0, help="seconds; 0: never")
+    add_models_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args()
     say = (lambda *a: None) if args.json else print
@@ -86,7 +87,7 @@ def main() -> dict[str, Any]:
     lock = threading.Lock()
     samples: list[tuple[float, float, int, int]] = []
     kills = 0
-    with serving(Settings(), quiet=True, gateway_metrics=True) as served:
+    with serving(Settings(), quiet=True, gateway_metrics=True, models=args.models) as served:
         say(f"serving; {args.duration:.0f} s at {args.rate:.0f} req/s, {args.bad:.0%} junk")
         client = Client(served.address, timeout_s=30)
         rng = random.Random(0)
