@@ -5,6 +5,7 @@ alone, in the same run. Where does the limit settle, and what do admitted calls 
 
     .venv/bin/python tools/overload.py                  # 16 closed-loop clients, 3 × 10 s each way
     .venv/bin/python tools/overload.py --rate 250       # open loop: 250 calls a second
+    .venv/bin/python tools/overload.py --rate 250 --timeout-s 0.9   # deadlines sent to the ms
     .venv/bin/python tools/overload.py --tolerance 4 --json
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from burst import DETAILS, SAMPLE, call, gauge, gc_paused, percentile  # noqa: E402
+from burst import DETAILS, SAMPLE, TIMEOUT_S, call, gauge, gc_paused, percentile  # noqa: E402
 
 from attnserve.clients.retry import REFUSED_STREAM  # noqa: E402
 from attnserve.demo import add_models_option, serving  # noqa: E402
@@ -33,7 +34,7 @@ from attnserve.v1 import attnserve_pb2_grpc as pb_grpc  # noqa: E402
 
 
 async def measure(
-    address: str, metrics_url: str, clients: int, seconds: float, rate: float
+    address: str, metrics_url: str, clients: int, seconds: float, rate: float, timeout_s: float
 ) -> dict[str, Any]:
     cheap = pb.PredictRequest(image=SAMPLE, attention=pb.AttentionOptions(maps=["primary"]))
     results: list[tuple[str, float, float | None]] = []
@@ -41,12 +42,12 @@ async def measure(
     DETAILS.clear()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
-        unloaded = [await call(stub, cheap) for _ in range(100)]
+        unloaded = [await call(stub, cheap, timeout_s) for _ in range(100)]
         stop = time.perf_counter() + seconds
 
         async def client() -> None:
             while time.perf_counter() < stop:
-                result = await call(stub, cheap)
+                result = await call(stub, cheap, timeout_s)
                 results.append(result)
                 if result[0] == "RESOURCE_EXHAUSTED":
                     await asyncio.sleep(0.05)  # the retry hint's floor
@@ -59,7 +60,7 @@ async def measure(
                 if now < next_at:
                     await asyncio.sleep(next_at - now)
                 next_at += interval
-                task = asyncio.ensure_future(call(stub, cheap))
+                task = asyncio.ensure_future(call(stub, cheap, timeout_s))
                 task.add_done_callback(lambda t: results.append(t.result()))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -95,23 +96,21 @@ async def measure(
     }
 
 
-def run(
-    adaptive: bool,
-    clients: int,
-    seconds: float,
-    rate: float,
-    tolerance: float,
-    models: list[str] | None = None,
-) -> dict[str, Any]:
+def run(adaptive: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """One server, adaptive or not, under the load ``args`` describe."""
     env = {
         "ATTNSERVE_GATEWAY__ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
-        "ATTNSERVE_GATEWAY__LATENCY_TOLERANCE": str(tolerance),
+        "ATTNSERVE_GATEWAY__LATENCY_TOLERANCE": str(args.tolerance),
     }
-    with serving(Settings(), env=env, gateway_metrics=True, quiet=True, models=models) as served:
+    with serving(Settings(), env=env, gateway_metrics=True, quiet=True, models=args.models) as served:
         assert served.metrics_url is not None
         with gc_paused():  # the load generator's own pauses are not the server's latency
-            summary = asyncio.run(measure(served.address, served.metrics_url, clients, seconds, rate))
-    summary.update(adaptive=adaptive, tolerance=tolerance if adaptive else None, exit_code=served.exit_code)
+            load = (args.clients, args.seconds, args.rate, args.timeout_s)
+            summary = asyncio.run(measure(served.address, served.metrics_url, *load))
+    summary.update(
+        adaptive=adaptive, tolerance=args.tolerance if adaptive else None, exit_code=served.exit_code
+    )
+    summary["timeout_s"] = args.timeout_s
     return summary
 
 
@@ -146,15 +145,20 @@ def main() -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each mode")
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: calls a second (0: closed loop)")
     parser.add_argument("--tolerance", type=float, default=2.0, help="the adaptive limit's latency_tolerance")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=TIMEOUT_S,
+        help="each call's deadline; under 1 s gRPC sends it to the millisecond, and the gateway sees how "
+        "long a call waited before it was taken up (default %(default)s s: it sees waits of 1 s or more)",
+    )
     add_models_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args()
     rounds: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for _ in range(args.rounds):
         for adaptive in (True, False):
-            rounds[adaptive].append(
-                run(adaptive, args.clients, args.seconds, args.rate, args.tolerance, args.models)
-            )
+            rounds[adaptive].append(run(adaptive, args))
     adaptive, fixed = median_of(rounds[True]), median_of(rounds[False])
     ratios = {figure: round(adaptive[figure] / fixed[figure], 2) for figure in FIGURES}
     result = {"adaptive": adaptive, "fixed": fixed, "adaptive_over_fixed": ratios}
