@@ -29,6 +29,7 @@ import yaml
 from tritonclient.grpc import model_config_pb2 as mc
 
 from attnserve._net import free_port
+from attnserve.demo import repository_of
 from attnserve.export.repository import read_config
 from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec
@@ -275,14 +276,15 @@ def gateway_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def compose_triton(compose: dict[str, Any]) -> Iterator[Any]:
+    """Triton started with the compose file's flags, on a repository of the two models the test
+    calls (it starts sooner than with all of them)."""
     from attnserve.server.triton import TritonProcess
 
     command = services(compose)["triton"]["command"]
-    repository = REPO_ROOT / "model_repository"
-    server_args = [arg.replace("=/models", f"={repository}") for arg in command[1:]]
-    settings = triton_settings(repository)
-    with TritonProcess(settings, server_args=server_args) as triton:
-        yield triton
+    with repository_of(REPO_ROOT / "model_repository", ["cbam", "racnn"]) as repository:
+        server_args = [arg.replace("=/models", f"={repository}") for arg in command[1:]]
+        with TritonProcess(triton_settings(repository), server_args=server_args) as triton:
+            yield triton
 
 
 @pytest.mark.triton

@@ -6,6 +6,7 @@ import asyncio
 import io
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -354,9 +355,9 @@ def test_health_reflection_and_metrics(gateway: GatewayThread, client: Client) -
     assert "attnserve_in_flight_requests 0.0" in after and "attnserve_triton_ready 1.0" in after
 
 
-def test_triton_down_is_unavailable_and_health_follows_it() -> None:
+def test_triton_down_is_unavailable_and_health_follows_it(cbam_repository: Path) -> None:
     """A pair of our own: Triton is stopped and started again under a running gateway."""
-    settings = triton_settings()
+    settings = triton_settings(cbam_repository)
     triton = TritonProcess(settings)
     triton.start()
     thread = GatewayThread(gateway_settings(settings)).start()
