@@ -126,7 +126,10 @@ def repository_of(repository: Path, models: Sequence[str]) -> Iterator[Path]:
     ``repository``, removed when the block ends."""
     missing = [name for name in models if not (repository / name / "config.pbtxt").is_file()]
     if missing or not models:
-        raise SetupError(f"no model {', '.join(missing) or '(none named)'} in {repository}")
+        there = sorted(d.name for d in repository.iterdir() if (d / "config.pbtxt").is_file())
+        raise SetupError(
+            f"no model {', '.join(missing) or '(none named)'} in {repository}: it has {', '.join(there)}"
+        )
     with tempfile.TemporaryDirectory(prefix="attnserve-models-") as folder:
         for name in models:
             (Path(folder) / name).symlink_to((repository / name).resolve(), target_is_directory=True)

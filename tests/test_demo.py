@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnserve.demo import PHOTO_SAMPLE, SCENE_SAMPLE, overlay_tiles, sample_for
+import pytest
+
+from attnserve.demo import PHOTO_SAMPLE, SCENE_SAMPLE, overlay_tiles, repository_of, sample_for
+from attnserve.errors import SetupError
 from attnserve.settings import SAMPLE_IMAGE
 
 from .conftest import REPO_ROOT
@@ -41,3 +44,19 @@ def test_free_ports_handed_to_one_process_are_all_different() -> None:
 
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)  # a server's ports once collided: Triton refused to start
+
+
+def test_a_repository_of_some_models_links_to_them_and_goes_away(tmp_path: Path) -> None:
+    source = tmp_path / "models"
+    for name in ("a", "b"):
+        (source / name).mkdir(parents=True)
+        (source / name / "config.pbtxt").write_text(name)
+    with repository_of(source, ["b"]) as repository:
+        assert [p.name for p in repository.iterdir()] == ["b"]
+        assert (repository / "b" / "config.pbtxt").read_text() == "b"
+    assert not repository.exists() and (source / "b" / "config.pbtxt").is_file()
+    with (
+        pytest.raises(SetupError, match=r"no model c in .*models: it has a, b$"),
+        repository_of(source, ["b", "c"]),
+    ):
+        pass
