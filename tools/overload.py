@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +108,10 @@ def run(adaptive: bool, args: argparse.Namespace) -> dict[str, Any]:
         with gc_paused():  # the load generator's own pauses are not the server's latency
             load = (args.clients, args.seconds, args.rate, args.timeout_s)
             summary = asyncio.run(measure(served.address, served.metrics_url, *load))
+    tolerance = args.tolerance if adaptive else None
     summary.update(
-        adaptive=adaptive, tolerance=args.tolerance if adaptive else None, exit_code=served.exit_code
+        adaptive=adaptive, tolerance=tolerance, timeout_s=args.timeout_s, exit_code=served.exit_code
     )
-    summary["timeout_s"] = args.timeout_s
     return summary
 
 
@@ -123,19 +124,15 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for figure in FIGURES:
         summary[figure] = statistics.median(r[figure] for r in rounds)
     summary["rounds"] = len(rounds)
+
     # refused: by the gateway's admission (RESOURCE_EXHAUSTED, with a retry hint) or, before it
     # saw the call, by grpc-core's stream limit; either way nothing was processed
-    for key, refused in (("refused_share", refused_calls), ("refused_streams_share", refused_streams)):
-        summary[key] = round(statistics.median(refused(r) / sum(r["codes"].values()) for r in rounds), 3)
+    def share(count: Callable[[dict[str, Any]], int]) -> float:
+        return round(statistics.median(count(r) / sum(r["codes"].values()) for r in rounds), 3)
+
+    summary["refused_share"] = share(lambda r: r["codes"].get("RESOURCE_EXHAUSTED", 0) + r["refused_streams"])
+    summary["refused_streams_share"] = share(lambda r: r["refused_streams"])
     return summary
-
-
-def refused_streams(summary: dict[str, Any]) -> int:
-    return summary["refused_streams"]
-
-
-def refused_calls(summary: dict[str, Any]) -> int:
-    return summary["codes"].get("RESOURCE_EXHAUSTED", 0) + summary["refused_streams"]
 
 
 def main() -> dict[str, Any]:
