@@ -51,6 +51,7 @@ import grpc
 from PIL import Image
 
 from attnserve.bench import stats
+from attnserve.bench.processes import descendants
 from attnserve.clients.retry import REFUSED_STREAM
 from attnserve.demo import add_models_option, serving
 from attnserve.queueing import encodable_timeout, timeout_metadata
@@ -397,22 +398,6 @@ def split_server(server: list[int], triton_cores: int | None) -> Split:
     """(the gateway's cores, Triton's cores) among the server's: Triton gets the last
     ``triton_cores``, the gateway the rest (None: both share them all)."""
     return split_last(server, triton_cores, "Triton", "the server's", "the gateway")
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes ``pid`` started, and theirs (Triton, its Python-backend stubs)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def pin_process(pid: int, cores: list[int]) -> None:
