@@ -292,12 +292,12 @@ def test_a_render_thread_denied_a_lower_priority_still_renders(
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    from attnserve.server.gateway import pipeline as pipeline_module
+    from attnserve.server.gateway import heavy
 
     def denied(*args: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "setpriority", denied)
-    with ThreadPoolExecutor(1, initializer=pipeline_module.lower_priority, initargs=(10,)) as pool:
+    with ThreadPoolExecutor(1, initializer=heavy.lower_priority, initargs=(10,)) as pool:
         assert pool.submit(lambda: 6 * 7).result(timeout=10) == 42
     assert "render thread left at the gateway's priority" in caplog.text

@@ -106,7 +106,10 @@ def wait_for(condition: object, process: subprocess.Popen[bytes], log: Path, tim
 
 
 def start_serving(
-    tmp_path: Path, http_port: int | None = None, metrics_port: int | None = None
+    tmp_path: Path,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, str, Path]:
     """`attnserve serve` on free ports (Triton's HTTP and metrics ports as given), once SERVING:
     (process, Triton gRPC port, gateway address, log)."""
@@ -121,7 +124,7 @@ def start_serving(
         f"--gateway-http-port={free_port()}",
     ]
     log = tmp_path / "serve.log"
-    process = start(args, log)
+    process = start(args, log, None if env is None else {**os.environ, **env})
     address = f"127.0.0.1:{gateway_port}"
     with Client(address) as client:
         wait_for(lambda: client.health() == "SERVING", process, log)
@@ -159,6 +162,56 @@ def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_sig
     text = log.read_text()
     assert "Traceback" not in text
     assert "event loop: uvloop.Loop" in text  # the default, whose signal handling this test covers
+
+
+def python_workers(pid: int) -> list[int]:
+    """The multiprocessing processes (workers, their resource tracker) under ``pid``."""
+    found = []
+    for child in burst_tool.descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"multiprocessing" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found
+
+
+def test_render_worker_processes_draw_overlays_and_stop_with_serve(tmp_path: Path) -> None:
+    """``render_processes``: overlays drawn in a worker process of the gateway's, a worker killed
+    is replaced, and a terminal's Ctrl-C (the whole group) stops serve, Triton and the workers
+    cleanly."""
+    process, grpc_port, address, log = start_serving(
+        tmp_path, env={"ATTNSERVE_GATEWAY__RENDER_PROCESSES": "1"}
+    )
+    photo = Path("docs/samples/photo_digit.png").resolve()
+    with Client(address) as client:
+        drawn = client.predict(photo, maps=["primary"], forms=["overlay_png"])
+        assert drawn.attention[0].overlay_png.startswith(b"\x89PNG")
+        (worker,) = [
+            pid
+            for pid in python_workers(process.pid)
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        os.kill(worker, signal.SIGKILL)
+        outcomes = []
+        for _ in range(3):  # the call that finds the pool broken may fail; the next ones are drawn
+            try:
+                outcomes.append(
+                    bool(
+                        client.predict(photo, maps=["primary"], forms=["overlay_png"])
+                        .attention[0]
+                        .overlay_png
+                    )
+                )
+            except AttnserveError as error:
+                outcomes.append(type(error).__name__)
+        assert outcomes[-2:] == [True, True] and outcomes.count(True) >= 2, outcomes
+        assert client.predict(Path("docs/samples/digit.png").resolve()).predictions
+    assert python_workers(process.pid)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 0, log.read_text()
+    assert python_workers(process.pid) == [] and processes_mentioning("spawn_main") == []
+    assert processes_mentioning(f"grpc-port={grpc_port}") == []
+    text = log.read_text()  # a call the dead worker held was INTERNAL and logged with its cause
+    assert text.count("Traceback") <= text.count("render worker process stopped during this call")
 
 
 def triton_pid(grpc_port: int) -> int:

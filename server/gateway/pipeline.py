@@ -3,7 +3,8 @@
 Transport-neutral: a front (gRPC, HTTP) decodes its wire format into a `PredictionRequest`,
 calls `Pipeline.predict` with the caller's deadline and its own response-size limit, and
 encodes the `Prediction`. CPU-bound stages (decoding, resampling, drawing and encoding images)
-run on a small thread pool so the event loop keeps accepting requests; inference is awaited.
+run on a small thread pool so the event loop keeps accepting requests, a heavy call's on render
+workers (`heavy`: threads or processes); inference is awaited.
 Small work runs on the loop itself, because a thread hand-off costs more in a process whose
 throughput is bounded by the GIL, and under a burst each hand-off waits behind every refusal
 queued on the loop: postprocessing that draws nothing (scores, raw maps, coordinates: ~0.4 ms
@@ -17,9 +18,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import os
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,11 +38,12 @@ from attnserve.prediction import (
 )
 from attnserve.settings import GatewaySettings
 from attnserve.spec import ModelSpec, Task
-from attnserve.transform import fit_within, probe_image
+from attnserve.transform import ImageLimits, fit_within, probe_image
 
 from .admission import Admission, answer_bytes, estimate_cost, task_answer_bytes
 from .backend import InferenceBackend
 from .catalog import ModelCatalog
+from .heavy import HeavyWork
 from .metrics import GatewayMetrics
 from .outputs import check_output_shapes
 from .postprocess import AttentionRequest, TaskOptions, answer_draws, postprocess, task_draws, task_inputs
@@ -245,16 +244,16 @@ def check_response_size(
         )
 
 
-def lower_priority(nice: int) -> None:
-    """This thread ``nice`` steps nicer than it was (Linux sets niceness per thread; elsewhere it
-    is the process's, so nothing is done). Where a sandbox forbids it, the thread keeps its
-    priority and says so: a thread pool whose initializer raises refuses all its work."""
-    if nice and sys.platform == "linux":
-        thread = threading.get_native_id()
-        try:
-            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
-        except OSError as error:
-            log.warning("render thread left at the gateway's priority (render_nice %d): %s", nice, error)
+def prepare(
+    request: PredictionRequest, spec: ModelSpec, limits: ImageLimits, keep_image: bool, render_side: int
+) -> PreparedInput:
+    """The request's input → the model's tensor (and the image at the render size when kept). A
+    module-level function: heavy calls run it in a render worker, which may be a process."""
+    if request.image is not None:
+        return preprocess_image(request.image, spec.preprocess, limits, keep_image, render_side)
+    if request.tensor is not None:
+        return preprocess_tensor(request.tensor, spec.preprocess, keep_image, render_side)
+    raise InvalidInput("the request has no input: set `image` (encoded bytes) or `tensor`")
 
 
 MIN_DEADLINE_S = 0.002
@@ -275,17 +274,12 @@ class Pipeline:
         self.metrics = metrics
         self.limits = settings.image_limits
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="attnserve-cpu")
-        self.render_executor = ThreadPoolExecutor(
-            settings.render_threads,
-            thread_name_prefix="attnserve-render",
-            initializer=lower_priority,
-            initargs=(settings.render_nice,),
-        )
+        self.heavy = HeavyWork(settings.render_threads, settings.render_processes, settings.render_nice)
         self.admission = Admission(settings, metrics)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.render_executor.shutdown(wait=False, cancel_futures=True)
+        self.heavy.close()
 
     async def predict(
         self,
@@ -344,7 +338,6 @@ class Pipeline:
         cost = estimate_cost(header, spec, attention, render_side, self.settings, options)
         with self.admission.admit(model.name, cost):
             loop = asyncio.get_running_loop()
-            executor = self.render_executor if cost.heavy else self.executor
 
             keep_image = attention.needs_image or options.overlay
             inline = self.settings.inline_preprocess_bytes
@@ -354,10 +347,12 @@ class Pipeline:
                 # and which under a burst waits behind every refusal before the call goes on;
                 # small to decode and small on the wire (a tiny raster in megabytes of chunks or
                 # scans would take the loop for as long as they take to read)
-                prepared = self._prepare(request, spec, keep_image, render_side)
+                prepared = prepare(request, spec, self.limits, keep_image, render_side)
+            elif cost.heavy:
+                prepared = await self.heavy.run(prepare, request, spec, self.limits, keep_image, render_side)
             else:
                 prepared = await loop.run_in_executor(
-                    executor, self._prepare, request, spec, keep_image, render_side
+                    self.executor, prepare, request, spec, self.limits, keep_image, render_side
                 )
             geometry = prepared.geometry
             render_size = fit_within(geometry.width, geometry.height, render_side)
@@ -394,7 +389,10 @@ class Pipeline:
                 )
             work = (first, spec, geometry, options, attention, prepared.image, render_size)
             if answer_draws(spec, attention, options):
-                answer = await loop.run_in_executor(executor, postprocess, *work)
+                if cost.heavy:
+                    answer = await self.heavy.run(postprocess, *work)
+                else:
+                    answer = await loop.run_in_executor(self.executor, postprocess, *work)
             else:  # numbers only (cbam's 8 maps raw: ~0.4 ms): cheaper here than a thread hand-off
                 answer = postprocess(*work)
             finished = time.perf_counter()
@@ -437,15 +435,6 @@ class Pipeline:
         if queued_s is not None and not may_draw(request, model.spec):
             self.admission.check_wait(model.name, queued_s)
         return model
-
-    def _prepare(
-        self, request: PredictionRequest, spec: ModelSpec, keep_image: bool, render_side: int
-    ) -> PreparedInput:
-        if request.image is not None:
-            return preprocess_image(request.image, spec.preprocess, self.limits, keep_image, render_side)
-        if request.tensor is not None:
-            return preprocess_tensor(request.tensor, spec.preprocess, keep_image, render_side)
-        raise InvalidInput("the request has no input: set `image` (encoded bytes) or `tensor`")
 
     def _observe(
         self, model: ModelInfo, preprocess_s: float, inference_s: float, postprocess_s: float
