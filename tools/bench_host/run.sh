@@ -5,6 +5,7 @@
 #
 #     bash tools/bench_host/run.sh                # the matrix (~6 minutes on 16 cores)
 #     MODE=pooled bash tools/bench_host/run.sh    # 30 mixed bursts from 8 processes, then 1
+#     MODE=processes bash tools/bench_host/run.sh # render_processes=1 against threads, ABBA
 #     MODE=smoke SERVER_CORES=1 bash tools/bench_host/run.sh
 #
 # BUNDLE (default .devrun) holds payload.tar.xz; OUT (default /tmp/bench_host) gets a JSON file
@@ -63,6 +64,9 @@ PYEOF
 }
 case $MODE in
   smoke) go smoke --heavy-share 0 --bursts 3 --timeout-s 0.9 ;;
+  processes)  # heavy calls in a worker process against render threads, ABBA
+    GO_TIMEOUT=400 go processes_8p --heavy-share 0.25 --clients 8 --bursts 10 --timeout-s 0.9 --against render_processes=1 --rounds 2
+    GO_TIMEOUT=400 go processes_1c --heavy-share 0.25 --bursts 10 --timeout-s 0.9 --against render_processes=1 --rounds 2 ;;
   pooled)
     go pooled_mixed_8p --heavy-share 0.25 --clients 8 --bursts 30 --timeout-s 0.9
     go pooled_mixed_1c --heavy-share 0.25 --bursts 30 --timeout-s 0.9 ;;
@@ -72,6 +76,6 @@ case $MODE in
     go cheap_1c --heavy-share 0 --bursts 60 --timeout-s 0.9
     go cheap_8p --heavy-share 0 --clients 8 --bursts 60 --timeout-s 0.9
     GO_TIMEOUT=280 go nice19_8p --heavy-share 0.25 --clients 8 --bursts 6 --timeout-s 0.9 --against render_nice=19 --rounds 2 ;;
-  *) echo "MODE: smoke, pooled or matrix" >&2; exit 2 ;;
+  *) echo "MODE: smoke, pooled, processes or matrix" >&2; exit 2 ;;
 esac
 find "$OUT" -empty -delete; ls -la "$OUT"; log done
