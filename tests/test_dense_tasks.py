@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -382,3 +383,27 @@ def test_outlines_are_the_outer_ones_and_specks_are_bounded() -> None:
     assert min(x for x, _ in larger) > 12 and max(x for x, _ in smaller) < 14
     noise = (np.random.default_rng(0).random((28, 28)) > 0.4).astype(np.float32)
     assert len(mask_polygons(noise, (0.0, 0.0, 28.0, 28.0))) <= MAX_OUTLINES
+
+
+def test_outlines_are_the_same_in_every_process() -> None:
+    """A mask is traced from the same point whatever the process's string hashing (restarts,
+    replicas, render worker processes answer alike)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from attnserve.server.gateway.postprocess.masks import mask_polygons\n"
+        "yy, xx = np.mgrid[0:28, 0:28]\n"
+        "discs = ((np.hypot(yy - 7, xx - 7) < 5) | (np.hypot(yy - 20, xx - 19) < 6.5)).astype(np.float32)\n"
+        "noise = (np.random.default_rng(1).random((28, 28)) > 0.5).astype(np.float32)\n"
+        "print([mask_polygons(g, (3.0, 5.0, 59.0, 61.0)) for g in (discs, noise)])\n"
+    )
+    traced = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(traced) == 1

@@ -137,8 +137,13 @@ def grid_outlines(grid: NDArray[np.float32], level: float = MASK_THRESHOLD) -> l
 
     outlines: list[NDArray[np.float64]] = []
     unvisited = set(neighbours)
-    while unvisited:
-        start = unvisited.pop()
+    # each outline from its least crossing, not a set's first: a set of keys holding strings is
+    # ordered by string hashes, which differ from one process to the next (gateway restarts,
+    # replicas, render worker processes would trace the same mask from other starting points)
+    for start in sorted(neighbours):
+        if start not in unvisited:
+            continue
+        unvisited.discard(start)
         loop, previous, current = [start], None, start
         while True:
             following = [n for n in neighbours[current] if n != previous] or neighbours[current]
