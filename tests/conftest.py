@@ -7,6 +7,7 @@ model_repository/. Tests that break things (stop Triton) build their own pair.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 import time
@@ -178,6 +179,23 @@ def gateway_settings(triton: TritonSettings, **overrides: object) -> Settings:
     values: dict[str, Any] = {"port": free_port(), "http_port": 0, "metrics_port": free_port()}
     gateway = GatewaySettings(**{**values, "health_interval_s": 0.2, **overrides})
     return Settings(triton=triton, gateway=gateway)
+
+
+@contextlib.contextmanager
+def workers_blas_like_this_process() -> Iterator[None]:
+    """Worker processes spawned in the block use as many BLAS threads as this process does.
+
+    Serving commands set ``OPENBLAS_NUM_THREADS=1`` before numpy loads (server/blas.py), and
+    render workers inherit it. In a test process numpy loaded first, with its default, and a test
+    may have set the variable since: a worker would then sum upsampling's products in another
+    order, one level off here and there, and its PNGs would differ from this process's."""
+    from threadpoolctl import threadpool_info
+
+    pools = [pool["num_threads"] for pool in threadpool_info() if pool["internal_api"] == "openblas"]
+    threads = max(pools, default=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENBLAS_NUM_THREADS", str(threads))
+        yield
 
 
 MakeCheckpoint = Callable[..., Any]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import urllib.request
 from collections.abc import Iterator
@@ -22,11 +23,11 @@ from attnserve.errors import InvalidInput, ModelNotFound, TooLarge, Unavailable
 from attnserve.export.data import ClutteredDigits, as_photo
 from attnserve.prediction import Prediction
 from attnserve.server.triton import TritonProcess
-from attnserve.settings import DEFAULT_MODEL_REPOSITORY
+from attnserve.settings import DEFAULT_MODEL_REPOSITORY, TritonSettings
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
-from .conftest import GatewayThread, gateway_settings, triton_settings
+from .conftest import GatewayThread, gateway_settings, triton_settings, workers_blas_like_this_process
 
 pytestmark = pytest.mark.triton
 
@@ -106,6 +107,51 @@ def test_raw_outputs_equal_onnxruntime_for_a_tensor_input(client: Client, model:
             assert prediction.caption is not None
             want = want[: len(prediction.caption.words)]
         np.testing.assert_allclose(attention.raw, want, atol=1e-5, err_msg=attention.name)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def process_gateway(triton: TritonSettings) -> Iterator[GatewayThread]:
+    """A second gateway on the session's Triton whose heavy calls run in a worker process."""
+    with workers_blas_like_this_process():
+        thread = GatewayThread(gateway_settings(triton, render_processes=1)).start()
+    with Client(thread.address) as client:
+        client.wait_until_serving(60)
+    yield thread
+    thread.stop()
+
+
+def same_answer(a: object, b: object, path: str = "") -> None:
+    """Two answers' parts equal, arrays element by element, timings and request IDs aside."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b), path
+        for field in dataclasses.fields(a):
+            if field.name not in ("timings", "request_id"):
+                same_answer(getattr(a, field.name), getattr(b, field.name), f"{path}.{field.name}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same_answer(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=path)  # type: ignore[arg-type]
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_every_model_draws_the_same_in_a_render_worker_process(
+    client: Client, process_gateway: GatewayThread, model: str
+) -> None:
+    """``render_processes``: every model's image forms and drawn answer, made in a worker
+    process, are byte for byte those of the render threads (what crosses the pipe pickles)."""
+    photo, _ = as_photo(ClutteredDigits("test", 1, seed=8)[0], scale=3, pad=(50, 0, 10, 0))
+    forms = ["raw", "upsampled", "heatmap_png", "overlay_png"]
+    drawn_task = client.get_model(model).task != "classification"  # a classifier's is its maps
+    options = {"model": model, "forms": forms, "task_overlay": drawn_task}
+    by_thread = client.predict(png(photo), **options)  # type: ignore[arg-type]
+    with Client(process_gateway.address) as other:
+        by_process = other.predict(png(photo), **options)  # type: ignore[arg-type]
+    assert any(a.overlay_png for a in by_process.attention) or by_process.task_overlay
+    same_answer(by_thread, by_process)
 
 
 @pytest.mark.parametrize("model", SERVED)

@@ -25,7 +25,7 @@ from attnserve.server.gateway.metrics import GatewayMetrics
 from attnserve.server.gateway.pipeline import Pipeline
 from attnserve.settings import GatewaySettings
 
-from .conftest import FakeBackend
+from .conftest import FakeBackend, workers_blas_like_this_process
 
 
 def niceness() -> int:
@@ -68,7 +68,8 @@ def predict(calls: list[PredictionRequest], **settings: object) -> list[Predicti
             pipeline.close()
         return results
 
-    return asyncio.run(run())
+    with workers_blas_like_this_process():  # workers spawned by the pipeline: the same sums
+        return asyncio.run(run())
 
 
 @pytest.fixture(scope="module")
