@@ -35,6 +35,11 @@ def niceness() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
+def die() -> None:
+    """A worker that dies mid-call (killed, out of memory)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def photo(width: int = 1200, height: int = 900) -> bytes:
     """A JPEG large enough to be a heavy call's."""
     buffer = io.BytesIO()
@@ -158,3 +163,14 @@ def test_a_dead_worker_process_fails_its_call_and_the_next_gets_a_new_one(proces
     assert second != first
     assert len(errors) <= 1
     assert all("render worker process stopped" in str(e) for e in errors)
+
+
+def test_a_call_whose_worker_dies_fails_and_the_next_one_runs(processes: HeavyWork) -> None:
+    async def run() -> tuple[int, int]:
+        before = await processes.run(worker_pid)
+        with pytest.raises(RuntimeError, match="render worker process stopped during this call"):
+            await processes.run(die)
+        return before, await processes.run(worker_pid)
+
+    before, after = asyncio.run(run())
+    assert after != before
