@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import threading
 import time
@@ -196,6 +197,23 @@ def workers_blas_like_this_process() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPENBLAS_NUM_THREADS", str(threads))
         yield
+
+
+def assert_same_answer(a: object, b: object, path: str = "") -> None:
+    """Two answers' parts equal, arrays element by element, timings and request IDs aside."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b), path
+        for field in dataclasses.fields(a):
+            if field.name not in ("timings", "request_id"):
+                assert_same_answer(getattr(a, field.name), getattr(b, field.name), f"{path}.{field.name}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_answer(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=path)  # type: ignore[arg-type]
+    else:
+        assert a == b, path
 
 
 MakeCheckpoint = Callable[..., Any]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +26,13 @@ from attnserve.settings import DEFAULT_MODEL_REPOSITORY, TritonSettings
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
-from .conftest import GatewayThread, gateway_settings, triton_settings, workers_blas_like_this_process
+from .conftest import (
+    GatewayThread,
+    assert_same_answer,
+    gateway_settings,
+    triton_settings,
+    workers_blas_like_this_process,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -120,23 +125,6 @@ def process_gateway(triton: TritonSettings) -> Iterator[GatewayThread]:
     thread.stop()
 
 
-def same_answer(a: object, b: object, path: str = "") -> None:
-    """Two answers' parts equal, arrays element by element, timings and request IDs aside."""
-    if dataclasses.is_dataclass(a) and not isinstance(a, type):
-        assert type(a) is type(b), path
-        for field in dataclasses.fields(a):
-            if field.name not in ("timings", "request_id"):
-                same_answer(getattr(a, field.name), getattr(b, field.name), f"{path}.{field.name}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            same_answer(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=path)  # type: ignore[arg-type]
-    else:
-        assert a == b, path
-
-
 @pytest.mark.parametrize("model", SERVED)
 def test_every_model_draws_the_same_in_a_render_worker_process(
     client: Client, process_gateway: GatewayThread, model: str
@@ -151,7 +139,7 @@ def test_every_model_draws_the_same_in_a_render_worker_process(
     with Client(process_gateway.address) as other:
         by_process = other.predict(png(photo), **options)  # type: ignore[arg-type]
     assert any(a.overlay_png for a in by_process.attention) or by_process.task_overlay
-    same_answer(by_thread, by_process)
+    assert_same_answer(by_thread, by_process)
 
 
 @pytest.mark.parametrize("model", SERVED)

@@ -5,7 +5,6 @@ the gateway, and are replaced when one dies."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import os
 import signal
@@ -13,7 +12,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -25,7 +23,7 @@ from attnserve.server.gateway.metrics import GatewayMetrics
 from attnserve.server.gateway.pipeline import Pipeline
 from attnserve.settings import GatewaySettings
 
-from .conftest import FakeBackend, workers_blas_like_this_process
+from .conftest import FakeBackend, assert_same_answer, workers_blas_like_this_process
 
 
 def niceness() -> int:
@@ -102,21 +100,7 @@ def test_worker_processes_answer_exactly_as_render_threads() -> None:
         assert by_thread.image == by_process.image
         assert len(by_thread.attention) == len(by_process.attention) > 0
         assert any(m.overlay_png for m in by_process.attention)  # something drawn to compare
-        for a, b in zip(by_thread.attention, by_process.attention, strict=True):
-            assert same(a, b)  # every form, the encoded overlays byte for byte
-
-
-def same(a: object, b: object) -> bool:
-    """Two answers' parts equal, arrays element by element."""
-    assert dataclasses.is_dataclass(a) and type(a) is type(b)
-    for field in dataclasses.fields(a):
-        mine, theirs = getattr(a, field.name), getattr(b, field.name)
-        if isinstance(mine, np.ndarray) or isinstance(theirs, np.ndarray):
-            if not np.array_equal(mine, theirs):
-                return False
-        elif mine != theirs:
-            return False
-    return True
+        assert_same_answer(by_thread, by_process)  # every form, the encoded overlays byte for byte
 
 
 def test_a_worker_process_passes_declared_errors_back() -> None:

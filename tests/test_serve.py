@@ -21,6 +21,7 @@ import pytest
 
 from attnserve import errors
 from attnserve._net import free_port
+from attnserve.bench.processes import cmdline, descendants, multiprocessing_descendants
 from attnserve.clients import Client
 from attnserve.demo import repository_of
 from attnserve.errors import AttnserveError, Unavailable
@@ -28,12 +29,7 @@ from attnserve.settings import DEFAULT_MODEL_REPOSITORY
 from attnserve.v1 import attnserve_pb2 as pb
 from attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 
-from .conftest import REPO_ROOT
-
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
-
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-import burst as burst_tool  # noqa: E402  (descendants: the processes a server started)
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -68,7 +64,7 @@ def _stop_what_a_failed_test_left() -> Iterator[None]:
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:  # stuck: its group, and Triton's (a group of its own)
-                found = (group_of(pid) for pid in burst_tool.descendants(process.pid))
+                found = (group_of(pid) for pid in descendants(process.pid))
                 groups = {group for group in found if group is not None}
                 for group in groups | {process.pid}:
                     with contextlib.suppress(ProcessLookupError):
@@ -164,16 +160,6 @@ def test_serve_stops_triton_and_the_gateway_on_a_signal(tmp_path: Path, stop_sig
     assert "event loop: uvloop.Loop" in text  # the default, whose signal handling this test covers
 
 
-def python_workers(pid: int) -> list[int]:
-    """The multiprocessing processes (workers, their resource tracker) under ``pid``."""
-    found = []
-    for child in burst_tool.descendants(pid):
-        with contextlib.suppress(OSError):
-            if b"multiprocessing" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(child)
-    return found
-
-
 def test_render_worker_processes_draw_overlays_and_stop_with_serve(tmp_path: Path) -> None:
     """``render_processes``: overlays drawn in a worker process of the gateway's, a worker killed
     is replaced, and a terminal's Ctrl-C (the whole group) stops serve, Triton and the workers
@@ -185,11 +171,7 @@ def test_render_worker_processes_draw_overlays_and_stop_with_serve(tmp_path: Pat
     with Client(address) as client:
         drawn = client.predict(photo, maps=["primary"], forms=["overlay_png"])
         assert drawn.attention[0].overlay_png.startswith(b"\x89PNG")
-        (worker,) = [
-            pid
-            for pid in python_workers(process.pid)
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
+        (worker,) = [pid for pid in multiprocessing_descendants(process.pid) if b"spawn_main" in cmdline(pid)]
         os.kill(worker, signal.SIGKILL)
         outcomes = []
         for _ in range(3):  # the call that finds the pool broken may fail; the next ones are drawn
@@ -205,10 +187,10 @@ def test_render_worker_processes_draw_overlays_and_stop_with_serve(tmp_path: Pat
                 outcomes.append(type(error).__name__)
         assert outcomes[-2:] == [True, True] and outcomes.count(True) >= 2, outcomes
         assert client.predict(Path("docs/samples/digit.png").resolve()).predictions
-    assert python_workers(process.pid)
+    assert multiprocessing_descendants(process.pid)
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=60) == 0, log.read_text()
-    assert python_workers(process.pid) == [] and processes_mentioning("spawn_main") == []
+    assert multiprocessing_descendants(process.pid) == [] and processes_mentioning("spawn_main") == []
     assert processes_mentioning(f"grpc-port={grpc_port}") == []
     text = log.read_text()  # a call the dead worker held was INTERNAL and logged with its cause
     assert text.count("Traceback") <= text.count("render worker process stopped during this call")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from attnserve.bench.processes import descendants, status_kib
+from attnserve.bench.processes import multiprocessing_descendants, status_kib
 from attnserve.clients import Client
 from attnserve.demo import add_models_option, serving
 from attnserve.errors import AttnserveError
@@ -71,18 +71,11 @@ def bombs() -> dict[str, tuple[bytes, dict[str, Any]]]:
 def memory_of(pid: int) -> tuple[float, float]:
     """(resident MiB, peak resident MiB) of the gateway's process and of its render worker
     processes, if any (``render_processes``; not Triton's): the peaks' sum bounds the peak."""
-    pids = [pid, *(child for child in descendants(pid) if b"multiprocessing" in cmdline(child))]
+    pids = [pid, *multiprocessing_descendants(pid)]
     return (
         sum(status_kib(p, "VmRSS") for p in pids) / 1024,
         sum(status_kib(p, "VmHWM") for p in pids) / 1024,
     )
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # gone meanwhile
-        return b""
 
 
 def main() -> dict[str, Any]:

@@ -105,3 +105,16 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def cmdline(pid: int) -> bytes:
+    """``/proc/PID/cmdline`` (NUL-separated); empty when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def multiprocessing_descendants(pid: int) -> list[int]:
+    """The multiprocessing processes ``pid`` started (render workers, their resource tracker)."""
+    return [child for child in descendants(pid) if b"multiprocessing" in cmdline(child)]

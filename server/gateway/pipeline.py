@@ -19,7 +19,9 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
@@ -52,6 +54,8 @@ from .preprocess import PreparedInput, preprocess_image, preprocess_tensor
 from .render import ImageEncoder
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PRIMARY = "primary"
 DEFAULT_TOP_K = 5
@@ -337,8 +341,6 @@ class Pipeline:
         header = probe_image(request.image, self.limits) if request.image is not None else None
         cost = estimate_cost(header, spec, attention, render_side, self.settings, options)
         with self.admission.admit(model.name, cost):
-            loop = asyncio.get_running_loop()
-
             keep_image = attention.needs_image or options.overlay
             inline = self.settings.inline_preprocess_bytes
             encoded = len(request.image) if request.image is not None else 0
@@ -348,11 +350,9 @@ class Pipeline:
                 # small to decode and small on the wire (a tiny raster in megabytes of chunks or
                 # scans would take the loop for as long as they take to read)
                 prepared = prepare(request, spec, self.limits, keep_image, render_side)
-            elif cost.heavy:
-                prepared = await self.heavy.run(prepare, request, spec, self.limits, keep_image, render_side)
             else:
-                prepared = await loop.run_in_executor(
-                    self.executor, prepare, request, spec, self.limits, keep_image, render_side
+                prepared = await self._off_loop(
+                    cost.heavy, prepare, request, spec, self.limits, keep_image, render_side
                 )
             geometry = prepared.geometry
             render_size = fit_within(geometry.width, geometry.height, render_side)
@@ -389,10 +389,7 @@ class Pipeline:
                 )
             work = (first, spec, geometry, options, attention, prepared.image, render_size)
             if answer_draws(spec, attention, options):
-                if cost.heavy:
-                    answer = await self.heavy.run(postprocess, *work)
-                else:
-                    answer = await loop.run_in_executor(self.executor, postprocess, *work)
+                answer = await self._off_loop(cost.heavy, postprocess, *work)
             else:  # numbers only (cbam's 8 maps raw: ~0.4 ms): cheaper here than a thread hand-off
                 answer = postprocess(*work)
             finished = time.perf_counter()
@@ -435,6 +432,13 @@ class Pipeline:
         if queued_s is not None and not may_draw(request, model.spec):
             self.admission.check_wait(model.name, queued_s)
         return model
+
+    async def _off_loop(self, heavy: bool, function: Callable[..., T], *args: object) -> T:
+        """``function`` off the event loop: a heavy call's on the render workers, others' on the
+        worker threads."""
+        if heavy:
+            return await self.heavy.run(function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
     def _observe(
         self, model: ModelInfo, preprocess_s: float, inference_s: float, postprocess_s: float

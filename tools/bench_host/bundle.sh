@@ -7,7 +7,7 @@
 #
 # DEST/payload.tar.xz (~42 MB, 2 minutes of xz on 2 cores) holds
 #   site/        the gateway's wheels for that Python, unpacked, at this venv's versions
-#   stubsite/    numpy 1.26.4 for the Python backend's stub (it corrupts tensors under numpy 2)
+#   stubsite/    the backend environment's numpy (< 2: the stub corrupts tensors under numpy 2)
 #   pytriton/tritonserver, nvidia_pytriton.libs   the nvidia-pytriton wheel's Triton 2.51,
 #                trimmed to the binary, the Python backend, that Python's stub and the libraries
 #                they load (not the wheel's own libpython 3.13: the stub links the host's)
@@ -29,8 +29,9 @@ GATEWAY=(grpcio protobuf pydantic pydantic_core pydantic-settings python-dotenv 
   annotated-types tritonclient grpcio-health-checking grpcio-reflection starlette uvicorn
   python-multipart prometheus_client typing_extensions python-rapidjson)
 for name in "${GATEWAY[@]}"; do download site "$name==$(version "$name")"; done
-download stub numpy==1.26.4
-PYTRITON=$("$VENV/bin/python" -c 'from attnserve.settings import TritonSettings; print(TritonSettings().pytriton_version)')
+triton_setting() { "$VENV/bin/python" -c "from attnserve.settings import TritonSettings as T; print($1)"; }
+download stub "$(triton_setting "next(r for r in T().backend_requirements if r.startswith('numpy'))")"
+PYTRITON=$(triton_setting "T().pytriton_version")
 download triton "nvidia-pytriton==$PYTRITON"
 
 PAYLOAD=$WORK/payload
